@@ -1,0 +1,75 @@
+"""Attacks and the one registry the CLI, the GUI and the study read.
+
+Adding an attack = one file with an :class:`~.base.Attack` subclass + one line in ``_BUILTIN``
+below; it then appears in ``medadv attack --attack``, the napari dropdown and study grids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Attack, AttackResult, AttackStep, Param
+from .dgde import DGDE
+from .fgsm import FGSM
+from .ifgsm import IFGSM
+from .noise import RandomNoise
+from .pgd import PGD, RiskPGD
+from .tifgsm import TIFGSM
+
+BIM = IFGSM  # torchattacks' name for i-FGSM
+
+_BUILTIN: tuple[type[Attack], ...] = (FGSM, IFGSM, TIFGSM, PGD, RiskPGD, DGDE, RandomNoise)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What a front end needs to offer an attack without importing its module by name."""
+
+    name: str
+    label: str
+    description: str
+    cls: type[Attack]
+    params: tuple[Param, ...]
+    gradient_free: bool
+    targeted: str
+
+    def create(self, model, **kwargs) -> Attack:
+        """Instantiate with keyword arguments; unknown ones raise a clear ``ValueError``."""
+        allowed = {p.name for p in self.params} | {
+            "loss", "activation", "data_range", "roi", "seed", "track_metrics", "region", "batch_size",
+        }
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ValueError(f"{self.label} does not take {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("alpha", "class_index")}
+        return self.cls(model, **kwargs)
+
+
+class AttackRegistry(dict):
+    """``name -> AttackSpec``, in the order the front ends show them."""
+
+    def register(self, cls: type[Attack]) -> type[Attack]:
+        if cls.name in self:
+            raise ValueError(f"an attack named {cls.name!r} is already registered")
+        self[cls.name] = AttackSpec(cls.name, cls.label, cls.description, cls, cls.params,
+                                    cls.gradient_free, cls.targeted)
+        return cls
+
+    def get_spec(self, name: str) -> AttackSpec:
+        try:
+            return self[name]
+        except KeyError:
+            raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(self)}") from None
+
+    def create(self, name: str, model, **kwargs) -> Attack:
+        return self.get_spec(name).create(model, **kwargs)
+
+
+ATTACKS = AttackRegistry()
+for _cls in _BUILTIN:
+    ATTACKS.register(_cls)
+
+__all__ = [
+    "ATTACKS", "Attack", "AttackRegistry", "AttackResult", "AttackSpec", "AttackStep", "BIM",
+    "DGDE", "FGSM", "IFGSM", "PGD", "Param", "RandomNoise", "RiskPGD", "TIFGSM",
+]

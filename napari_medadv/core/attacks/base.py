@@ -1,0 +1,544 @@
+"""Base class shared by every attack, in the spirit of torchattacks' ``Attack``.
+
+What every attack gets from here:
+
+* the model is put in eval mode for the attack and every module's previous mode is restored;
+* the device is taken from the model; results come back on the caller's device and dtype;
+* gradients are taken with ``torch.autograd.grad`` on the input only, so parameter ``.grad``
+  never accumulates;
+* the caller's tensor is never modified (it is cloned and detached);
+* ε is a fraction of each sample's per-channel intensity range (:mod:`..intensity`) — unlike
+  torchattacks, inputs need not lie in [0, 1] (z-scored MR works as is);
+* every iterate is projected onto the ε-ball (L∞, per channel, in native units), restricted to
+  an optional region of interest, and clamped to the valid intensity range;
+* iterative attacks are generators: :meth:`Attack.iterate` yields one :class:`AttackStep` per
+  step, and :meth:`Attack.run` accepts ``callback`` / ``should_stop`` so a GUI worker or a CLI
+  progress bar can follow and cancel without this module knowing about either.
+
+Tensor layout: images ``B C H W`` (2-D) or ``B C D H W`` (3-D), any number of channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..intensity import DataRangeSpec, IntensityRange, compute_range
+from ..losses import LossFn, make_loss
+
+StepCallback = Callable[["AttackStep"], Any]
+StopCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable argument of an attack, described once for the CLI, the GUI and the study."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+
+
+@dataclass
+class AttackStep:
+    """What an iterative attack reports after each step (cheap: no extra forward pass).
+
+    ``loss`` is the mean attack loss evaluated at the iterate *before* this step's update;
+    ``metrics`` holds attack-specific numbers (e.g. PSNR, Dice vs reference, L0, queries).
+    ``adversarial`` is the current iterate on the model's device: read it, don't modify it.
+    """
+
+    step: int
+    n_steps: int
+    loss: float | None
+    adversarial: torch.Tensor
+    metrics: dict = field(default_factory=dict)
+    restart: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.n_steps if self.n_steps else 1.0
+
+
+@dataclass
+class AttackResult:
+    """Everything an attack produced. Tensors are on the caller's device and dtype."""
+
+    attack: str
+    clean: torch.Tensor
+    adversarial: torch.Tensor
+    eps: float
+    eps_native: list[list[float]]
+    params: dict
+    history: list[dict] = field(default_factory=list)
+    n_forward: int = 0
+    n_backward: int = 0
+    cancelled: bool = False
+    success: list[bool] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def perturbation(self) -> torch.Tensor:
+        return self.adversarial - self.clean
+
+    def summary(self) -> dict:
+        """JSON-ready summary of the run (no tensors)."""
+        return {
+            "attack": self.attack,
+            "eps": self.eps,
+            "eps_native": self.eps_native,
+            "params": self.params,
+            "n_forward": self.n_forward,
+            "n_backward": self.n_backward,
+            "cancelled": self.cancelled,
+            "success": self.success,
+            "history": self.history,
+            **self.extra,
+        }
+
+
+def _check_finite_number(name: str, value, *, minimum: float | None = None, strict: bool = False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {v}")
+    return v
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def expected_in_channels(model: nn.Module) -> int | None:
+    """Input channels of the first convolution/linear layer, when the model has one."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.in_channels
+        if isinstance(m, nn.Linear):
+            return None  # flattening models: channel count is not recoverable
+    return None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put every module in eval mode and restore each one's previous mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+class _Context:
+    """Per-call state: the clean input, its range, the reference/target and the loss.
+
+    Labels/targets that depend on the model output (pseudo-labels from the clean prediction,
+    a constant target label map) are resolved from the *first* forward pass at the clean
+    image, so FGSM never pays an extra forward for them.
+    """
+
+    def __init__(self, attack: Attack, images: torch.Tensor, labels, target):
+        self.attack = attack
+        self.x = images
+        self.rng = torch.Generator(device=images.device)
+        self.rng.manual_seed(attack.seed if attack.seed is not None else torch.seed() % (2**63))
+        self.range: IntensityRange = compute_range(images, attack.data_range)
+        self.eps = self.range.eps_native(attack.eps)
+        self.roi = attack._roi_for(images)
+        self._labels = labels
+        self._target = target
+        self._ref: torch.Tensor | None = None
+        self.loss_fn: LossFn | None = attack._loss_spec if callable(attack._loss_spec) else None
+        self.n_forward = 0
+        self.n_backward = 0
+        self.clean_output: torch.Tensor | None = None
+
+    # -- projection -----------------------------------------------------------------------
+    def project(self, adv: torch.Tensor) -> torch.Tensor:
+        """Onto the ε-ball around the clean image (inside the ROI) and the valid range."""
+        delta = torch.clamp(adv - self.x, min=-self.eps, max=self.eps)
+        if self.roi is not None:
+            delta = delta * self.roi
+        return self.range.clamp(self.x + delta)
+
+    # -- reference labels / targets ---------------------------------------------------------
+    def reference(self, output: torch.Tensor) -> torch.Tensor:
+        """What the loss compares the output with (labels, target or the clean prediction)."""
+        if self._ref is None:
+            self._ref = self.attack._resolve_reference(output, self._labels, self._target)
+        return self._ref
+
+    def loss(self, output: torch.Tensor) -> torch.Tensor:
+        ref = self.reference(output)
+        if self.loss_fn is None:
+            self.loss_fn = make_loss(self.attack._loss_spec, output, ref, self.attack.activation)
+        return self.loss_fn(output, ref)
+
+    # -- model calls ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.n_forward += x.shape[0]
+        return self.attack.model(x)
+
+    def loss_and_grad(self, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample loss, input gradient and (detached) output at ``adv``."""
+        adv = adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            output = self.forward(adv)
+            per_sample = self.loss(output)
+            (grad,) = torch.autograd.grad(per_sample.sum(), adv)
+        self.n_backward += adv.shape[0]
+        if self.clean_output is None:
+            self.clean_output = output.detach()
+        return per_sample.detach(), grad, output.detach()
+
+
+class Attack:
+    """Base class: ``Attack(model, eps)(images, labels) -> adversarial images``.
+
+    Args:
+        model: a ``torch.nn.Module`` returning logits ``B K`` (classifier) or ``B K *spatial``
+            (segmentation).
+        eps: L∞ budget as a fraction of each channel's intensity range (0.05 = 5 %).
+        loss: ``"dice"``, ``"ce"``, ``"bce"``, ``"mse"``, a callable ``(output, target) -> (B,)``
+            or ``None`` for the automatic choice (soft Dice for segmentation, CE/BCE otherwise).
+        activation: output activation the loss applies: ``"softmax"``, ``"sigmoid"``,
+            ``"none"`` (the model already outputs probabilities) or ``"auto"``.
+        data_range: how to get each channel's valid range; see :mod:`..intensity`.
+        roi: optional mask ``*spatial`` / ``B 1 *spatial`` (non-zero = may be perturbed).
+        seed: seed for random starts / random search (``None``: nondeterministic).
+        track_metrics: record PSNR and Dice-to-reference per step in the history (costs one
+            extra forward at the end of iterative attacks).
+
+    Labels: class indices (``B`` / ``B *spatial``) or float targets shaped like the output. With
+    ``labels=None`` untargeted attacks use the model's own clean prediction as the reference.
+    """
+
+    name: ClassVar[str] = "attack"
+    label: ClassVar[str] = "Attack"
+    description: ClassVar[str] = ""
+    gradient_free: ClassVar[bool] = False
+    #: "no" (untargeted only), "optional", or "required"
+    targeted: ClassVar[str] = "no"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
+    )
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 0.05,
+        *,
+        loss: str | LossFn | None = None,
+        activation: str = "auto",
+        data_range: DataRangeSpec = None,
+        roi=None,
+        seed: int | None = None,
+        track_metrics: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.eps = _check_finite_number("eps", eps, minimum=0.0)
+        if loss is not None and not callable(loss) and loss not in ("auto", "dice", "ce", "bce", "mse"):
+            raise ValueError(f"unknown loss {loss!r}; choose dice, ce, bce, mse or pass a callable")
+        self._loss_spec = loss
+        if activation not in ("auto", "softmax", "sigmoid", "none"):
+            raise ValueError(f"activation must be auto, softmax, sigmoid or none, got {activation!r}")
+        self.activation = activation
+        self.data_range = data_range
+        self.roi = roi
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self.track_metrics = bool(track_metrics)
+        self.last_result: AttackResult | None = None
+
+    # ------------------------------------------------------------------ public API
+    def __call__(self, images, labels=None, **kwargs) -> torch.Tensor:
+        return self.run(images, labels, **kwargs).adversarial
+
+    def run(
+        self,
+        images,
+        labels=None,
+        *,
+        target=None,
+        callback: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> AttackResult:
+        """Run to completion (or until ``should_stop()`` is true) and return the result."""
+        gen = self.iterate(images, labels, target=target)
+        try:
+            while True:
+                step = next(gen)
+                if callback is not None:
+                    callback(step)
+                if should_stop is not None and should_stop():
+                    gen.send(True)  # ask for a clean stop: returns the last projected iterate
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            gen.close()
+
+    def iterate(self, images, labels=None, *, target=None) -> Generator[AttackStep, bool | None, AttackResult]:
+        """Generator form: yields :class:`AttackStep`; ``send(True)`` cancels; returns the result.
+
+        The returned :class:`AttackResult` is also kept as ``self.last_result``.
+        """
+        x_in = self._check_images(images)
+        device = model_device(self.model)
+        x = x_in.detach().clone().to(device=device, dtype=torch.float32)
+        labels_d = self._check_labels(labels, x)
+        target_d = self._check_target(target, x)
+        ctx = _Context(self, x, labels_d, target_d)
+        history: list[dict] = []
+        cancelled = False
+        with eval_mode(self.model):
+            steps = self._steps(ctx)
+            adv = x
+            try:
+                step = next(steps)
+                while True:
+                    adv = step.adversarial
+                    record = {"step": step.step, "loss": step.loss, **step.metrics}
+                    if step.restart:
+                        record["restart"] = step.restart
+                    history.append(record)
+                    stop = yield step
+                    if stop:
+                        cancelled = True
+                        break
+                    step = steps.send(None)
+            except StopIteration as done:
+                if done.value is not None:
+                    adv = done.value
+            finally:
+                steps.close()
+            adv = ctx.project(adv).detach()
+            extra = self._finish(ctx, adv, history)
+        result = AttackResult(
+            attack=self.name,
+            clean=x_in.detach().clone() if isinstance(images, torch.Tensor) else x_in,
+            adversarial=adv.to(device=x_in.device, dtype=x_in.dtype),
+            eps=self.eps,
+            eps_native=ctx.range.eps_native_per_channel(self.eps),
+            params=self.get_params(),
+            history=history,
+            n_forward=ctx.n_forward,
+            n_backward=ctx.n_backward,
+            cancelled=cancelled,
+            success=extra.pop("success", None),
+            extra=extra,
+        )
+        self.last_result = result
+        return result
+
+    def get_params(self) -> dict:
+        """The attack's parameters as plain values (for record.json / replay)."""
+        out = {}
+        for p in self.params:
+            v = getattr(self, p.name, None)
+            out[p.name] = v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+        out["loss"] = self._loss_spec if isinstance(self._loss_spec, (str, type(None))) else repr(self._loss_spec)
+        out["activation"] = self.activation
+        out["seed"] = self.seed
+        out["data_range"] = None if self.data_range is None else repr(self.data_range)
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{p.name}={getattr(self, p.name, None)!r}" for p in self.params)
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ for subclasses
+    def _steps(self, ctx: _Context) -> Generator[AttackStep, None, torch.Tensor]:
+        raise NotImplementedError  # abstract: every registered attack overrides it
+
+    def _finish(self, ctx: _Context, adv: torch.Tensor, history: list[dict]) -> dict:
+        """Optional final bookkeeping (one extra forward only when metrics are tracked)."""
+        if self.track_metrics and not self.gradient_free:
+            with torch.no_grad():
+                out = ctx.forward(adv)
+            history.append({"step": len(history), "loss": float(ctx.loss(out).mean()),
+                            **self._step_metrics(ctx, adv, out)})
+        return {}
+
+    def _step_metrics(self, ctx: _Context, adv: torch.Tensor, output: torch.Tensor) -> dict:
+        """PSNR of the iterate and hard Dice of its prediction vs the reference (if tracked)."""
+        if not self.track_metrics:
+            return {}
+        from ..metrics import foreground_dice, psnr
+
+        m = {"psnr": float(np.mean([psnr(ctx.x[i], adv[i], float(ctx.range.width[i].max()))
+                                    for i in range(adv.shape[0])]))}
+        ref = ctx.reference(output)
+        if output.ndim > 2 and not ref.is_floating_point():
+            pred = output.argmax(1)
+            m["dice"] = float(np.mean([foreground_dice(pred[i], ref[i]) for i in range(pred.shape[0])]))
+        return m
+
+    def _resolve_reference(self, output: torch.Tensor, labels, target) -> torch.Tensor:
+        """Target (targeted attacks), labels, or the clean prediction as pseudo-labels."""
+        if target is not None:
+            return _target_tensor(target, output)
+        if labels is not None:
+            return _validate_labels_against_output(labels, output)
+        return pseudo_labels(output, self.activation)
+
+    # ------------------------------------------------------------------ validation
+    def _check_images(self, images) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor or numpy array, got {type(images).__name__}")
+        if images.ndim not in (4, 5):
+            raise ValueError(
+                f"images must be B C H W (2-D) or B C D H W (3-D); got {images.ndim} dims, "
+                f"shape {tuple(images.shape)}"
+            )
+        if images.shape[0] < 1 or any(s < 1 for s in images.shape):
+            raise ValueError(f"images has an empty axis: shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            images = images.float()
+        if not torch.isfinite(images).all():
+            n = int((~torch.isfinite(images)).sum())
+            raise ValueError(f"images contain {n} NaN/Inf values; clean or mask them before attacking")
+        expected = expected_in_channels(self.model)
+        if expected is not None and expected != images.shape[1]:
+            raise ValueError(
+                f"the model expects {expected} input channels but the images have {images.shape[1]}"
+            )
+        return images
+
+    def _check_labels(self, labels, x: torch.Tensor):
+        if labels is None:
+            return None
+        if isinstance(labels, np.ndarray):
+            labels = torch.from_numpy(labels)
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(f"labels must be a tensor/array or None, got {type(labels).__name__}")
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels have batch size {labels.shape[0]} but images have {x.shape[0]}")
+        if labels.is_floating_point() and not torch.isfinite(labels).all():
+            raise ValueError("labels contain NaN/Inf")
+        return labels.to(x.device)
+
+    def _check_target(self, target, x: torch.Tensor):
+        if target is None:
+            return None
+        if self.targeted == "no":
+            raise ValueError(f"{self.label} is untargeted; it takes no target")
+        if isinstance(target, np.ndarray):
+            target = torch.from_numpy(target)
+        if isinstance(target, torch.Tensor):
+            if target.ndim > 0 and target.shape[0] not in (1, x.shape[0]) and target.ndim == x.ndim - 1:
+                raise ValueError(f"target batch size {target.shape[0]} does not match images {x.shape[0]}")
+            return target.to(x.device)
+        if isinstance(target, (bool, float)) or not isinstance(target, (int, np.integer, Sequence)):
+            raise ValueError(f"target must be a label index, a label map or a class vector, got {target!r}")
+        return target
+
+    def _roi_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.roi is None:
+            return None
+        roi = self.roi
+        if isinstance(roi, np.ndarray):
+            roi = torch.from_numpy(roi)
+        roi = torch.as_tensor(roi, device=x.device)
+        spatial = x.shape[2:]
+        if tuple(roi.shape[-len(spatial):]) != tuple(spatial):
+            raise ValueError(f"roi shape {tuple(roi.shape)} does not match the image grid {tuple(spatial)}")
+        roi = (roi != 0).to(x.dtype).reshape(-1, 1, *spatial)
+        if roi.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"roi has {roi.shape[0]} masks for {x.shape[0]} images")
+        if not roi.any():
+            raise ValueError("roi is empty: nothing may be perturbed")
+        return roi
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def pseudo_labels(output: torch.Tensor, activation: str = "auto") -> torch.Tensor:
+    """The model's own prediction as labels: arg-max indices, or 0.5-thresholded for sigmoid."""
+    out = output.detach()
+    if activation == "sigmoid":
+        return (torch.sigmoid(out) > 0.5).to(out.dtype)
+    if activation == "none" and out.ndim > 2 and out.shape[1] > 1 and not _sums_to_one(out):
+        return (out > 0.5).to(out.dtype)
+    return out.argmax(1)
+
+
+def _sums_to_one(p: torch.Tensor) -> bool:
+    s = p.sum(1)
+    return bool(torch.allclose(s, torch.ones_like(s), atol=1e-3))
+
+
+def _validate_labels_against_output(labels: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    from ..losses import class_indices
+
+    if labels.is_floating_point() and labels.shape == output.shape:
+        return labels.to(output.dtype)
+    return class_indices(labels, output)
+
+
+def _target_tensor(target, output: torch.Tensor) -> torch.Tensor:
+    """A target as class indices / float vector matching ``output``.
+
+    * an ``int``: every voxel (segmentation) or every sample (classifier) gets that class —
+      Liu's ti-FGSM setting "all labels = 1";
+    * an integer map ``*spatial`` / ``B *spatial``: a user-painted target mask;
+    * a float vector ``K`` / ``B K`` (or float map shaped like the output): soft/multi-hot
+      targets, e.g. Ghamizi's inverse co-occurrence row.
+    """
+    from ..losses import class_indices
+
+    b, k = output.shape[:2]
+    spatial = output.shape[2:]
+    if isinstance(target, (int, np.integer)):
+        t = int(target)
+        if not 0 <= t < k:
+            raise ValueError(f"target label {t} is not one of the model's classes 0..{k - 1}")
+        return torch.full((b, *spatial), t, dtype=torch.long, device=output.device)
+    tgt = torch.as_tensor(target, device=output.device)
+    if tgt.is_floating_point():
+        if tgt.shape == output.shape:
+            return tgt.to(output.dtype)
+        if not spatial and tgt.ndim in (1, 2) and tgt.shape[-1] == k:
+            return tgt.reshape(-1, k).expand(b, k).to(output.dtype)
+        if not torch.equal(tgt, tgt.round()):
+            raise ValueError(
+                f"float target of shape {tuple(tgt.shape)} does not fit output {tuple(output.shape)}"
+            )
+        tgt = tgt.long()
+    if tgt.ndim == len(spatial) and spatial:
+        tgt = tgt[None].expand(b, *spatial)
+    if tgt.ndim == 0 and not spatial:
+        tgt = tgt.reshape(1).expand(b)
+    return class_indices(tgt, output)
