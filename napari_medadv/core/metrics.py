@@ -1,0 +1,260 @@
+"""Metrics for segmentation, image quality, perturbation size and classifier robustness.
+
+Inputs are numpy arrays or torch tensors; results are plain Python floats (JSON-ready).
+
+Conventions (documented once, used everywhere):
+
+* **Dice of an absent structure**: when a label/region is empty in *both* masks, Dice is 1.0
+  (the two agree that it is absent); empty in one only gives 0.0. This is MONAI's
+  ``compute_dice(..., ignore_empty=False)`` behaviour, which is what computes it here.
+* **BraTS regions**: whole tumor WT = {1, 2, 4}, tumor core TC = {1, 4}, enhancing ET = {4}.
+* **Image-quality reference**: PSNR/SSIM/RMSE compare the perturbed image with the clean one.
+  ``data_range`` defaults to ``clean.max() - clean.min()`` (per image, all channels), the range ε
+  is a fraction of for single-channel data.
+* **L0** counts changed *pixels/voxels* (spatial positions where any channel changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _t(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    return torch.as_tensor(np.asarray(x))
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def _dice_masks(pred_masks: list[torch.Tensor], ref_masks: list[torch.Tensor]) -> list[float]:
+    from monai.metrics import compute_dice
+
+    if not pred_masks:
+        return []
+    p = torch.stack(pred_masks)[None].float()  # 1 K *spatial (one channel per label/region)
+    r = torch.stack(ref_masks)[None].float()
+    d = compute_dice(p, r, include_background=True, ignore_empty=False)
+    return [float(v) for v in d[0]]
+
+
+def dice_per_label(pred, ref, labels: Iterable[int] | None = None) -> dict[int, float]:
+    """Dice for each label value of two label maps of the same shape.
+
+    ``labels`` defaults to every non-zero value present in either map.
+    """
+    p, r = _t(pred), _t(ref)
+    if p.shape != r.shape:
+        raise ValueError(f"label maps differ in shape: {tuple(p.shape)} vs {tuple(r.shape)}")
+    if labels is None:
+        labels = sorted(set(torch.unique(p).tolist()) | set(torch.unique(r).tolist()) - {0})
+        labels = [v for v in labels if v != 0]
+    labels = [int(v) for v in labels]
+    vals = _dice_masks([p == v for v in labels], [r == v for v in labels])
+    return dict(zip(labels, vals))
+
+
+def dice_regions(pred, ref, regions: Mapping[str, Sequence[int]] = BRATS_REGIONS) -> dict[str, float]:
+    """Dice of unions of labels (default: the BraTS WT/TC/ET regions)."""
+    p, r = _t(pred), _t(ref)
+    if p.shape != r.shape:
+        raise ValueError(f"label maps differ in shape: {tuple(p.shape)} vs {tuple(r.shape)}")
+    names = list(regions)
+    pm = [torch.isin(p, torch.tensor(list(regions[n]), dtype=p.dtype)) for n in names]
+    rm = [torch.isin(r, torch.tensor(list(regions[n]), dtype=r.dtype)) for n in names]
+    return dict(zip(names, _dice_masks(pm, rm)))
+
+
+def foreground_dice(pred, ref) -> float:
+    """Dice of the union of all non-zero labels (the "whole tumor" of any label set)."""
+    p, r = _t(pred) != 0, _t(ref) != 0
+    return _dice_masks([p], [r])[0]
+
+
+# --------------------------------------------------------------------------- image quality
+
+
+def _range(clean: np.ndarray, data_range: float | None) -> float:
+    if data_range is not None:
+        if not data_range > 0:
+            raise ValueError(f"data_range must be > 0, got {data_range}")
+        return float(data_range)
+    rng = float(clean.max() - clean.min())
+    return rng if rng > 0 else 1.0
+
+
+def rmse(clean, perturbed) -> float:
+    c, p = _np(clean).astype(np.float64), _np(perturbed).astype(np.float64)
+    if c.shape != p.shape:
+        raise ValueError(f"images differ in shape: {c.shape} vs {p.shape}")
+    return float(np.sqrt(np.mean((c - p) ** 2)))
+
+
+def psnr(clean, perturbed, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB; ``inf`` for identical images."""
+    c = _np(clean).astype(np.float64)
+    err = rmse(c, perturbed)
+    if err == 0:
+        return float("inf")
+    return float(20.0 * np.log10(_range(c, data_range) / err))
+
+
+def ssim(clean, perturbed, data_range: float | None = None, spatial_dims: int | None = None) -> float:
+    """Structural similarity (Gaussian window σ = 1.5, 11 wide, K1 = 0.01, K2 = 0.03).
+
+    Accepts ``*spatial``, ``C *spatial`` or ``B C *spatial``; 2-D and 3-D. Computed with
+    MONAI's ``SSIMMetric`` per channel and averaged. ``spatial_dims`` is inferred as the number
+    of trailing axes larger than 1 when not given (2 for ``H W`` / ``C H W``, 3 for volumes).
+    """
+    from monai.metrics import SSIMMetric
+
+    c = _t(clean).double()
+    p = _t(perturbed).double()
+    if c.shape != p.shape:
+        raise ValueError(f"images differ in shape: {tuple(c.shape)} vs {tuple(p.shape)}")
+    if spatial_dims is None:
+        spatial_dims = 3 if c.ndim >= 4 or (c.ndim == 3 and min(c.shape) > 4) else 2
+    while c.ndim < spatial_dims + 2:
+        c, p = c[None], p[None]
+    c = c.reshape(-1, 1, *c.shape[-spatial_dims:])
+    p = p.reshape(-1, 1, *p.shape[-spatial_dims:])
+    smallest = min(c.shape[2:])
+    win = min(11, smallest if smallest % 2 else smallest - 1)
+    if win < 3:
+        raise ValueError(f"SSIM needs every spatial axis >= 3 voxels, got {tuple(c.shape[2:])}")
+    metric = SSIMMetric(spatial_dims=spatial_dims, data_range=_range(_np(clean), data_range), win_size=win)
+    return float(metric(p, c).mean())
+
+
+def perturbation_norms(clean, perturbed, channel_axis: int | None = 0, atol: float = 0.0) -> dict:
+    """L0 (count and fraction of changed pixels/voxels), L2 and L∞ of ``perturbed - clean``.
+
+    ``channel_axis`` is the axis holding channels (a pixel counts as changed when any of its
+    channels changed); ``None`` treats every element as a pixel.
+    """
+    c, p = _np(clean).astype(np.float64), _np(perturbed).astype(np.float64)
+    if c.shape != p.shape:
+        raise ValueError(f"images differ in shape: {c.shape} vs {p.shape}")
+    d = p - c
+    changed = np.abs(d) > atol
+    if channel_axis is not None and d.ndim > 1:
+        changed = changed.any(axis=channel_axis)
+    n = changed.size
+    return {
+        "l0": int(changed.sum()),
+        "l0_fraction": float(changed.sum() / n) if n else 0.0,
+        "l2": float(np.sqrt((d**2).sum())),
+        "linf": float(np.abs(d).max()) if d.size else 0.0,
+    }
+
+
+def image_quality(clean, perturbed, data_range: float | None = None, channel_axis: int | None = 0) -> dict:
+    """PSNR, SSIM, RMSE and the perturbation norms in one dict (for metrics.json/readouts)."""
+    out = {
+        "psnr": psnr(clean, perturbed, data_range),
+        "ssim": ssim(clean, perturbed, data_range),
+        "rmse": rmse(clean, perturbed),
+    }
+    out.update(perturbation_norms(clean, perturbed, channel_axis=channel_axis))
+    return out
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+def top1_accuracy(scores, labels) -> float:
+    """Fraction of samples whose arg-max class equals ``labels`` (indices, or multi-hot → any hit)."""
+    s = _np(scores)
+    y = _np(labels)
+    pred = s.argmax(1)
+    if y.ndim == 2:
+        return float(np.mean(y[np.arange(len(pred)), pred] > 0))
+    return float(np.mean(pred == y))
+
+
+def _topk(v: np.ndarray, k: int) -> np.ndarray:
+    # stable descending sort: ties (binary ground truth) are broken by the lower label index
+    return np.argsort(-v, axis=1, kind="stable")[:, :k]
+
+
+def k_accuracy_per_sample(scores, reference, k: int) -> np.ndarray:
+    """Ghamizi et al. 2023, definition 1: ``|top_k(ŷ) ∩ top_k(ȳ)| / k`` for each sample.
+
+    ``reference`` is the ground truth ȳ (multi-hot or probabilities) — or, to measure how much
+    an attack changed the prediction, the clean prediction. With a binary ȳ, ties are broken by
+    the lower label index (the result of a stable arg-sort), which the paper leaves open.
+    """
+    s, r = _np(scores).astype(np.float64), _np(reference).astype(np.float64)
+    if s.shape != r.shape or s.ndim != 2:
+        raise ValueError(f"scores and reference must both be (n, M); got {s.shape} and {r.shape}")
+    if not 1 <= k <= s.shape[1]:
+        raise ValueError(f"k must be in 1..{s.shape[1]}, got {k}")
+    ps, rs = _topk(s, k), _topk(r, k)
+    return np.array([len(set(a) & set(b)) / k for a, b in zip(ps.tolist(), rs.tolist())])
+
+
+def k_accuracy(scores, reference, k: int) -> float:
+    """Ghamizi definition 2: the mean of :func:`k_accuracy_per_sample` over the inputs.
+
+    Evaluated on adversarial outputs this is the *k-robust accuracy*.
+    """
+    return float(k_accuracy_per_sample(scores, reference, k).mean())
+
+
+def success_rate(clean_scores, adv_scores) -> float:
+    """Fraction of samples whose top-1 prediction changed under attack."""
+    c, a = _np(clean_scores), _np(adv_scores)
+    return float(np.mean(c.argmax(1) != a.argmax(1)))
+
+
+def cooccurrence_matrix(multihot) -> np.ndarray:
+    """Label co-occurrence counts ``C[i, j] = #samples with labels i and j`` from ``(n, M)``."""
+    y = (_np(multihot) > 0).astype(np.float64)
+    if y.ndim != 2:
+        raise ValueError(f"expected an (n_samples, n_labels) multi-hot matrix, got shape {y.shape}")
+    return y.T @ y
+
+
+def inverse_cooccurrence(multihot=None, *, counts=None) -> np.ndarray:
+    """Normalised inverse co-occurrence matrix C of Ghamizi et al. 2023 (section 5).
+
+    ``C[i, j] = 1 - P(j | i)`` with ``P(j | i) = counts[i, j] / counts[i, i]`` — the higher the
+    value, the less likely label j appears with label i. The diagonal is 0 (a label surely
+    co-occurs with itself) and a label never seen has row 1 off the diagonal. The paper gives
+    no formula for "normalised"; conditioning on the row label keeps every entry in [0, 1] and
+    makes rows comparable across label frequencies.
+    """
+    cnt = cooccurrence_matrix(multihot) if counts is None else _np(counts).astype(np.float64)
+    diag = np.diag(cnt).copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = np.where(diag[:, None] > 0, cnt / diag[:, None], 0.0)
+    inv = 1.0 - np.clip(cond, 0.0, 1.0)
+    np.fill_diagonal(inv, 0.0)
+    return inv
+
+
+def risk(adv_scores, clean_scores, inv_cooc) -> float:
+    """RISK of Ghamizi et al. 2023: ``mean_x M(x*) · C(ŷ*)``.
+
+    ``adv_scores`` are the adversarial probabilities ``M(x*)``; ``ŷ*`` is the most probable
+    label of the clean prediction and ``C(ŷ*)`` its row of the inverse co-occurrence matrix.
+    """
+    a, c, inv = _np(adv_scores), _np(clean_scores), _np(inv_cooc)
+    if a.shape != c.shape or a.ndim != 2 or inv.shape != (a.shape[1], a.shape[1]):
+        raise ValueError(
+            f"need adv/clean scores (n, M) and C (M, M); got {a.shape}, {c.shape}, {inv.shape}"
+        )
+    rows = inv[c.argmax(1)]
+    return float(np.mean((a * rows).sum(1)))
