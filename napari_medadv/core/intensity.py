@@ -43,8 +43,8 @@ class IntensityRange:
 
     def eps_native_per_channel(self, eps: float) -> list[list[float]]:
         """ε in native units as plain floats, ``[sample][channel]`` (for reports)."""
-        w = self.width.flatten(2)[..., 0]
-        return (eps * w).detach().cpu().double().tolist()
+        w = self.width.flatten(2)[..., 0].detach().cpu().double()
+        return (eps * w).tolist()
 
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clamp(x, min=self.lo, max=self.hi)

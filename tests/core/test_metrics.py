@@ -1,0 +1,156 @@
+"""Metrics against hand-computed values and against scikit-image (which we did not write)."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medadv.core import metrics as M
+
+
+@pytest.fixture
+def brats_maps():
+    # 1-D "volumes" are enough for Dice; values are BraTS labels {0, 1, 2, 4}
+    ref = np.array([0, 1, 1, 2, 2, 2, 4, 4, 0, 0])
+    pred = np.array([0, 1, 2, 2, 2, 0, 4, 1, 1, 0])
+    return pred, ref
+
+
+def test_dice_per_label_hand_computed(brats_maps):
+    pred, ref = brats_maps
+    d = M.dice_per_label(pred, ref)
+    # label 1: pred {1,7,8}, ref {1,2}: 2*1/(3+2)
+    # label 2: pred {2,3,4}, ref {3,4,5}: 2*2/(3+3)
+    # label 4: pred {6}, ref {6,7}: 2*1/(1+2)
+    assert d == pytest.approx({1: 2 / 5, 2: 4 / 6, 4: 2 / 3})
+
+
+def test_dice_regions_hand_computed(brats_maps):
+    pred, ref = brats_maps
+    d = M.dice_regions(pred, ref)
+    # WT: pred {1,2,3,4,6,7,8}, ref {1..7}: inter 6 -> 12/14
+    # TC = {1,4}: pred {1,6,7,8}, ref {1,2,6,7}: inter 3 -> 6/8
+    # ET = {4}: as label 4 -> 2/3
+    assert d == pytest.approx({"WT": 12 / 14, "TC": 6 / 8, "ET": 2 / 3})
+
+
+@pytest.mark.parametrize(
+    "pred, ref, expected",
+    [
+        (np.zeros(5), np.zeros(5), 1.0),  # absent in both: agreement, documented as 1
+        (np.array([0, 4, 0, 0, 0]), np.zeros(5), 0.0),  # predicted but absent
+        (np.zeros(5), np.array([0, 4, 0, 0, 0]), 0.0),  # missed
+    ],
+)
+def test_dice_empty_cases(pred, ref, expected):
+    assert M.dice_regions(pred, ref)["ET"] == expected
+    assert M.dice_per_label(pred, ref, labels=[4])[4] == expected
+
+
+def test_dice_accepts_torch_and_rejects_mismatch():
+    a = torch.tensor([[1, 1], [0, 0]])
+    assert M.foreground_dice(a, a) == 1.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.dice_per_label(a, torch.zeros(3))
+
+
+def test_psnr_rmse_against_skimage():
+    from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
+
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(2, 24, 24)).astype(np.float32)
+    noisy = clean + rng.uniform(-0.1, 0.1, size=clean.shape).astype(np.float32)
+    rng_ = float(clean.max() - clean.min())
+    assert M.psnr(clean, noisy) == pytest.approx(peak_signal_noise_ratio(clean, noisy, data_range=rng_), rel=1e-6)
+    assert M.rmse(clean, noisy) == pytest.approx(np.sqrt(mean_squared_error(clean, noisy)), rel=1e-6)
+    assert M.psnr(clean, clean) == float("inf")
+    # hand case: range 1, error 0.1 everywhere -> 20 dB
+    a = np.array([0.0, 1.0, 0.5, 0.5])
+    assert M.psnr(a, a + 0.1) == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (20, 24, 22)])
+def test_ssim_against_skimage_2d_and_3d(shape):
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    clean = rng.uniform(size=shape)
+    noisy = np.clip(clean + rng.normal(scale=0.05, size=shape), 0, 1)
+    ours = M.ssim(clean, noisy, data_range=1.0, spatial_dims=len(shape))
+    ref = structural_similarity(clean, noisy, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False)
+    # skimage pads with reflection at the border, MONAI uses valid windows: close, not identical
+    assert ours == pytest.approx(ref, abs=0.02)
+    assert M.ssim(clean, clean, data_range=1.0) == pytest.approx(1.0)
+
+
+def test_perturbation_norms():
+    clean = np.zeros((2, 3, 3))
+    adv = clean.copy()
+    adv[0, 0, 0] = 0.5
+    adv[1, 0, 0] = -0.25  # same pixel, other channel: still one changed pixel
+    adv[1, 2, 2] = 0.1
+    n = M.perturbation_norms(clean, adv)
+    assert n["l0"] == 2 and n["l0_fraction"] == pytest.approx(2 / 9)
+    assert n["linf"] == pytest.approx(0.5)
+    assert n["l2"] == pytest.approx(np.sqrt(0.25 + 0.0625 + 0.01))
+
+
+# --- classifiers: Ghamizi et al. 2023, definitions 1-2 and RISK --------------------------
+
+SCORES = np.array([[0.9, 0.1, 0.5, 0.3],
+                   [0.2, 0.8, 0.7, 0.1]])
+TRUTH = np.array([[1.0, 0.0, 1.0, 0.0],
+                  [0.0, 0.0, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "k, per_sample",
+    [
+        # top1: pred {0} vs truth {0} -> 1 ; pred {1} vs truth {2} (tie 2/3 broken by index) -> 0
+        (1, [1.0, 0.0]),
+        # top2: pred {0,2} vs {0,2} -> 1 ; pred {1,2} vs {2,3} -> 1/2
+        (2, [1.0, 0.5]),
+        # top3: pred {0,2,3} vs {0,2,1} -> 2/3 ; pred {1,2,0} vs {2,3,0} -> 2/3
+        (3, [2 / 3, 2 / 3]),
+    ],
+)
+def test_k_accuracy_hand_computed(k, per_sample):
+    np.testing.assert_allclose(M.k_accuracy_per_sample(SCORES, TRUTH, k), per_sample)
+    assert M.k_accuracy(SCORES, TRUTH, k) == pytest.approx(np.mean(per_sample))
+
+
+def test_top1_equals_k1_on_single_label_and_success_rate():
+    truth = np.eye(4)[[0, 2]]
+    assert M.top1_accuracy(SCORES, np.array([0, 2])) == 0.5
+    assert M.k_accuracy(SCORES, truth, 1) == 0.5
+    adv = SCORES[:, ::-1]
+    assert M.success_rate(SCORES, adv) == 1.0
+    assert M.success_rate(SCORES, SCORES) == 0.0
+
+
+def test_inverse_cooccurrence_and_risk_hand_computed():
+    labels = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    counts = M.cooccurrence_matrix(labels)
+    np.testing.assert_array_equal(counts, [[3, 2, 0], [2, 2, 0], [0, 0, 1]])
+    inv = M.inverse_cooccurrence(labels)
+    np.testing.assert_allclose(inv, [[0, 1 - 2 / 3, 1], [0, 0, 1], [1, 1, 0]])
+    clean = np.array([[0.9, 0.2, 0.1], [0.1, 0.1, 0.8]])  # top labels 0 and 2
+    adv = np.array([[0.3, 0.6, 0.9], [0.5, 0.5, 0.2]])
+    # sample 1: adv . C[0] = 0.6/3 + 0.9 ; sample 2: adv . C[2] = 0.5 + 0.5
+    assert M.risk(adv, clean, inv) == pytest.approx(((0.2 + 0.9) + 1.0) / 2)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: M.k_accuracy(SCORES, TRUTH, 0), "k must be"),
+        (lambda: M.k_accuracy(SCORES, TRUTH[:, :3], 1), r"\(n, M\)"),
+        (lambda: M.psnr(np.zeros(3), np.zeros(3) + 1, data_range=0), "data_range"),
+        (lambda: M.ssim(np.zeros((2, 2)), np.zeros((2, 2))), ">= 3"),
+        (lambda: M.risk(SCORES, SCORES, np.eye(3)), "C"),
+        (lambda: M.cooccurrence_matrix(np.zeros(3)), "multi-hot"),
+    ],
+)
+def test_ill_opts(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
