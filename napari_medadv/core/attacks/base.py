@@ -21,6 +21,7 @@ Tensor layout: images ``B C H W`` (2-D) or ``B C D H W`` (3-D), any number of ch
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -168,7 +169,8 @@ class _Context:
         self.attack = attack
         self.x = images
         self.rng = torch.Generator(device=images.device)
-        self.rng.manual_seed(attack.seed if attack.seed is not None else torch.seed() % (2**63))
+        # no seed: draw one from the OS, never from (or into) torch's global generator
+        self.rng.manual_seed(attack.seed if attack.seed is not None else secrets.randbits(63))
         self.range: IntensityRange = compute_range(images, attack.data_range)
         self.eps = self.range.eps_native(attack.eps)
         self.roi = attack._roi_for(images)
