@@ -1,0 +1,115 @@
+"""Rebuild every generated file under sample_data/ from fixed seeds (no network).
+
+    pip install nilearn pydicom-data          # the two wheels the data come from
+    python sample_data/make_sample_data.py            # rewrite the shipped files
+    python sample_data/make_sample_data.py --check    # rebuild in a temp dir and compare
+
+The generators live in ``napari_medadv.core.phantoms``; this script only picks the seeds and
+the file names and prints the sizes. See PROVENANCE.md for what each file is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import filecmp
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing the package
+
+from napari_medadv.core import phantoms  # noqa: E402
+
+
+def glioma_case_id(seed: int) -> str:
+    return f"glioma_{seed:03d}"
+
+
+def cxr_case_file(seed: int) -> str:
+    return f"case_{seed:02d}.png"
+
+
+def build(out: Path) -> list[Path]:
+    written: list[Path] = []
+
+    gdir = out / "glioma"
+    rows = []
+    for seed in phantoms.GLIOMA_HELDOUT_SEEDS:
+        channels, seg, affine = phantoms.make_glioma_case(seed)
+        case_id = glioma_case_id(seed)
+        written += phantoms.write_brats_case(gdir, case_id, channels, seg, affine).values()
+        p = phantoms.sample_glioma_params(seed)
+        rows.append(
+            {
+                "case_id": case_id,
+                "seed": seed,
+                "voxels_label1": int((seg == 1).sum()),
+                "voxels_label2": int((seg == 2).sum()),
+                "voxels_label4": int((seg == 4).sum()),
+                "center_x_mm": f"{p.center_mm[0]:.1f}",
+                "center_y_mm": f"{p.center_mm[1]:.1f}",
+                "center_z_mm": f"{p.center_mm[2]:.1f}",
+                "core_radius_mm": f"{p.core_radius_mm:.1f}",
+                "whole_tumour_radius_mm": f"{p.edema_radius_mm:.1f}",
+            }
+        )
+    manifest = gdir / "cases.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    written.append(manifest)
+
+    cdir = out / "cxr"
+    cdir.mkdir(parents=True, exist_ok=True)
+    base = phantoms.load_base_cxr(phantoms.CXR_BASE_SIZE)
+    phantoms.write_base_cxr_png(cdir / "chest_pa.png", base)
+    written.append(cdir / "chest_pa.png")
+    hdir = cdir / "heldout"
+    hdir.mkdir(parents=True, exist_ok=True)
+    labels = []
+    for seed in phantoms.CXR_HELDOUT_SEEDS:
+        img, lab = phantoms.make_cxr_case(seed, size=phantoms.CXR_CLASSIFIER_SIZE, base=base)
+        name = cxr_case_file(seed)
+        phantoms.write_base_cxr_png(hdir / name, img)
+        written.append(hdir / name)
+        labels.append({"file": name, **{k: lab[k] for k in phantoms.CXR_FINDINGS}})
+    with open(hdir / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["file", *phantoms.CXR_FINDINGS], lineterminator="\n")
+        w.writeheader()
+        w.writerows(labels)
+    written.append(hdir / "labels.csv")
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE, help="output folder (default: this sample_data folder)")
+    ap.add_argument("--check", action="store_true", help="rebuild into a temporary folder and compare bytes")
+    args = ap.parse_args(argv)
+
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = build(Path(tmp))
+            bad = [
+                f.relative_to(tmp) for f in files if not filecmp.cmp(f, args.out / f.relative_to(tmp), shallow=False)
+            ]
+        for f in bad:
+            print(f"DIFFERS: {f}")
+        print(f"{len(files) - len(bad)}/{len(files)} files byte-identical")
+        return 1 if bad else 0
+
+    files = build(args.out)
+    total = 0
+    for f in files:
+        size = f.stat().st_size
+        total += size
+        print(f"{size / 1024:9.1f} KiB  {f.relative_to(args.out)}")
+    print(f"{total / 1024 / 1024:9.2f} MiB  total ({len(files)} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
