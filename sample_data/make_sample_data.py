@@ -39,7 +39,8 @@ def build(out: Path) -> list[Path]:
     for seed in phantoms.GLIOMA_HELDOUT_SEEDS:
         channels, seg, affine = phantoms.make_glioma_case(seed)
         case_id = glioma_case_id(seed)
-        written += phantoms.write_brats_case(gdir, case_id, channels, seg, affine).values()
+        # one folder per case, as BraTS distributes them (each folder opens as one 4-channel image)
+        written += phantoms.write_brats_case(gdir / case_id, case_id, channels, seg, affine).values()
         p = phantoms.sample_glioma_params(seed)
         rows.append(
             {

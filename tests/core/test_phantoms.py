@@ -129,11 +129,11 @@ def test_shipped_glioma_case(row):
 
     case_id = row["case_id"]
     for ch in P.GLIOMA_CHANNELS:
-        img = nib.load(GLIOMA_DIR / f"{case_id}_{ch}.nii.gz")
+        img = nib.load(GLIOMA_DIR / case_id / f"{case_id}_{ch}.nii.gz")
         assert img.get_data_dtype() == np.int16
         assert img.dataobj.slope == pytest.approx(P.GLIOMA_INT16_SLOPE)
         assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
-    channels, seg, affine = P.read_brats_case(GLIOMA_DIR, case_id)
+    channels, seg, affine = P.read_brats_case(GLIOMA_DIR / case_id, case_id)
     assert seg.dtype == np.uint8 and seg.shape == P.GLIOMA_GRID.shape
     np.testing.assert_allclose(affine, P.GLIOMA_GRID.affine, atol=1e-4)
     assert set(np.unique(seg).tolist()) == {0, 1, 2, 4}
@@ -301,7 +301,7 @@ def test_glioma_contrasts_ordered(cases, anat):
 def test_shipped_glioma_matches_generator(row, cases):
     seed = int(row["seed"])
     ch, seg, aff = cases[seed]
-    f_ch, f_seg, f_aff = P.read_brats_case(GLIOMA_DIR, row["case_id"])
+    f_ch, f_seg, f_aff = P.read_brats_case(GLIOMA_DIR / row["case_id"], row["case_id"])
     np.testing.assert_array_equal(f_seg, seg)
     np.testing.assert_allclose(f_aff, aff, atol=1e-4)
     for k in P.GLIOMA_CHANNELS:
