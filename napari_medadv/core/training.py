@@ -1,0 +1,232 @@
+"""Training of the shipped demo models (``medadv train demo-unet3d|demo-unet2d|demo-cxr``).
+
+Each model is trained end to end *through* :class:`NativeInputModel` (normalisation included), on
+phantoms generated on the fly from training seeds (>= ``phantoms.TRAIN_SEED_START``, disjoint from
+the shipped held-out cases), on the CPU in minutes. The result is a state dict of the inner
+network plus a JSON file with the :class:`ModelInfo`, the architecture and the training record
+(seed, sizes, time, held-out scores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models.base import ModelInfo, NativeInputModel
+from .models.demo import build_architecture, demo_paths
+
+Log = Callable[[str], None]
+
+GLIOMA_LABELS = [0, 1, 2, 4]
+
+DEMO_CONFIGS = {
+    "unet3d": {
+        "arch": "monai.UNet",
+        "arch_kwargs": {"spatial_dims": 3, "in_channels": 4, "out_channels": 4, "channels": [8, 16, 32, 64],
+                        "strides": [2, 2, 2], "num_res_units": 1},
+        "info": {"task": "segmentation", "spatial_dims": 3, "in_channels": 4, "output": "softmax",
+                 "normalization": "zscore-nonzero", "channel_names": ["t1", "t1ce", "t2", "flair"],
+                 "label_values": GLIOMA_LABELS, "roi_size": [64, 80, 64], "spacing": [2.5, 2.5, 2.5],
+                 "name": "demo:unet3d", "description": "3-D UNet (MONAI), glioma phantoms, labels 0/1/2/4"},
+        "train": {"n_cases": 48, "epochs": 30, "batch": 2, "lr": 3e-3},
+    },
+    "unet2d": {
+        "arch": "monai.UNet-slicewise",
+        "arch_kwargs": {"spatial_dims": 2, "in_channels": 4, "out_channels": 4, "channels": [16, 32, 64, 128],
+                        "strides": [2, 2, 2], "num_res_units": 1, "slice_axis": -1},
+        "info": {"task": "segmentation", "spatial_dims": 3, "in_channels": 4, "output": "softmax",
+                 "normalization": "zscore-nonzero", "channel_names": ["t1", "t1ce", "t2", "flair"],
+                 "label_values": GLIOMA_LABELS, "spacing": [2.5, 2.5, 2.5],
+                 "name": "demo:unet2d",
+                 "description": "2-D UNet (MONAI) applied slice by slice (axial), glioma phantoms, labels 0/1/2/4"},
+        "train": {"n_cases": 32, "epochs": 10, "batch": 1, "lr": 3e-3},
+    },
+    "cxr": {
+        "arch": "monai.DenseNet",
+        "arch_kwargs": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_features": 16,
+                        "growth_rate": 8, "block_config": [4, 4, 4], "bn_size": 2},
+        "info": {"task": "classification", "spatial_dims": 2, "in_channels": 1, "output": "sigmoid",
+                 "normalization": "minmax", "channel_names": ["radiograph"], "class_names": ["nodule", "opacity"],
+                 "roi_size": [256, 256], "name": "demo:cxr",
+                 "description": "small DenseNet (MONAI), multi-label nodule/opacity on synthetic findings"},
+        "train": {"n_cases": 480, "epochs": 8, "batch": 16, "lr": 2e-3},
+    },
+}
+
+
+def glioma_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(4-channel float32 image ``C X Y Z``, label map) of one phantom case."""
+    from . import phantoms
+
+    channels, seg, _ = phantoms.make_glioma_case(seed)
+    img = np.stack([channels[c] for c in phantoms.GLIOMA_CHANNELS]).astype(np.float32)
+    return img, seg.astype(np.int64)
+
+
+def cxr_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from . import phantoms
+
+    img, labels = phantoms.make_cxr_case(seed)
+    return img[None].astype(np.float32), np.array([labels[f] for f in phantoms.CXR_FINDINGS], dtype=np.float32)
+
+
+def _to_index(seg: np.ndarray) -> np.ndarray:
+    idx = np.zeros_like(seg)
+    for i, v in enumerate(GLIOMA_LABELS):
+        idx[seg == v] = i
+    return idx
+
+
+def train_demo(name: str, out_dir: str | Path | None = None, *, seed: int = 0, n_cases: int | None = None,
+               epochs: int | None = None, log: Log = print) -> dict:
+    """Train demo model ``name`` and write ``NAME.pt`` + ``NAME.json`` into ``out_dir``."""
+    from . import phantoms
+
+    if name not in DEMO_CONFIGS:
+        raise ValueError(f"unknown demo model {name!r}; choose one of {', '.join(DEMO_CONFIGS)}")
+    cfg = json.loads(json.dumps(DEMO_CONFIGS[name]))  # deep copy
+    tr = cfg["train"]
+    if n_cases is not None:
+        tr["n_cases"] = int(n_cases)
+    if epochs is not None:
+        tr["epochs"] = int(epochs)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    info = ModelInfo.from_dict(cfg["info"])
+    net = build_architecture(cfg["arch"], cfg["arch_kwargs"])
+    model = NativeInputModel(net, info, sliding_window=False)
+    t0 = time.perf_counter()
+    seeds = [phantoms.TRAIN_SEED_START + seed * 10_000 + i for i in range(tr["n_cases"])]
+    if info.task == "segmentation":
+        data = [glioma_arrays(s) for s in seeds]
+        log(f"generated {len(data)} training phantoms in {time.perf_counter() - t0:.0f} s")
+        _train_segmentation(model, data, tr, rng, log)
+        heldout = evaluate_glioma(model, [glioma_arrays(s) for s in phantoms.GLIOMA_HELDOUT_SEEDS])
+    else:
+        data = [cxr_arrays(s) for s in seeds]
+        log(f"generated {len(data)} training radiographs in {time.perf_counter() - t0:.0f} s")
+        _train_classifier(model, data, tr, rng, log)
+        heldout = evaluate_cxr(model, [cxr_arrays(s) for s in phantoms.CXR_HELDOUT_SEEDS])
+    elapsed = time.perf_counter() - t0
+    log(f"held-out: {heldout}  ({elapsed:.0f} s in all)")
+    record = {
+        "seed": seed, "training_seeds": [seeds[0], seeds[-1]], **tr, "seconds": round(elapsed, 1),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+        "heldout": heldout,
+    }
+    meta = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "info": info.to_dict(), "training": record}
+    out = Path(out_dir) if out_dir is not None else Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    pt, js = demo_paths(name, out)
+    _atomic_save(lambda f: torch.save(net.state_dict(), f), pt)
+    _atomic_save(lambda f: Path(f).write_text(json.dumps(meta, indent=1) + "\n"), js)
+    return {"weights": str(pt), "metadata": str(js), **record}
+
+
+def _atomic_save(write: Callable[[str], object], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _train_segmentation(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    opt = torch.optim.Adam(model.parameters(), lr=tr["lr"])
+    steps_per_epoch = max(1, len(data) // tr["batch"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
+    model.train()
+    for epoch in range(tr["epochs"]):
+        order = rng.permutation(len(data))
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * tr["batch"] : (s + 1) * tr["batch"]]
+            imgs, segs = [], []
+            for i in idx:
+                img, seg = data[i]
+                if rng.random() < 0.5:  # left-right flip (axis 0 is x in RAS-ordered phantoms)
+                    img, seg = img[:, ::-1], seg[::-1]
+                scale = rng.uniform(0.9, 1.1, size=(img.shape[0],) + (1,) * (img.ndim - 1))
+                imgs.append(np.ascontiguousarray(img * scale, dtype=np.float32))
+                segs.append(np.ascontiguousarray(_to_index(seg)))
+            x = torch.from_numpy(np.stack(imgs))
+            y = torch.from_numpy(np.stack(segs))[:, None]
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
+    model.eval()
+
+
+def _train_classifier(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=tr["lr"])
+    steps_per_epoch = max(1, len(data) // tr["batch"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    for epoch in range(tr["epochs"]):
+        order = rng.permutation(len(data))
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * tr["batch"] : (s + 1) * tr["batch"]]
+            x = torch.from_numpy(np.stack([data[i][0] for i in idx]))
+            y = torch.from_numpy(np.stack([data[i][1] for i in idx]))
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate_glioma(model: nn.Module, cases) -> dict:
+    """Mean Dice per BraTS region on (image, labels) cases, using label values."""
+    from .metrics import dice_regions
+
+    model.eval()
+    scores = {"WT": [], "TC": [], "ET": []}
+    for img, seg in cases:
+        out = model(torch.from_numpy(np.ascontiguousarray(img))[None])
+        pred = np.asarray(GLIOMA_LABELS)[out.argmax(1)[0].numpy()]
+        for k, v in dice_regions(pred, seg).items():
+            scores[k].append(v)
+    return {k: round(float(np.mean(v)), 4) for k, v in scores.items()}
+
+
+@torch.no_grad()
+def evaluate_cxr(model: nn.Module, cases) -> dict:
+    """AUC per finding (and mean) on (image, labels) cases."""
+    from scipy.stats import mannwhitneyu
+
+    model.eval()
+    probs = torch.sigmoid(model(torch.from_numpy(np.stack([c[0] for c in cases])))).numpy()
+    labels = np.stack([c[1] for c in cases])
+    out = {}
+    for j in range(labels.shape[1]):
+        pos, neg = probs[labels[:, j] == 1, j], probs[labels[:, j] == 0, j]
+        if len(pos) and len(neg):
+            # AUC = Mann-Whitney U / (n_pos n_neg), computed by scipy rather than by hand
+            out[f"auc_{j}"] = round(float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg))), 4)
+    out["auc_mean"] = round(float(np.mean(list(out.values()))), 4) if out else float("nan")
+    return out
