@@ -1,0 +1,336 @@
+"""``medadv`` — the command line, a thin layer over :mod:`napari_medadv.core`.
+
+    medadv attack IMAGE --model SPEC --attack NAME --eps E --out DIR   one attack, written to DIR
+    medadv demo [--headless] [--out DIR]                               the whole chain on shipped data
+    medadv train demo-unet3d|demo-unet2d|demo-cxr [--out DIR]          rebuild a demo model
+    medadv attacks                                                     list attacks and their parameters
+    medadv models                                                      list model schemes and demo models
+
+Bad input (unreadable file, wrong channels, bad argument) prints one line naming the file and
+the problem and exits with code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """Raised for problems the user must fix; printed as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (kept deliberately tiny: tqdm's nested bars and
+    notebook detection add nothing here, and the step objects already carry the numbers)."""
+
+    def __init__(self, label: str, stream=None, width: int = 28):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self._last_pct = -1
+        self._t0 = time.perf_counter()
+
+    def __call__(self, step) -> None:
+        frac = min(1.0, max(0.0, step.fraction))
+        pct = int(frac * 100)
+        if not self.tty and pct // 10 == self._last_pct // 10 and pct < 100:
+            return
+        self._last_pct = pct
+        filled = int(frac * self.width)
+        info = []
+        if step.loss is not None:
+            info.append(f"loss {step.loss:.4f}")
+        for key in ("l0", "psnr", "dice"):
+            if key in step.metrics:
+                v = step.metrics[key]
+                info.append(f"{key} {v:.3g}" if isinstance(v, float) else f"{key} {v}")
+        line = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}% "
+                f"{time.perf_counter() - self._t0:5.1f}s {' '.join(info)}")
+        if self.tty:
+            self.stream.write("\r" + line[:120])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._last_pct >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- parser
+
+
+_HANDLED = {"eps", "steps", "alpha", "restarts", "target_label"}
+
+
+def _attack_param_options(p: argparse.ArgumentParser) -> list[str]:
+    """One option per registry parameter not covered by the fixed options (union over attacks)."""
+    from napari_medadv.core.attacks import ATTACKS
+
+    added: dict[str, object] = {}
+    g = p.add_argument_group("attack-specific parameters (from the attack registry)")
+    for spec in ATTACKS.values():
+        for prm in spec.params:
+            if prm.name in _HANDLED or prm.name in added:
+                continue
+            kind = _bool if prm.kind is bool else prm.kind
+            flag = "--" + prm.name.replace("_", "-")
+            users = [s.name for s in ATTACKS.values() if any(q.name == prm.name for q in s.params)]
+            g.add_argument(flag, dest=f"param_{prm.name}", type=kind, default=None,
+                           help=f"{prm.help} (default {prm.default}; {', '.join(users)})")
+            added[prm.name] = prm
+    return list(added)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from napari_medadv import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medadv", description="Adversarial robustness of medical imaging models (napari-medadv).")
+    parser.add_argument("--version", action="version", version=f"napari-medadv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # attack
+    from napari_medadv.core.attacks import ATTACKS
+
+    a = sub.add_parser("attack", help="run one attack on an image and write the results",
+                       description="Run one attack on IMAGE with a model and write adversarial image, "
+                                   "perturbation, segmentations, metrics.json and record.json into --out.")
+    a.add_argument("image", help="NIfTI file, BraTS case folder, DICOM file/series folder, PNG/JPEG/TIFF")
+    a.add_argument("--model", required=True, help="model spec: demo:unet3d, torchscript:PATH, bundle:DIR, "
+                                                 "factory:pkg.module:function, xrv:WEIGHTS")
+    a.add_argument("--weights", help="state dict for factory: models")
+    a.add_argument("--trust-model-code", action="store_true",
+                   help="allow TorchScript/bundle/factory models, which run code from their files")
+    a.add_argument("--attack", required=True, choices=list(ATTACKS), help="attack from the registry")
+    a.add_argument("--eps", type=float, help="L∞ budget as a fraction of each channel's intensity range "
+                                              "(0.05 = 5%%; the attack's default if omitted)")
+    a.add_argument("--steps", type=int, help="iterations (ifgsm, tifgsm, pgd)")
+    a.add_argument("--alpha", type=float, help="step size, fraction of range (default ε/steps; pgd 2.5·ε/steps)")
+    a.add_argument("--restarts", type=int, help="PGD random restarts")
+    tg = a.add_mutually_exclusive_group()
+    tg.add_argument("--target", help="target label value (segmentation, e.g. 1) or class name/index")
+    tg.add_argument("--target-mask", help="label map file (label values) the prediction should become")
+    a.add_argument("--labels", help="ground-truth label map (default: the case's _seg for BraTS folders)")
+    a.add_argument("--no-labels", action="store_true", help="ignore ground truth; attack the clean prediction")
+    a.add_argument("--roi", help="mask file: the perturbation is restricted to its non-zero voxels")
+    a.add_argument("--loss", choices=["dice", "ce", "bce", "mse"], help="attack loss (default: soft Dice for "
+                                                                        "segmentation, CE/BCE for classifiers)")
+    a.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
+    a.add_argument("--seed", type=int, help="random seed (recorded; drawn at random if omitted)")
+    a.add_argument("--out", required=True, help="output folder (created; files are replaced atomically)")
+    a.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    _attack_param_options(a)
+    a.set_defaults(func=cmd_attack)
+
+    d = sub.add_parser("demo", help="run the demo on the shipped sample data and demo models")
+    d.add_argument("--headless", action="store_true",
+                   help="no GUI: run every attack once and write outputs + a summary figure")
+    d.add_argument("--out", default="medadv-demo", help="output folder for --headless (default ./medadv-demo)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train (rebuild) a demo model from a seed on the CPU")
+    t.add_argument("model", choices=["demo-unet3d", "demo-unet2d", "demo-cxr"])
+    t.add_argument("--out", default=".", help="folder for NAME.pt and NAME.json (default: current folder)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cases", type=int, help="number of training cases (default: the shipped model's)")
+    t.add_argument("--epochs", type=int)
+    t.set_defaults(func=cmd_train)
+
+    ls = sub.add_parser("attacks", help="list the attacks and their parameters")
+    ls.set_defaults(func=cmd_attacks)
+    ms = sub.add_parser("models", help="list model spec schemes and the demo models")
+    ms.set_defaults(func=cmd_models)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _load_labels(args, image):
+    from napari_medadv.core.io import read_labels
+
+    if args.no_labels:
+        return None
+    if args.labels:
+        return read_labels(args.labels, like=image)
+    return image.labels
+
+
+def cmd_attack(args) -> int:
+    import numpy as np
+
+    from napari_medadv.core.attacks import ATTACKS
+    from napari_medadv.core.io import read_image, read_labels
+    from napari_medadv.core.models import load_model
+    from napari_medadv.core.pipeline import run_attack, write_outcome
+
+    image = read_image(args.image)
+    model = load_model(args.model, weights=args.weights, trust_code=args.trust_model_code, device=args.device)
+    model.check_image(image.array, str(image.source))
+    labels = _load_labels(args, image)
+    spec = ATTACKS.get_spec(args.attack)
+    accepted = {p.name for p in spec.params}
+    params = {}
+    for name in ("eps", "steps", "alpha", "restarts"):
+        v = getattr(args, name)
+        if v is not None:
+            if name not in accepted:
+                raise CLIError(f"--{name} does not apply to {spec.label}")
+            params[name] = v
+    for key, v in vars(args).items():
+        if key.startswith("param_") and v is not None:
+            name = key[len("param_"):]
+            if name not in accepted:
+                raise CLIError(f"--{name.replace('_', '-')} does not apply to {spec.label}")
+            params[name] = v
+    if args.loss:
+        params["loss"] = args.loss
+    target = None
+    if args.target is not None:
+        target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    elif args.target_mask:
+        target = read_labels(args.target_mask, like=image)
+    if spec.targeted == "required" and target is None and "target_label" not in params:
+        target = None  # ti-FGSM's default target: label index 1 (Liu's "everything = label 1")
+    roi = read_labels(args.roi, like=image) if args.roi else None
+    if roi is not None and not np.any(roi):
+        raise CLIError(f"{args.roi}: the ROI mask is empty")
+    bar = None if args.quiet else ProgressBar(spec.label)
+    try:
+        outcome = run_attack(image, model, args.attack, params=params, labels=labels, target=target,
+                             roi=roi, seed=args.seed, callback=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = write_outcome(outcome, args.out, command=["medadv", *sys.argv[1:]])
+    if args.json:
+        print(json.dumps(outcome.metrics, indent=1, default=str))
+    else:
+        print(_summary_line(outcome))
+        print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _summary_line(o) -> str:
+    m = o.metrics
+    iq = m["image_quality"]
+    parts = [f"{o.attack}: eps={m['eps']:g}", f"PSNR {iq['psnr']:.2f} dB", f"SSIM {iq['ssim']:.3f}",
+             f"L0 {iq['l0']}"]
+    if "dice" in m:
+        block = m["dice"].get("ground_truth_vs_adversarial") or m["dice"]["clean_vs_adversarial"]
+        clean = m["dice"].get("ground_truth_vs_clean")
+        key = "regions" if "regions" in block else None
+        if key:
+            parts.append("Dice " + " ".join(
+                f"{r} {clean[key][r]:.3f}->{v:.3f}" if clean else f"{r} {v:.3f}" for r, v in block[key].items()))
+        else:
+            parts.append(f"Dice fg {block['foreground']:.3f}")
+    if "probabilities" in m:
+        parts.append(" ".join(f"{n} {p['clean']:.2f}->{p['adversarial']:.2f}" for n, p in m["probabilities"].items()))
+    return "  ".join(parts)
+
+
+def cmd_demo(args) -> int:
+    if not args.headless:
+        try:
+            from napari_medadv._qt.demo import launch_demo  # the napari demo (GUI plugin)
+        except ImportError:
+            print("medadv: the napari demo window is not available in this version; "
+                  "running the headless demo instead (see --headless)", file=sys.stderr)
+        else:
+            return launch_demo(device=args.device)
+    from napari_medadv.core.demo_run import run_headless_demo
+
+    summary = run_headless_demo(args.out, device=args.device, quick=args.quick, log=lambda s: print(s, file=sys.stderr))
+    print(f"wrote the demo to {summary['out']} (figure: {summary['figure']})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from napari_medadv.core.training import train_demo
+
+    name = args.model.removeprefix("demo-")
+    rec = train_demo(name, args.out, seed=args.seed, n_cases=args.cases, epochs=args.epochs,
+                     log=lambda s: print(s, file=sys.stderr))
+    print(json.dumps(rec, indent=1))
+    return 0
+
+
+def cmd_attacks(args) -> int:
+    from napari_medadv.core.attacks import ATTACKS
+
+    for spec in ATTACKS.values():
+        kind = "black-box" if spec.gradient_free else "white-box"
+        tgt = {"no": "", "optional": ", targeted or untargeted", "required": ", targeted"}[spec.targeted]
+        print(f"{spec.name:10s} {spec.label} ({kind}{tgt}): {spec.description}")
+        for p in spec.params:
+            print(f"{'':12s}--{p.name.replace('_', '-'):16s} {p.help} [default {p.default}]")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from napari_medadv.core.models import known_schemes
+    from napari_medadv.core.models.demo import DEMO_MODELS
+
+    print("schemes: " + ", ".join(f"{s}:" for s in known_schemes()))
+    for name, desc in DEMO_MODELS.items():
+        print(f"demo:{name:8s} {desc}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from napari_medadv.core.errors import MedadvError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, MedadvError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"medadv: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("medadv: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # out of memory is a user-fixable problem, not a bug
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            print("medadv: error: out of memory on the device; retry with --device cpu or a smaller image",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""One attack on one image file, end to end — shared by ``medadv attack``, the demo, the GUI and
+the study: model input, attack, predictions, metrics, and the output folder.
+
+Everything here works on :class:`~napari_medadv.core.io.ImageData` (native intensities, source
+geometry) and :class:`~napari_medadv.core.models.LoadedModel`; nothing is resampled on disk:
+outputs lie on the source grid and overlay it exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .attacks import ATTACKS, AttackResult, FGSM
+from .errors import MedadvError, ModelError
+from .io import ImageData, write_image, write_labels
+from .models.base import LoadedModel
+
+BRATS_VALUES = {0, 1, 2, 4}
+
+
+@dataclass
+class AttackOutcome:
+    """What one attack produced, in numpy on the source grid."""
+
+    image: ImageData
+    model: LoadedModel
+    attack: str
+    params: dict
+    seed: int
+    adversarial: np.ndarray  # C *spatial, float32, native units
+    result: AttackResult
+    clean_output: torch.Tensor
+    adv_output: torch.Tensor
+    labels: np.ndarray | None = None  # ground truth label values, if given
+    seg_clean: np.ndarray | None = None
+    seg_adv: np.ndarray | None = None
+    probs_clean: np.ndarray | None = None
+    probs_adv: np.ndarray | None = None
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def perturbation(self) -> np.ndarray:
+        return self.adversarial - self.image.array
+
+
+def model_input(image: ImageData, model: LoadedModel) -> torch.Tensor:
+    """The image as a ``1 C *spatial`` tensor on the model's device, after checking it fits."""
+    model.check_image(image.array, str(image.source))
+    model.module.set_input_spacing(tuple(float(s) for s in image.geometry.spacing))
+    return model.to_batch(image.array)
+
+
+def resolve_target(model: LoadedModel, target, image: ImageData):
+    """A target given as a label *value* / class name / label-value mask -> engine target."""
+    if target is None:
+        return None
+    if model.info.task == "classification":
+        names = model.info.class_names or []
+        if isinstance(target, str):
+            if target not in names:
+                raise ModelError(f"target class {target!r} is not one of the model's classes {names}")
+            return names.index(target)
+        return int(target)
+    if isinstance(target, np.ndarray):
+        if target.shape != image.spatial_shape:
+            raise MedadvError(f"target mask shape {target.shape} does not match the image {image.spatial_shape}")
+        return model.label_map_to_target(target)[0]
+    return model.label_value_to_index(int(target))
+
+
+def run_attack(
+    image: ImageData,
+    model: LoadedModel,
+    attack: str,
+    *,
+    params: dict | None = None,
+    labels: np.ndarray | None = None,
+    target=None,
+    roi: np.ndarray | None = None,
+    seed: int | None = None,
+    callback=None,
+    should_stop=None,
+) -> AttackOutcome:
+    """Run registered attack ``attack`` on ``image`` with ``model``.
+
+    ``labels``: ground-truth label values on the image grid (segmentation) or a multi-hot vector
+    (classification); when given, gradient attacks use them, otherwise the clean prediction.
+    ``target``: label value / mask of label values / class index or name (targeted attacks).
+    ``seed``: recorded always — a random one is drawn when ``None`` so every run can be replayed.
+    """
+    spec = ATTACKS.get_spec(attack)
+    params = dict(params or {})
+    seed = int(seed) if seed is not None else secrets.randbelow(2**31)
+    x = model_input(image, model)
+    kwargs = dict(params)
+    kwargs.setdefault("activation", model.activation())
+    atk = spec.create(model.module, seed=seed, roi=roi, **kwargs)
+    engine_labels = None
+    if labels is not None:
+        engine_labels = (
+            torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
+            if model.info.task == "classification"
+            else model.label_map_to_target(labels)
+        )
+    engine_target = resolve_target(model, target, image)
+    if engine_target is not None and spec.targeted == "no":
+        raise MedadvError(f"{spec.label} is untargeted; drop --target/--target-mask")
+    t0 = time.perf_counter()
+    result = atk.run(x, engine_labels, target=engine_target, callback=callback, should_stop=should_stop)
+    seconds = time.perf_counter() - t0
+    clean_out = model.forward(x)
+    adv_out = model.forward(result.adversarial)
+    outcome = AttackOutcome(
+        image=image, model=model, attack=attack, params=atk.get_params(), seed=seed,
+        adversarial=result.adversarial[0].detach().cpu().numpy().astype(np.float32),
+        result=result, clean_output=clean_out, adv_output=adv_out,
+        labels=None if labels is None else np.asarray(labels), seconds=seconds,
+    )
+    if model.info.task == "segmentation":
+        outcome.seg_clean = model.to_label_map(clean_out)[0].astype(np.int16)
+        outcome.seg_adv = model.to_label_map(adv_out)[0].astype(np.int16)
+    else:
+        outcome.probs_clean = model.probabilities(clean_out)[0].cpu().numpy()
+        outcome.probs_adv = model.probabilities(adv_out)[0].cpu().numpy()
+    outcome.metrics = outcome_metrics(outcome)
+    return outcome
+
+
+def _dice_block(pred: np.ndarray, ref: np.ndarray, label_values) -> dict:
+    labels = [int(v) for v in label_values if int(v) != 0]
+    out = {"per_label": {str(k): v for k, v in M.dice_per_label(pred, ref, labels).items()},
+           "foreground": M.foreground_dice(pred, ref)}
+    if set(int(v) for v in label_values) <= BRATS_VALUES:
+        out["regions"] = M.dice_regions(pred, ref)
+    return out
+
+
+def image_quality_per_channel(clean: np.ndarray, adv: np.ndarray, names) -> dict:
+    """PSNR/SSIM/RMSE per channel on that channel's own range, their means, and the norms."""
+    per = {}
+    for c, name in enumerate(names):
+        rng = float(clean[c].max() - clean[c].min()) or 1.0
+        per[name] = {"psnr": M.psnr(clean[c], adv[c], rng), "ssim": M.ssim(clean[c], adv[c], rng),
+                     "rmse": M.rmse(clean[c], adv[c]), "linf": float(np.abs(adv[c] - clean[c]).max()),
+                     "linf_fraction_of_range": float(np.abs(adv[c] - clean[c]).max() / rng)}
+    mean = {k: float(np.mean([p[k] for p in per.values()])) for k in ("psnr", "ssim", "rmse")}
+    norms = M.perturbation_norms(clean, adv, channel_axis=0)
+    return {**mean, **norms, "per_channel": per}
+
+
+def outcome_metrics(o: AttackOutcome) -> dict:
+    """metrics.json content: Dice vs ground truth/clean, image quality, ε, probabilities."""
+    out: dict = {
+        "attack": o.attack,
+        "eps": o.result.eps,
+        "eps_native": dict(zip(o.image.channel_names, o.result.eps_native[0])),
+        "image_quality": image_quality_per_channel(o.image.array, o.adversarial, o.image.channel_names),
+        "model_calls": {"forward": o.result.n_forward, "backward": o.result.n_backward},
+        "cancelled": o.result.cancelled,
+        "seconds": round(o.seconds, 3),
+    }
+    if o.result.success is not None:
+        out["success"] = o.result.success[0]
+    if "l0" in o.result.extra:
+        out["dgde_l0"] = o.result.extra["l0"][0]
+    if o.model.info.task == "segmentation":
+        values = o.model.info.label_values or sorted(set(np.unique(o.seg_clean).tolist()) | {0})
+        if o.model.info.output == "sigmoid":
+            values = [0, 1, 2, 4]
+        dice = {"clean_vs_adversarial": _dice_block(o.seg_adv, o.seg_clean, values)}
+        if o.labels is not None:
+            dice["ground_truth_vs_clean"] = _dice_block(o.seg_clean, o.labels, values)
+            dice["ground_truth_vs_adversarial"] = _dice_block(o.seg_adv, o.labels, values)
+        out["dice"] = dice
+        out["reference"] = "ground truth" if o.labels is not None else "clean prediction"
+        changed = o.seg_clean != o.seg_adv
+        out["segmentation_changed_voxels"] = int(changed.sum())
+    else:
+        names = o.model.info.class_names or [str(i) for i in range(len(o.probs_clean))]
+        out["probabilities"] = {
+            n: {"clean": float(c), "adversarial": float(a), "change": float(a - c),
+                "decision_flipped": bool((c >= 0.5) != (a >= 0.5))}
+            for n, c, a in zip(names, o.probs_clean, o.probs_adv)
+        }
+        out["top1_changed"] = bool(np.argmax(o.probs_clean) != np.argmax(o.probs_adv))
+    return out
+
+
+# --------------------------------------------------------------------------- record / output
+
+
+def _sha256_of(paths) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("napari-medadv", "torch", "monai", "numpy", "scipy", "nibabel", "pydicom"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def outcome_record(o: AttackOutcome, *, command: list[str] | None = None, extra: dict | None = None) -> dict:
+    """record.json: enough to replay the attack (inputs + checksums, model, parameters, seed)."""
+    return {
+        "input": {"path": str(o.image.source), "kind": o.image.kind,
+                  "checksum": _sha256_of(o.image.source_files()), "shape": list(o.image.array.shape),
+                  "channels": o.image.channel_names},
+        "model": {"spec": o.model.spec, "checksum": o.model.checksum, "info": o.model.info.to_dict(),
+                  "device": str(o.model.device)},
+        "attack": {"name": o.attack, "params": o.params, "seed": o.seed},
+        "labels_given": o.labels is not None,
+        "history": o.result.history,
+        "versions": package_versions(),
+        "command": command if command is not None else sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    }
+
+
+def _suffix_for(image: ImageData) -> str:
+    if image.kind in ("png", "jpeg"):
+        return ".png"  # JPEG is lossy: the perturbation would not survive
+    if image.kind == "tiff":
+        return ".tif"
+    if image.kind == "dicom":
+        return ".dcm"
+    if image.kind == "dicom-series":
+        return ""  # a folder of derived slices
+    return ".nii.gz"
+
+
+def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict | None = None,
+                  command: list[str] | None = None) -> dict[str, str]:
+    """Write the result folder; all-or-nothing: files are built in a temporary folder first.
+
+    ``adversarial.*`` (source format, marked as derived), ``perturbation.nii.gz`` (float, signed,
+    source geometry), ``segmentation_clean.*``/``segmentation_adversarial.*`` (segmentation),
+    ``metrics.json`` and ``record.json``.
+    """
+    out_dir = Path(out_dir)
+    sources = {Path(p).resolve() for p in o.image.source_files()}
+    if out_dir.resolve() in sources or any(out_dir.resolve() == s.parent for s in sources if o.image.kind in ("brats", "dicom-series")):
+        raise MedadvError(f"{out_dir}: the output folder must not be the input or its folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    written: dict[str, str] = {}
+    try:
+        suffix = _suffix_for(o.image)
+        desc = f"adversarially perturbed image ({o.attack}, eps={o.result.eps:g}) - napari-medadv; NOT the original"
+        written["adversarial"] = write_image(o.adversarial, tmp / f"adversarial{suffix}", like=o.image,
+                                             description=desc).name
+        written["perturbation"] = write_image(o.perturbation, tmp / "perturbation.nii.gz", like=o.image,
+                                              description=f"adversarial perturbation ({o.attack}) - napari-medadv").name
+        if o.seg_clean is not None:
+            lab_suffix = ".nii.gz" if o.image.spatial_dims == 3 or suffix == ".nii.gz" else ".png"
+            written["segmentation_clean"] = write_labels(o.seg_clean, tmp / f"segmentation_clean{lab_suffix}",
+                                                         like=o.image).name
+            written["segmentation_adversarial"] = write_labels(
+                o.seg_adv, tmp / f"segmentation_adversarial{lab_suffix}", like=o.image).name
+        (tmp / "metrics.json").write_text(json.dumps(o.metrics, indent=1, default=_json_default) + "\n")
+        written["metrics"] = "metrics.json"
+        (tmp / "record.json").write_text(
+            json.dumps(outcome_record(o, command=command, extra=record_extra), indent=1, default=_json_default) + "\n")
+        written["record"] = "record.json"
+        _move_into(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {k: str(out_dir / v) for k, v in written.items()}
+
+
+def _move_into(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    if not out_dir.is_dir():
+        raise MedadvError(f"{out_dir}: exists and is not a folder")
+    for item in tmp.iterdir():
+        dest = out_dir / item.name
+        if dest.is_dir() and not item.is_dir():
+            raise MedadvError(f"{dest}: a folder is in the way of an output file")
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(item, dest)
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    return repr(v)
+
+
+# --------------------------------------------------------------------------- live ε (GUI)
+
+
+class LiveEps:
+    """FGSM's fast ε path on an image: ``prepare`` once, then each ε costs one forward pass."""
+
+    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi=None):
+        self.image = image
+        self.model = model
+        x = model_input(image, model)
+        lab = None if labels is None else model.label_map_to_target(labels)
+        self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
+
+    def at(self, eps: float) -> tuple[np.ndarray, torch.Tensor]:
+        adv, out = self.fgsm.predict_at_eps(eps)
+        return adv[0].detach().cpu().numpy(), out
