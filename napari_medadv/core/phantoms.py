@@ -712,8 +712,10 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
     the presence flags do not change anything else. ``findings`` (e.g. ``{"nodule": True}``)
     overrides the drawn presence of the named findings (balanced training sets, tests).
 
-    Nodule: 5-15 mm diameter, round, slightly lobulated, fully inside the lung mask.
+    Nodule: 10-20 mm diameter, round, slightly lobulated, fully inside the lung mask.
     Opacity: 30-70 mm diameter irregular diffuse patch centred in the lung mask, clipped to it.
+    Both are clearly visible (a demo classifier must learn them on a CPU in minutes), yet small
+    next to the image's own round structures.
     Lesion coordinates are pixels of the augmented 512 px frame.
     """
     base = load_base_cxr(CXR_BASE_SIZE) if base is None else np.asarray(base, np.float32)
@@ -740,8 +742,8 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
             raise ValueError(f"unknown finding {k!r}; expected one of {CXR_FINDINGS}")
         present[k] = bool(v)
 
-    # nodule: 5-15 mm diameter, centre at least radius + 2 mm inside the lung mask
-    r_nod = rng.uniform(2.5, 7.5)
+    # nodule: 10-20 mm diameter, centre at least radius + 2 mm inside the lung mask
+    r_nod = rng.uniform(5.0, 10.0)
     depth = ndi.distance_transform_edt(lungs) * _CXR_MM_PER_PX
     cand = np.argwhere(depth >= r_nod + 2.0)
     if len(cand) == 0:  # cannot happen with RG1 (lungs are > 5 cm wide); keep a valid draw
@@ -752,7 +754,7 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
         "nodule",
         (float(cy), float(cx)),
         float(r_nod),
-        float(rng.uniform(0.18, 0.32)),
+        float(rng.uniform(0.35, 0.55)),
         float(irr),
         float(r_nod * (1 + irr) / _CXR_MM_PER_PX + 2.0),
     )
@@ -768,7 +770,7 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
         "opacity",
         (float(cy), float(cx)),
         float(r_op),
-        float(rng.uniform(0.12, 0.22)),
+        float(rng.uniform(0.25, 0.4)),
         float(irr),
         float(r_op * (1.3 + 2.5 * irr) / _CXR_MM_PER_PX + 2.0),
     )

@@ -297,6 +297,9 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
 
 def _move_into(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp creates 0700; the result folder is a normal folder
         os.replace(tmp, out_dir)
         return
     if not out_dir.is_dir():

@@ -48,7 +48,7 @@ DEMO_CONFIGS = {
                  "label_values": GLIOMA_LABELS, "spacing": [2.5, 2.5, 2.5],
                  "name": "demo:unet2d",
                  "description": "2-D UNet (MONAI) applied slice by slice (axial), glioma phantoms, labels 0/1/2/4"},
-        "train": {"n_cases": 32, "epochs": 10, "batch": 1, "lr": 3e-3},
+        "train": {"n_cases": 32, "epochs": 12, "batch": 32, "lr": 3e-3},
     },
     "cxr": {
         "arch": "monai.DenseNet",
@@ -58,7 +58,7 @@ DEMO_CONFIGS = {
                  "normalization": "minmax", "channel_names": ["radiograph"], "class_names": ["nodule", "opacity"],
                  "roi_size": [256, 256], "name": "demo:cxr",
                  "description": "small DenseNet (MONAI), multi-label nodule/opacity on synthetic findings"},
-        "train": {"n_cases": 480, "epochs": 8, "batch": 16, "lr": 2e-3},
+        "train": {"n_cases": 480, "epochs": 20, "batch": 16, "lr": 2e-3},
     },
 }
 
@@ -137,15 +137,72 @@ def _atomic_save(write: Callable[[str], object], path: Path) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _train_slicewise(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:
+    """2-D training on axial slices of the normalised volumes (Liu et al. train their 2D-UNet on
+    slices too); batches draw 60 % of their slices from slices that contain tumour."""
+    from monai.losses import DiceCELoss
+
+    net2d = model.net.net
+    axis = model.net.axis
+    slices_img, slices_seg, tumour = [], [], []
+    with torch.no_grad():
+        for img, seg in data:
+            z = model.normalize(torch.from_numpy(img)[None])[0].numpy()  # C X Y Z
+            idx = _to_index(seg)
+            for k in range(z.shape[axis]):
+                slices_img.append(np.take(z, k, axis=axis))
+                s = np.take(idx, k, axis=axis)
+                slices_seg.append(s)
+                tumour.append(bool(s.any()))
+    slices_img = np.stack(slices_img).astype(np.float32)
+    slices_seg = np.stack(slices_seg)
+    tumour = np.flatnonzero(tumour)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    opt = torch.optim.Adam(net2d.parameters(), lr=tr["lr"])
+    steps_per_epoch = max(1, len(data) * 4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
+    net2d.train()
+    for epoch in range(tr["epochs"]):
+        losses = []
+        for _ in range(steps_per_epoch):
+            n_t = int(tr["batch"] * 0.6)
+            pick = np.concatenate([rng.choice(tumour, n_t), rng.integers(0, len(slices_img), tr["batch"] - n_t)])
+            x = slices_img[pick].copy()
+            y = slices_seg[pick].copy()
+            flip = rng.random(len(pick)) < 0.5
+            x[flip] = x[flip][:, :, ::-1]
+            y[flip] = y[flip][:, ::-1]
+            loss = loss_fn(net2d(torch.from_numpy(np.ascontiguousarray(x))),
+                           torch.from_numpy(np.ascontiguousarray(y))[:, None])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
+    model.eval()
+
+
 def _train_segmentation(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:
     from monai.losses import DiceCELoss
 
+    from .models.demo import SliceWise
+
+    if isinstance(model.net, SliceWise):
+        return _train_slicewise(model, data, tr, rng, log)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.Adam(model.parameters(), lr=tr["lr"])
     steps_per_epoch = max(1, len(data) // tr["batch"])

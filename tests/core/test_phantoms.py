@@ -394,7 +394,7 @@ def test_cxr_findings_are_local_and_inside_lungs(seed):
         if lesion.kind == "nodule":
             depth_mm = ndi.distance_transform_edt(lungs)[r, c] * P._CXR_MM_PER_PX
             assert depth_mm >= lesion.radius_mm
-            assert 2.5 <= lesion.radius_mm <= 7.5
+            assert 5.0 <= lesion.radius_mm <= 10.0
         else:
             assert 15 <= lesion.radius_mm <= 35
 

@@ -7,7 +7,8 @@ Spec strings:
 * ``bundle:DIR`` — a MONAI bundle folder (network from its configs; runs code: needs ``trust_code``);
 * ``factory:package.module:function`` with ``weights=PATH`` — imports user code (needs
   ``trust_code``) and loads a state dict with ``torch.load(..., weights_only=True)``;
-* ``xrv:WEIGHTS`` — a torchxrayvision model whose weights are already in its cache (offline).
+* ``xrv:WEIGHTS`` — a torchxrayvision model whose weights are already in its cache (offline;
+  torchxrayvision unpickles its own file, so this also needs ``trust_code``).
 
 Metadata (:class:`ModelInfo`) comes from the bundle metadata, a JSON sidecar next to the file
 (``model.pt`` -> ``model.json``), the demo model's JSON, or ``info_overrides`` (CLI flags).
@@ -24,7 +25,11 @@ from .base import LoadedModel, ModelInfo, NativeInputModel
 
 Loader = Callable[..., tuple[torch.nn.Module, ModelInfo, str | None]]
 _LOADERS: dict[str, Loader] = {}
-SCHEMES_NEEDING_TRUST = {"torchscript", "bundle", "factory"}
+# torchscript/bundle/factory run code from the user's files; xrv lets torchxrayvision unpickle its
+# cached file with its own torch.load, which we cannot force to weights_only
+SCHEMES_NEEDING_TRUST = {"torchscript", "bundle", "factory", "xrv"}
+_BUILTIN_LOADER_MODULES = ("adapters", "demo")
+_builtins_loaded = False
 
 
 def register_scheme(scheme: str, loader: Loader) -> None:
@@ -60,9 +65,15 @@ def describe_device(device: torch.device) -> str:
 
 
 def _ensure_loaders():
-    if _LOADERS:
+    """Import the built-in loader modules once (each registers its schemes)."""
+    global _builtins_loaded
+    if _builtins_loaded:
         return
-    from . import adapters, demo  # noqa: F401  (each registers its schemes)
+    import importlib
+
+    for name in _BUILTIN_LOADER_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+    _builtins_loaded = True
 
 
 def load_model(

@@ -428,10 +428,11 @@ def test_weights_pickle_with_code_is_refused_and_never_run(factory, tmp_path):
     assert control.exists()
 
 
-@pytest.mark.parametrize("scheme", ["torchscript", "bundle", "factory"])
+@pytest.mark.parametrize("scheme", ["torchscript", "bundle", "factory", "xrv"])
 def test_code_running_schemes_refused_without_trust(scheme, scripted, tmp_path):
     _, path = scripted
-    target = {"torchscript": str(path), "bundle": str(tmp_path), "factory": "os:getcwd"}[scheme]
+    target = {"torchscript": str(path), "bundle": str(tmp_path), "factory": "os:getcwd",
+              "xrv": "densenet121-res224-all"}[scheme]
     with pytest.raises(ModelError, match="refusing without --trust-model-code"):
         load_model(f"{scheme}:{target}", weights=str(path), device="cpu")
 
@@ -515,7 +516,7 @@ def test_xrv_in_cache(fake_xrv):
     ref = _FakeXrvDenseNet()
     weights_file = fake_xrv.cache / os.path.basename(FAKE_URL)
     torch.save(ref.state_dict(), weights_file)
-    loaded = load_model("xrv:densenet121-res224-all", device="cpu")  # no trust needed: no user code
+    loaded = load_model("xrv:densenet121-res224-all", device="cpu", trust_code=True)
     info = loaded.info
     assert (info.task, info.spatial_dims, info.in_channels, info.output) == ("classification", 2, 1, "probabilities")
     assert info.class_names == ["Atelectasis", "Consolidation", "(unused 2)", "Pneumothorax"]
@@ -534,20 +535,20 @@ def test_xrv_in_cache(fake_xrv):
 def test_xrv_not_in_cache_is_a_clear_error_without_download(fake_xrv):
     with pytest.raises(ModelError, match=r"xrv:densenet121-res224-all: weights fake-densenet121-best\.pt are not in "
                                          r"torchxrayvision's cache .*does not download"):
-        load_model("xrv:densenet121-res224-all", device="cpu")
+        load_model("xrv:densenet121-res224-all", device="cpu", trust_code=True)
     assert fake_xrv.calls.downloads == [] and fake_xrv.calls.built == []
 
 
 def test_xrv_unknown_weights(fake_xrv):
     with pytest.raises(ModelError, match=r"unknown torchxrayvision weights 'densenet999'; known: all, densenet121"):
-        load_model("xrv:densenet999", device="cpu")
+        load_model("xrv:densenet999", device="cpu", trust_code=True)
 
 
 def test_xrv_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # makes `import torchxrayvision` fail
     with pytest.raises(ModelError, match=r"xrv:densenet121-res224-all: torchxrayvision is not installed or not "
                                          r"importable \(.*\); pip install torchxrayvision"):
-        load_model("xrv:densenet121-res224-all", device="cpu")
+        load_model("xrv:densenet121-res224-all", device="cpu", trust_code=True)
 
 
 def test_xrv_normalisation_constants_are_exact():
