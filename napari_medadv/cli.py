@@ -133,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--target-mask", help="label map file (label values) the prediction should become")
     a.add_argument("--labels", help="ground-truth label map (default: the case's _seg for BraTS folders)")
     a.add_argument("--no-labels", action="store_true", help="ignore ground truth; attack the clean prediction")
-    a.add_argument("--roi", help="mask file: the perturbation is restricted to its non-zero voxels")
+    rg = a.add_mutually_exclusive_group()
+    rg.add_argument("--roi", help="mask file: the perturbation is restricted to its non-zero voxels")
+    rg.add_argument("--perturb-background", action="store_true",
+                    help="also perturb the exactly-zero background of skull-stripped images "
+                         "(by default perturbations stay on the non-zero voxels)")
     a.add_argument("--loss", choices=["dice", "ce", "bce", "mse"], help="attack loss (default: soft Dice for "
                                                                         "segmentation, CE/BCE for classifiers)")
     a.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
@@ -216,9 +220,13 @@ def cmd_attack(args) -> int:
         target = read_labels(args.target_mask, like=image)
     if spec.targeted == "required" and target is None and "target_label" not in params:
         target = None  # ti-FGSM's default target: label index 1 (Liu's "everything = label 1")
-    roi = read_labels(args.roi, like=image) if args.roi else None
-    if roi is not None and not np.any(roi):
-        raise CLIError(f"{args.roi}: the ROI mask is empty")
+    roi = "auto"
+    if args.roi:
+        roi = read_labels(args.roi, like=image)
+        if not np.any(roi):
+            raise CLIError(f"{args.roi}: the ROI mask is empty")
+    elif args.perturb_background:
+        roi = None
     bar = None if args.quiet else ProgressBar(spec.label)
     try:
         outcome = run_attack(image, model, args.attack, params=params, labels=labels, target=target,

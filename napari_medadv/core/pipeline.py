@@ -83,6 +83,22 @@ def resolve_target(model: LoadedModel, target, image: ImageData):
     return model.label_value_to_index(int(target))
 
 
+def content_roi(image: ImageData, max_fraction: float = 0.95) -> np.ndarray | None:
+    """Voxels where any channel is non-zero, for skull-stripped images whose background is
+    exactly 0 (BraTS); ``None`` when the image has no such background.
+
+    Gradient attacks leave such a background untouched anyway (the model's non-zero
+    normalisation gives it zero gradient), but random noise and DGDE would paint it — visibly,
+    and changing which voxels the normalisation counts as brain. Restricting every source of
+    perturbation to the same support keeps them comparable.
+    """
+    fg = np.any(image.array != 0, axis=0)
+    frac = float(fg.mean())
+    if frac == 0.0 or frac > max_fraction:
+        return None
+    return fg
+
+
 def run_attack(
     image: ImageData,
     model: LoadedModel,
@@ -91,7 +107,7 @@ def run_attack(
     params: dict | None = None,
     labels: np.ndarray | None = None,
     target=None,
-    roi: np.ndarray | None = None,
+    roi: np.ndarray | str | None = "auto",
     seed: int | None = None,
     callback=None,
     should_stop=None,
@@ -102,8 +118,19 @@ def run_attack(
     (classification); when given, gradient attacks use them, otherwise the clean prediction.
     ``target``: label value / mask of label values / class index or name (targeted attacks).
     ``seed``: recorded always — a random one is drawn when ``None`` so every run can be replayed.
+    ``roi``: a mask of where the perturbation may go; ``"auto"`` (default) uses
+    :func:`content_roi` (the non-zero support of skull-stripped images, else everywhere);
+    ``None`` perturbs everywhere.
     """
     spec = ATTACKS.get_spec(attack)
+    roi_note = "user mask"
+    if isinstance(roi, str):
+        if roi != "auto":
+            raise MedadvError(f"roi must be a mask, 'auto' or None, got {roi!r}")
+        roi = content_roi(image)
+        roi_note = "auto: non-zero voxels of the image" if roi is not None else "whole image"
+    elif roi is None:
+        roi_note = "whole image"
     params = dict(params or {})
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
     x = model_input(image, model)
@@ -138,6 +165,7 @@ def run_attack(
         outcome.probs_clean = model.probabilities(clean_out)[0].cpu().numpy()
         outcome.probs_adv = model.probabilities(adv_out)[0].cpu().numpy()
     outcome.metrics = outcome_metrics(outcome)
+    outcome.metrics["roi"] = roi_note if roi is None else f"{roi_note} ({int(np.count_nonzero(roi))} voxels)"
     return outcome
 
 
@@ -329,9 +357,11 @@ def _json_default(v):
 class LiveEps:
     """FGSM's fast ε path on an image: ``prepare`` once, then each ε costs one forward pass."""
 
-    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi=None):
+    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi="auto"):
         self.image = image
         self.model = model
+        if isinstance(roi, str):
+            roi = content_roi(image)
         x = model_input(image, model)
         lab = None if labels is None else model.label_map_to_target(labels)
         self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)

@@ -150,6 +150,34 @@ def _umask() -> int:
     return mask
 
 
+def _fit(module: nn.Module, tr: dict, steps_per_epoch: int, batches: Callable, loss_of: Callable, log: Log) -> None:
+    """The one training loop: Adam + one-cycle schedule, ``steps_per_epoch`` batches per epoch.
+
+    ``batches()`` yields the batches of one epoch; ``loss_of(batch)`` returns the loss tensor.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tr["lr"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
+    module.train()
+    for epoch in range(tr["epochs"]):
+        losses = []
+        for batch in batches():
+            loss = loss_of(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
+    module.eval()
+
+
+def _epoch_indices(rng: np.random.Generator, n: int, batch: int):
+    order = rng.permutation(n)
+    for s in range(max(1, n // batch)):
+        yield order[s * batch : (s + 1) * batch]
+
+
 def _train_slicewise(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:
     """2-D training on axial slices of the normalised volumes (Liu et al. train their 2D-UNet on
     slices too); batches draw 60 % of their slices from slices that contain tumour."""
@@ -171,28 +199,19 @@ def _train_slicewise(model: NativeInputModel, data, tr: dict, rng: np.random.Gen
     slices_seg = np.stack(slices_seg)
     tumour = np.flatnonzero(tumour)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    opt = torch.optim.Adam(net2d.parameters(), lr=tr["lr"])
-    steps_per_epoch = max(1, len(data) * 4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
-    net2d.train()
-    for epoch in range(tr["epochs"]):
-        losses = []
-        for _ in range(steps_per_epoch):
+    steps = max(1, len(data) * 4)
+
+    def batches():
+        for _ in range(steps):
             n_t = int(tr["batch"] * 0.6)
             pick = np.concatenate([rng.choice(tumour, n_t), rng.integers(0, len(slices_img), tr["batch"] - n_t)])
-            x = slices_img[pick].copy()
-            y = slices_seg[pick].copy()
+            x, y = slices_img[pick].copy(), slices_seg[pick].copy()
             flip = rng.random(len(pick)) < 0.5
             x[flip] = x[flip][:, :, ::-1]
             y[flip] = y[flip][:, ::-1]
-            loss = loss_fn(net2d(torch.from_numpy(np.ascontiguousarray(x))),
-                           torch.from_numpy(np.ascontiguousarray(y))[:, None])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
+            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))[:, None]
+
+    _fit(net2d, tr, steps, batches, lambda b: loss_fn(net2d(b[0]), b[1]), log)
     model.eval()
 
 
@@ -204,15 +223,9 @@ def _train_segmentation(model: NativeInputModel, data, tr: dict, rng: np.random.
     if isinstance(model.net, SliceWise):
         return _train_slicewise(model, data, tr, rng, log)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    opt = torch.optim.Adam(model.parameters(), lr=tr["lr"])
-    steps_per_epoch = max(1, len(data) // tr["batch"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
-    model.train()
-    for epoch in range(tr["epochs"]):
-        order = rng.permutation(len(data))
-        losses = []
-        for s in range(steps_per_epoch):
-            idx = order[s * tr["batch"] : (s + 1) * tr["batch"]]
+
+    def batches():
+        for idx in _epoch_indices(rng, len(data), tr["batch"]):
             imgs, segs = [], []
             for i in idx:
                 img, seg = data[i]
@@ -221,39 +234,20 @@ def _train_segmentation(model: NativeInputModel, data, tr: dict, rng: np.random.
                 scale = rng.uniform(0.9, 1.1, size=(img.shape[0],) + (1,) * (img.ndim - 1))
                 imgs.append(np.ascontiguousarray(img * scale, dtype=np.float32))
                 segs.append(np.ascontiguousarray(_to_index(seg)))
-            x = torch.from_numpy(np.stack(imgs))
-            y = torch.from_numpy(np.stack(segs))[:, None]
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
-    model.eval()
+            yield torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(segs))[:, None]
+
+    _fit(model, tr, max(1, len(data) // tr["batch"]), batches, lambda b: loss_fn(model(b[0]), b[1]), log)
 
 
 def _train_classifier(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:
-    opt = torch.optim.Adam(model.parameters(), lr=tr["lr"])
-    steps_per_epoch = max(1, len(data) // tr["batch"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=tr["epochs"] * steps_per_epoch)
     loss_fn = nn.BCEWithLogitsLoss()
-    model.train()
-    for epoch in range(tr["epochs"]):
-        order = rng.permutation(len(data))
-        losses = []
-        for s in range(steps_per_epoch):
-            idx = order[s * tr["batch"] : (s + 1) * tr["batch"]]
-            x = torch.from_numpy(np.stack([data[i][0] for i in idx]))
-            y = torch.from_numpy(np.stack([data[i][1] for i in idx]))
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        log(f"epoch {epoch + 1}/{tr['epochs']}: loss {np.mean(losses):.4f}")
-    model.eval()
+
+    def batches():
+        for idx in _epoch_indices(rng, len(data), tr["batch"]):
+            yield (torch.from_numpy(np.stack([data[i][0] for i in idx])),
+                   torch.from_numpy(np.stack([data[i][1] for i in idx])))
+
+    _fit(model, tr, max(1, len(data) // tr["batch"]), batches, lambda b: loss_fn(model(b[0]), b[1]), log)
 
 
 @torch.no_grad()
