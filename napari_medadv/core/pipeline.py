@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .attacks import ATTACKS, AttackResult, FGSM
+from .attacks import ATTACKS, AttackResult, AttackStep, FGSM
 from .errors import MedadvError, ModelError
 from .io import ImageData, write_image, write_labels
 from .models.base import LoadedModel
@@ -112,7 +113,37 @@ def run_attack(
     callback=None,
     should_stop=None,
 ) -> AttackOutcome:
-    """Run registered attack ``attack`` on ``image`` with ``model``.
+    """Run registered attack ``attack`` on ``image`` with ``model``; see :func:`iter_attack`.
+
+    ``callback(step)`` sees every :class:`AttackStep`; when ``should_stop()`` turns true the
+    attack stops cleanly and the outcome holds the last iterate (``result.cancelled``).
+    """
+    gen = iter_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed)
+    try:
+        step = next(gen)
+        while True:
+            if callback is not None:
+                callback(step)
+            step = gen.send(bool(should_stop is not None and should_stop()))
+    except StopIteration as done:
+        return done.value
+    finally:
+        gen.close()
+
+
+def iter_attack(
+    image: ImageData,
+    model: LoadedModel,
+    attack: str,
+    *,
+    params: dict | None = None,
+    labels: np.ndarray | None = None,
+    target=None,
+    roi: np.ndarray | str | None = "auto",
+    seed: int | None = None,
+) -> Generator[AttackStep, bool | None, AttackOutcome]:
+    """Generator form of :func:`run_attack` (for GUI workers): yields each :class:`AttackStep`,
+    ``send(True)`` stops cleanly, and the :class:`AttackOutcome` is the ``StopIteration`` value.
 
     ``labels``: ground-truth label values on the image grid (segmentation) or a multi-hot vector
     (classification); when given, gradient attacks use them, otherwise the clean prediction.
@@ -148,7 +179,16 @@ def run_attack(
     if engine_target is not None and spec.targeted == "no":
         raise MedadvError(f"{spec.label} is untargeted; drop --target/--target-mask")
     t0 = time.perf_counter()
-    result = atk.run(x, engine_labels, target=engine_target, callback=callback, should_stop=should_stop)
+    steps = atk.iterate(x, engine_labels, target=engine_target)
+    try:
+        step = next(steps)
+        while True:
+            stop = yield step
+            step = steps.send(True if stop else None)
+    except StopIteration as done:
+        result = done.value
+    finally:
+        steps.close()
     seconds = time.perf_counter() - t0
     clean_out = model.forward(x)
     adv_out = model.forward(result.adversarial)
@@ -167,6 +207,27 @@ def run_attack(
     outcome.metrics = outcome_metrics(outcome)
     outcome.metrics["roi"] = roi_note if roi is None else f"{roi_note} ({int(np.count_nonzero(roi))} voxels)"
     return outcome
+
+
+def transfer_outcome(o: AttackOutcome, model: LoadedModel) -> AttackOutcome:
+    """The same clean and adversarial images (crafted on ``o.model``) evaluated on another model:
+    two forward passes, metrics as :func:`run_attack` computes them (transferability)."""
+    x = model_input(o.image, model)
+    clean_out = model.forward(x)
+    adv_out = model.forward(model.to_batch(o.adversarial))
+    t = AttackOutcome(image=o.image, model=model, attack=o.attack, params=o.params, seed=o.seed,
+                      adversarial=o.adversarial, result=o.result, clean_output=clean_out, adv_output=adv_out,
+                      labels=o.labels)
+    if model.info.task == "segmentation":
+        t.seg_clean = model.to_label_map(clean_out)[0].astype(np.int16)
+        t.seg_adv = model.to_label_map(adv_out)[0].astype(np.int16)
+    else:
+        t.probs_clean = model.probabilities(clean_out)[0].cpu().numpy()
+        t.probs_adv = model.probabilities(adv_out)[0].cpu().numpy()
+    t.metrics = outcome_metrics(t)
+    t.metrics["crafted_on"] = o.model.spec
+    t.metrics["evaluated_on"] = model.spec
+    return t
 
 
 def _dice_block(pred: np.ndarray, ref: np.ndarray, label_values) -> dict:
@@ -360,12 +421,50 @@ class LiveEps:
     def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi="auto"):
         self.image = image
         self.model = model
+        self.labels = None if labels is None else np.asarray(labels)
         if isinstance(roi, str):
             roi = content_roi(image)
+        self.roi = roi
         x = model_input(image, model)
         lab = None if labels is None else model.label_map_to_target(labels)
         self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
+        self._clean: tuple | None = None
 
     def at(self, eps: float) -> tuple[np.ndarray, torch.Tensor]:
         adv, out = self.fgsm.predict_at_eps(eps)
         return adv[0].detach().cpu().numpy(), out
+
+    def outcome(self, eps: float, *, seed: int = 0, metrics: bool = True) -> AttackOutcome:
+        """The :class:`AttackOutcome` at ``eps`` for one forward pass (the clean output comes from
+        :meth:`FGSM.prepare`'s forward); ``metrics=False`` leaves ``metrics`` for the caller
+        (:meth:`add_metrics`), e.g. to update images first and readouts after."""
+        adv, out = self.at(eps)
+        fgsm = self.fgsm
+        ctx = fgsm._cache["ctx"]
+        clean_out = fgsm.clean_output
+        result = AttackResult(
+            attack="fgsm", clean=ctx.x, adversarial=torch.as_tensor(adv)[None], eps=float(eps),
+            eps_native=fgsm.native_eps(eps), params={**fgsm.get_params(), "eps": float(eps)},
+            n_forward=ctx.n_forward + 1, n_backward=ctx.n_backward,
+        )
+        o = AttackOutcome(image=self.image, model=self.model, attack="fgsm", params=result.params, seed=seed,
+                          adversarial=adv.astype(np.float32, copy=False), result=result,
+                          clean_output=clean_out, adv_output=out, labels=self.labels)
+        if self.model.info.task == "segmentation":
+            if self._clean is None:
+                self._clean = (self.model.to_label_map(clean_out)[0].astype(np.int16),)
+            o.seg_clean = self._clean[0]
+            o.seg_adv = self.model.to_label_map(out)[0].astype(np.int16)
+        else:
+            o.probs_clean = self.model.probabilities(clean_out)[0].cpu().numpy()
+            o.probs_adv = self.model.probabilities(out)[0].cpu().numpy()
+        if metrics:
+            self.add_metrics(o)
+        return o
+
+    def add_metrics(self, o: AttackOutcome) -> AttackOutcome:
+        """Fill ``o.metrics`` exactly as :func:`run_attack` does."""
+        o.metrics = outcome_metrics(o)
+        o.metrics["roi"] = ("whole image" if self.roi is None
+                            else f"mask ({int(np.count_nonzero(self.roi))} voxels)")
+        return o
