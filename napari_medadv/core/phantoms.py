@@ -67,7 +67,7 @@ __all__ = [
 #: First seed used for training data; shipped held-out cases use small seeds (1..N).
 TRAIN_SEED_START = 1000
 GLIOMA_HELDOUT_SEEDS = (1, 2, 3, 4)
-CXR_HELDOUT_SEEDS = tuple(range(1, 9))
+CXR_HELDOUT_SEEDS = tuple(range(1, 25))
 
 # Independent random streams per case (``default_rng([seed, stream])``).
 _STREAM_PARAMS, _STREAM_SHAPE, _STREAM_BIAS, _STREAM_NOISE = 0, 1, 2, 3
@@ -712,8 +712,8 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
     the presence flags do not change anything else. ``findings`` (e.g. ``{"nodule": True}``)
     overrides the drawn presence of the named findings (balanced training sets, tests).
 
-    Nodule: 10-20 mm diameter, round, slightly lobulated, fully inside the lung mask.
-    Opacity: 30-70 mm diameter irregular diffuse patch centred in the lung mask, clipped to it.
+    Nodule: 12-22 mm diameter, round, slightly lobulated, fully inside the lung mask.
+    Opacity: 40-80 mm diameter irregular diffuse patch centred in the lung mask, clipped to it.
     Both are clearly visible (a demo classifier must learn them on a CPU in minutes), yet small
     next to the image's own round structures.
     Lesion coordinates are pixels of the augmented 512 px frame.
@@ -742,8 +742,8 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
             raise ValueError(f"unknown finding {k!r}; expected one of {CXR_FINDINGS}")
         present[k] = bool(v)
 
-    # nodule: 10-20 mm diameter, centre at least radius + 2 mm inside the lung mask
-    r_nod = rng.uniform(5.0, 10.0)
+    # nodule: 12-22 mm diameter, centre at least radius + 2 mm inside the lung mask
+    r_nod = rng.uniform(6.0, 11.0)
     depth = ndi.distance_transform_edt(lungs) * _CXR_MM_PER_PX
     cand = np.argwhere(depth >= r_nod + 2.0)
     if len(cand) == 0:  # cannot happen with RG1 (lungs are > 5 cm wide); keep a valid draw
@@ -754,13 +754,13 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
         "nodule",
         (float(cy), float(cx)),
         float(r_nod),
-        float(rng.uniform(0.35, 0.55)),
+        float(rng.uniform(0.6, 0.85)),
         float(irr),
         float(r_nod * (1 + irr) / _CXR_MM_PER_PX + 2.0),
     )
 
-    # opacity: 30-70 mm diameter, centre at least half a radius inside the lung mask
-    r_op = rng.uniform(15.0, 35.0)
+    # opacity: 40-80 mm diameter, centre at least half a radius inside the lung mask
+    r_op = rng.uniform(20.0, 40.0)
     cand = np.argwhere(depth >= 0.5 * r_op)
     if len(cand) == 0:
         cand = np.argwhere(depth >= depth.max() * 0.8)
@@ -770,7 +770,7 @@ def sample_cxr_params(seed: int, base: np.ndarray | None = None, findings: dict 
         "opacity",
         (float(cy), float(cx)),
         float(r_op),
-        float(rng.uniform(0.25, 0.4)),
+        float(rng.uniform(0.45, 0.65)),
         float(irr),
         float(r_op * (1.3 + 2.5 * irr) / _CXR_MM_PER_PX + 2.0),
     )
@@ -834,7 +834,7 @@ def make_cxr_case(
     Parameters
     ----------
     seed : int
-        Held-out cases use 1..8, training uses >= :data:`TRAIN_SEED_START`.
+        Held-out cases use 1..24, training uses >= :data:`TRAIN_SEED_START`.
     size : int
         Output side in pixels (default :data:`CXR_CLASSIFIER_SIZE` = 256).
     base : np.ndarray, optional

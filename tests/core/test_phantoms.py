@@ -386,17 +386,17 @@ def test_cxr_findings_are_local_and_inside_lungs(seed):
         dist = np.hypot(yy - cy, xx - cx)
         # nothing changes beyond the lesion's support (+ the 2-px resize kernel)
         assert diff[dist > lesion.support_px * scale + 3].max() == 0.0
-        # visible but subtle
-        assert 0.05 < diff.max() < 0.4, diff.max()
+        # clearly visible, yet not saturating the image
+        assert 0.1 < diff.max() < 0.9, diff.max()
         # inside the lung fields
         r, c = np.round(lesion.center_px).astype(int)
         assert lungs[r, c]
         if lesion.kind == "nodule":
             depth_mm = ndi.distance_transform_edt(lungs)[r, c] * P._CXR_MM_PER_PX
             assert depth_mm >= lesion.radius_mm
-            assert 5.0 <= lesion.radius_mm <= 10.0
+            assert 6.0 <= lesion.radius_mm <= 11.0
         else:
-            assert 15 <= lesion.radius_mm <= 35
+            assert 20 <= lesion.radius_mm <= 40
 
 
 @needs_pydicom_data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .artifacts import ARTIFACTS, MRArtifact, MRBiasField, MRBlur, MRGaussianNoise, MRGhosting, MRMotion, MRSpike
 from .base import Attack, AttackResult, AttackStep, Param
 from .dgde import DGDE
 from .fgsm import FGSM
@@ -18,7 +19,8 @@ from .tifgsm import TIFGSM
 
 BIM = IFGSM  # torchattacks' name for i-FGSM
 
-_BUILTIN: tuple[type[Attack], ...] = (FGSM, IFGSM, TIFGSM, PGD, RiskPGD, DGDE, RandomNoise)
+_BUILTIN: tuple[type[Attack], ...] = (FGSM, IFGSM, TIFGSM, PGD, RiskPGD, DGDE, RandomNoise,
+                                      *ARTIFACTS)  # MR artifacts (torchio): motion ... blur
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class AttackSpec:
         """Instantiate with keyword arguments; unknown ones raise a clear ``ValueError``."""
         allowed = {p.name for p in self.params} | {
             "loss", "activation", "data_range", "roi", "seed", "track_metrics", "region", "batch_size",
+            "spacing",  # MR artifacts: voxel size in mm (motion translations, blur widths)
         }
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
@@ -70,6 +73,7 @@ for _cls in _BUILTIN:
     ATTACKS.register(_cls)
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackRegistry", "AttackResult", "AttackSpec", "AttackStep", "BIM",
-    "DGDE", "FGSM", "IFGSM", "PGD", "Param", "RandomNoise", "RiskPGD", "TIFGSM",
+    "ARTIFACTS", "ATTACKS", "Attack", "AttackRegistry", "AttackResult", "AttackSpec", "AttackStep", "BIM",
+    "DGDE", "FGSM", "IFGSM", "MRArtifact", "MRBiasField", "MRBlur",
+    "MRGaussianNoise", "MRGhosting", "MRMotion", "MRSpike", "PGD", "Param", "RandomNoise", "RiskPGD", "TIFGSM",
 ]
