@@ -1,0 +1,88 @@
+"""``medadv demo``: napari with the glioma sample case, the 3-D demo UNet and the docks open,
+FGSM live ε switched on — ready to drag ε."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari
+
+PLUGIN = "napari-medadv"
+DEMO_EPS = 0.03
+
+
+def axial_view(viewer: napari.Viewer, layer) -> None:
+    """Radiological axial view of a RAS volume: anterior up, patient's right on screen left,
+    on the slice with the most labelled tumour (else the middle slice)."""
+    if layer.ndim != 3:
+        return
+    viewer.dims.order = (2, 1, 0)  # slider over I-S; rows = P-A, columns = R-L
+    viewer.dims.axis_labels = ("x (R-L)", "y (P-A)", "z (I-S)")
+    viewer.camera.orientation = ("towards", "up", "left")
+    data = np.asarray(layer.data)
+    z = int(np.argmax((data != 0).sum(axis=(0, 1)))) if layer.__class__.__name__ == "Labels" else data.shape[2] // 2
+    viewer.dims.set_point(2, float(z * layer.scale[2] + layer.translate[2]))
+    viewer.reset_view()
+
+
+def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "glioma",
+               eps: float = DEMO_EPS, live: bool = True) -> dict:
+    """Open the sample, add the four docks, load the matching demo model and, once it is loaded,
+    select FGSM at ``eps`` with live ε on. Returns the dock widgets by name."""
+    viewer.open_sample(PLUGIN, sample)
+    from .attack_widget import AttackWidget
+    from .model_widget import ModelWidget
+    from .plots_widget import PlotsWidget
+    from .readouts_widget import ReadoutsWidget
+
+    from qtpy.QtCore import Qt
+
+    widgets, docks = {}, {}
+    for name, cls in (("Model", ModelWidget), ("Attack", AttackWidget), ("Readouts", ReadoutsWidget),
+                      ("Plots", PlotsWidget)):
+        w = cls(viewer)
+        docks[name] = viewer.window.add_dock_widget(w, name=f"{name} (napari-medadv)", area="right",
+                                                    add_vertical_stretch=False)
+        widgets[name] = w
+    # right: Model | Readouts | Plots as tabs over the Attack dock (the model is picked once)
+    qwin = viewer.window._qt_window
+    qwin.tabifyDockWidget(docks["Model"], docks["Readouts"])
+    qwin.tabifyDockWidget(docks["Readouts"], docks["Plots"])
+    docks["Model"].raise_()
+    qwin.resizeDocks([docks["Model"], docks["Attack"]], [38, 62], Qt.Vertical)
+    labels = [lyr for lyr in viewer.layers if lyr.__class__.__name__ == "Labels"]
+    if labels:
+        axial_view(viewer, labels[0])
+        labels[0].contour = 1  # ground truth as an outline over the (adversarial) prediction
+    attack = widgets["Attack"]
+    spec = "demo:unet3d" if sample == "glioma" else "demo:cxr"
+
+    def ready(model):
+        attack.set_attack("fgsm", eps=eps)
+        if live:
+            attack.live.setChecked(True)
+        attack.session.model_changed.disconnect(ready)
+
+    def first_result(shown):
+        attack.session.result_changed.disconnect(first_result)
+        docks["Readouts"].raise_()
+        for lyr in labels:  # ground-truth outline on top of the (adversarial) prediction
+            viewer.layers.move(viewer.layers.index(lyr), len(viewer.layers))
+        viewer.layers.selection.active = viewer.layers[-1]
+
+    attack.session.model_changed.connect(ready)
+    attack.session.result_changed.connect(first_result)
+    widgets["Model"].load(spec, device=device)
+    return widgets
+
+
+def launch_demo(device: str = "auto", sample: str = "glioma") -> int:
+    import napari
+
+    viewer = napari.Viewer(title="napari-medadv demo — drag ε in the Attack dock")
+    setup_demo(viewer, device=device, sample=sample)
+    napari.run()
+    return 0

@@ -1,0 +1,344 @@
+"""napari layers <-> :mod:`napari_medadv.core` images and results (no Qt widgets here).
+
+Conventions (the reader sets them, the docks read them, the writer uses them):
+
+* every layer read by this plugin carries ``metadata["medadv"]`` (a plain dict: case name,
+  channel, role, whether it is derived) and ``metadata["medadv_image"]`` (the
+  :class:`~napari_medadv.core.io.ImageData` it came from: geometry and file metadata);
+* a multi-channel MR case is one image layer per contrast (``"glioma_001 flair"``) plus the
+  ground-truth labels (``"glioma_001 labels"``); an attack started from any contrast perturbs
+  all of them;
+* results are named after the source layer and replaced in place on re-runs:
+  ``"… adversarial"``, ``"… perturbation"``, ``"<case> segmentation (clean)"``,
+  ``"<case> segmentation (adversarial)"``, ``"<case> diff"``, ``"<case> perturbed pixels"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_medadv.core.errors import MedadvError
+from napari_medadv.core.io import Geometry, ImageData
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medadv.core.pipeline import AttackOutcome
+
+META = "medadv"
+IMAGE_META = "medadv_image"
+BRATS_COLORS = {1: (0.85, 0.15, 0.15, 1.0), 2: (0.2, 0.75, 0.3, 1.0), 4: (1.0, 0.85, 0.1, 1.0)}
+BRATS_NAMES = {1: "necrotic core (NCR)", 2: "edema (ED)", 4: "enhancing tumour (ET)"}
+DIFF_VALUES = {1: "gained", 2: "lost", 3: "changed class"}
+DIFF_COLORS = {1: (0.1, 0.8, 1.0, 1.0), 2: (1.0, 0.2, 0.8, 1.0), 3: (1.0, 0.55, 0.0, 1.0)}
+#: diverging colormap for signed perturbations: blue (negative) - black (0) - red (positive);
+#: shown with additive blending so zero adds nothing to the image under it
+PERTURBATION_COLORS = [[0.25, 0.55, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.3, 0.15, 1.0]]
+
+
+def brats_colormap(values=(1, 2, 4)):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    fallback = [(0.6, 0.4, 1.0, 1.0), (0.3, 0.9, 0.9, 1.0), (1.0, 0.6, 0.3, 1.0)]
+    for i, v in enumerate(sorted(int(v) for v in values if int(v) != 0)):
+        colors[v] = BRATS_COLORS.get(v, fallback[i % len(fallback)])
+    return DirectLabelColormap(color_dict=colors)
+
+
+def diff_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **DIFF_COLORS})
+
+
+def perturbation_colormap():
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(PERTURBATION_COLORS, name="medadv perturbation", display_name="perturbation (−/0/+)")
+
+
+def display_limits(channel: np.ndarray) -> tuple[float, float]:
+    """Contrast limits from the 0.5-99.5 % percentiles of the non-zero voxels (MR background
+    is 0 after skull stripping; radiographs have few exact zeros)."""
+    a = np.asarray(channel, dtype=np.float32)
+    nz = a[a != 0]
+    sample = nz if nz.size > 0.05 * a.size else a.ravel()
+    if sample.size > 400_000:
+        sample = sample[:: sample.size // 400_000 + 1]
+    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if not hi > lo:
+        lo, hi = float(a.min()), float(a.max()) if float(a.max()) > float(a.min()) else float(a.min()) + 1.0
+    return min(lo, 0.0) if lo > 0 and nz.size < a.size else lo, hi
+
+
+def case_name(image: ImageData) -> str:
+    src = Path(image.source)
+    name = src.name
+    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def layer_data_for_image(image: ImageData, name: str | None = None,
+                         visible_channel: str | None = None) -> list[tuple]:
+    """napari layer-data tuples: one image layer per channel (+ the labels, if any)."""
+    scale, translate = image.geometry.napari_scale_translate()
+    case = name or case_name(image)
+    n = image.n_channels
+    if visible_channel is None:
+        visible_channel = "flair" if "flair" in image.channel_names else image.channel_names[0]
+    out = []
+    for c, ch in enumerate(image.channel_names):
+        layer_name = f"{case} {ch}" if n > 1 else case
+        meta = {META: {"case": case, "channel": ch, "channel_index": c, "n_channels": n, "role": "image",
+                       "derived": False, "source": str(image.source), "kind": image.kind},
+                IMAGE_META: image}
+        out.append((image.array[c], {
+            "name": layer_name, "scale": scale, "translate": translate,
+            "contrast_limits": display_limits(image.array[c]), "colormap": "gray",
+            "visible": ch == visible_channel, "metadata": meta,
+        }, "image"))
+    if image.labels is not None:
+        values = np.unique(image.labels).tolist()
+        brats = set(values) <= {0, 1, 2, 4}
+        out.append((image.labels, {
+            "name": f"{case} labels", "scale": scale, "translate": translate, "opacity": 0.9,
+            "metadata": {META: {"case": case, "role": "ground truth", "derived": False,
+                                "source": str(image.source)}, IMAGE_META: image},
+            **({"colormap": brats_colormap(values)} if brats else {}),
+        }, "labels"))
+    return out
+
+
+# ----------------------------------------------------------------------------- layers -> image
+
+
+@dataclass
+class Source:
+    """What an attack starts from: the core image and the layers/names its results go to."""
+
+    image: ImageData
+    case: str
+    channel_layers: list[str]  # layer names, in channel order
+    scale: tuple
+    translate: tuple
+    extra: dict = field(default_factory=dict)
+
+    def result_name(self, what: str, channel: int | None = None) -> str:
+        if channel is not None:
+            return f"{self.channel_layers[channel]} {what}"
+        return f"{self.case} {what}"
+
+
+def source_from_layer(viewer: napari.Viewer, layer) -> Source:
+    """The full (all contrasts) image behind an image layer, built from the layers' current data."""
+    if layer is None:
+        raise MedadvError("no image layer: open an image (File ▸ Open Sample ▸ napari-medadv) first")
+    if getattr(layer, "rgb", False):
+        raise MedadvError(f"{layer.name}: RGB layers are not medical images; open the file with napari-medadv")
+    meta = layer.metadata.get(META, {})
+    base: ImageData | None = layer.metadata.get(IMAGE_META)
+    if meta.get("role") not in (None, "image"):
+        raise MedadvError(f"{layer.name} is a {meta.get('role')} layer; pick the original image to attack")
+    scale = tuple(float(s) for s in layer.scale)
+    translate = tuple(float(t) for t in layer.translate)
+    if base is not None and meta.get("role") == "image":
+        case = meta["case"]
+        by_index: dict[int, Any] = {}
+        for lyr in viewer.layers:
+            m = lyr.metadata.get(META, {})
+            if m.get("case") == case and m.get("role") == "image" and lyr.metadata.get(IMAGE_META) is base:
+                by_index[m["channel_index"]] = lyr
+        missing = [base.channel_names[i] for i in range(base.n_channels) if i not in by_index]
+        if missing:
+            raise MedadvError(f"{case}: the layer(s) for {', '.join(missing)} were removed; "
+                              "re-open the case to attack it")
+        layers = [by_index[i] for i in range(base.n_channels)]
+        arrays = [np.asarray(lyr.data, dtype=np.float32) for lyr in layers]
+        if any(a.shape != base.spatial_shape for a in arrays):
+            raise MedadvError(f"{case}: a contrast layer changed shape; re-open the case")
+        image = dataclasses.replace(base, array=np.stack(arrays), labels=None)
+        return Source(image, case, [lyr.name for lyr in layers], scale, translate)
+    data = np.asarray(layer.data, dtype=np.float32)
+    if data.ndim not in (2, 3):
+        raise MedadvError(f"{layer.name}: expected a 2-D image or a 3-D volume, got shape {data.shape}")
+    geometry = Geometry.from_spacing(scale, translate, shape=data.shape)
+    kind = "nifti" if data.ndim == 3 else "tiff"
+    image = ImageData(data[None], geometry, ["image"], Path(f"{layer.name}"), kind,
+                      meta={"notes": [f"built from the napari layer {layer.name!r}"]})
+    return Source(image, layer.name, [layer.name], scale, translate)
+
+
+def labels_for(viewer: napari.Viewer, source: Source):
+    """The ground-truth Labels layer of the source's case (reader convention), or None."""
+    for lyr in viewer.layers:
+        m = lyr.metadata.get(META, {})
+        if m.get("case") == source.case and m.get("role") == "ground truth":
+            return lyr
+    return None
+
+
+def mask_on_grid(layer, source: Source, reference_layer) -> np.ndarray:
+    """A Labels or Shapes layer as a boolean mask on the source image's grid."""
+    shape = source.image.spatial_shape
+    if layer.__class__.__name__ == "Labels":
+        data = np.asarray(layer.data)
+        if data.shape != shape:
+            raise MedadvError(f"{layer.name}: shape {data.shape} does not match the image {shape}")
+        return data != 0
+    if layer.__class__.__name__ == "Shapes":
+        from napari.layers import Shapes
+
+        if len(layer.data) == 0:
+            raise MedadvError(f"{layer.name}: draw a shape first")
+        moved = []
+        for verts in layer.data:
+            world = np.array([layer.data_to_world(v) for v in verts])
+            if world.shape[1] != len(shape):
+                raise MedadvError(f"{layer.name}: {world.shape[1]}-D shapes cannot mask a {len(shape)}-D image; "
+                                  "add the Shapes layer while the image is open")
+            moved.append(np.array([reference_layer.world_to_data(w) for w in world])[:, -len(shape):])
+        tmp = Shapes(moved, shape_type=list(layer.shape_type), ndim=len(shape))
+        mask = tmp.to_labels(labels_shape=shape) != 0
+        if len(shape) == 3:
+            # shapes drawn on one slice: extrude through the volume along the axis they are flat in
+            for d in range(3):
+                coords = np.concatenate([m[:, d] for m in moved])
+                if np.ptp(coords) < 1e-6:
+                    plane = np.take(mask, int(np.clip(round(coords[0]), 0, shape[d] - 1)), axis=d)
+                    mask = np.repeat(np.expand_dims(plane, d), shape[d], axis=d)
+                    break
+        return mask
+    raise MedadvError(f"{layer.name}: a region must be a Labels or Shapes layer")
+
+
+# ----------------------------------------------------------------------------- results -> layers
+
+
+def _set_layer(viewer, name: str, kind: str, data, **kwargs):
+    """Update the layer called ``name`` in place (data + properties) or add it."""
+    if name in viewer.layers and viewer.layers[name].__class__.__name__.lower() == kind:
+        lyr = viewer.layers[name]
+        lyr.data = data
+        for k, v in kwargs.items():
+            if k in ("name",):
+                continue
+            try:
+                setattr(lyr, k, v)
+            except (AttributeError, ValueError, TypeError):
+                pass  # read-only on this layer type (e.g. 'size' after creation)
+        return lyr
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    adder = getattr(viewer, f"add_{kind}")
+    return adder(data, name=name, **kwargs)
+
+
+def result_metadata(source: Source, outcome: AttackOutcome, role: str, live: bool) -> dict:
+    return {META: {"case": source.case, "role": role, "derived": True, "attack": outcome.attack,
+                   "eps": float(outcome.result.eps), "model": outcome.model.spec, "live": live,
+                   "params": outcome.params, "seed": outcome.seed,
+                   "note": "derived by napari-medadv: adversarially perturbed, NOT the original"},
+            IMAGE_META: source.image}
+
+
+def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, *, live: bool = False,
+                 visible_channel: int | None = None) -> dict[str, Any]:
+    """Put an attack's images on the layers of ``source`` (names derived from it), in place."""
+    image = source.image
+    common = {"scale": source.scale, "translate": source.translate}
+    adv = outcome.adversarial
+    delta = adv - image.array
+    layers = {}
+    if visible_channel is None:
+        names = image.channel_names
+        visible_channel = names.index("flair") if "flair" in names else 0
+    for c in range(image.n_channels):
+        src_name = source.channel_layers[c]
+        src_layer = viewer.layers[src_name] if src_name in viewer.layers else None
+        limits = tuple(src_layer.contrast_limits) if src_layer is not None else display_limits(image.array[c])
+        name = source.result_name("adversarial", c)
+        existed = name in viewer.layers
+        meta = result_metadata(source, outcome, "adversarial", live)
+        meta[META]["channel_index"] = c
+        lyr = _set_layer(viewer, name, "image", adv[c], contrast_limits=limits, colormap="gray",
+                         metadata=meta, **common)
+        if not existed:
+            lyr.visible = c == visible_channel
+            if src_layer is not None and c == visible_channel:
+                src_layer.visible = False  # the adversarial replaces it on screen; toggle to compare
+        layers[name] = lyr
+        rng = float(image.array[c].max() - image.array[c].min()) or 1.0
+        peak = float(np.abs(delta[c]).max())
+        lim = peak if peak > 0 else max(float(outcome.result.eps) * rng, 1e-6)
+        pname = source.result_name("perturbation", c)
+        existed = pname in viewer.layers
+        meta = result_metadata(source, outcome, "perturbation", live)
+        meta[META]["channel_index"] = c
+        meta[META]["display_gain"] = rng / (2 * lim)  # perturbation shown × this vs the image contrast
+        lyr = _set_layer(viewer, pname, "image", delta[c], contrast_limits=(-lim, lim),
+                         colormap=perturbation_colormap(), blending="additive", metadata=meta, **common)
+        if not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
+            lyr.visible = False
+        layers[pname] = lyr
+    if outcome.seg_clean is not None:
+        values = sorted(set(outcome.model.info.label_values or [])
+                        | set(np.unique(outcome.seg_clean).tolist())
+                        | set(np.unique(outcome.seg_adv).tolist()))
+        cmap = brats_colormap(values) if set(values) <= {0, 1, 2, 4} else None
+        extra = {"colormap": cmap} if cmap is not None else {}
+        for tag, seg, vis in (("segmentation (clean)", outcome.seg_clean, False),
+                              ("segmentation (adversarial)", outcome.seg_adv, True)):
+            name = source.result_name(tag)
+            existed = name in viewer.layers
+            role = "segmentation (clean)" if "clean" in tag else "segmentation (adversarial)"
+            lyr = _set_layer(viewer, name, "labels", seg, opacity=0.55,
+                             metadata=result_metadata(source, outcome, role, live), **extra, **common)
+            if not existed:
+                lyr.visible = vis
+            layers[name] = lyr
+        diff = diff_map(outcome.seg_clean, outcome.seg_adv)
+        name = source.result_name("diff")
+        existed = name in viewer.layers
+        lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8,
+                         metadata=result_metadata(source, outcome, "diff", live), **common)
+        if not existed:
+            lyr.visible = False
+            lyr.features = {"index": [0, 1, 2, 3], "change": ["unchanged", *DIFF_VALUES.values()]}
+        layers[name] = lyr
+    pts_name = source.result_name("perturbed pixels")
+    if outcome.attack == "dgde":
+        coords = np.argwhere(np.any(delta != 0, axis=0)).astype(float)
+        size = 3 * float(np.mean(source.scale))
+        lyr = _set_layer(viewer, pts_name, "points", coords, size=size, face_color="transparent",
+                         border_color="red", border_width=0.15, out_of_slice_display=True,
+                         metadata=result_metadata(source, outcome, "perturbed pixels", live), **common)
+        layers[pts_name] = lyr
+    elif pts_name in viewer.layers:
+        viewer.layers.remove(pts_name)  # a newer non-DGDE run: the pixel markers no longer apply
+    return layers
+
+
+def diff_map(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    """1 = voxel gained (background → label), 2 = lost (label → background), 3 = changed class."""
+    out = np.zeros(clean.shape, dtype=np.uint8)
+    out[(clean == 0) & (adv != 0)] = 1
+    out[(clean != 0) & (adv == 0)] = 2
+    out[(clean != 0) & (adv != 0) & (clean != adv)] = 3
+    return out
+
+
+def show_clean_prediction(viewer: napari.Viewer, source: Source, model, seg: np.ndarray):
+    values = sorted(set(model.info.label_values or []) | set(np.unique(seg).tolist()))
+    extra = {"colormap": brats_colormap(values)} if set(values) <= {0, 1, 2, 4} else {}
+    meta = {META: {"case": source.case, "role": "segmentation (clean)", "derived": True, "model": model.spec},
+            IMAGE_META: source.image}
+    return _set_layer(viewer, source.result_name("segmentation (clean)"), "labels", seg, opacity=0.55,
+                      metadata=meta, scale=source.scale, translate=source.translate, **extra)

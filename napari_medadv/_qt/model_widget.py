@@ -1,0 +1,287 @@
+"""Model dock: pick a demo model or load a TorchScript file / MONAI bundle / factory (with the
+trust checkbox); shows task, labels and device; optional second model for transfer evaluation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .session import Session
+from .workers import Job
+
+if TYPE_CHECKING:
+    import napari
+
+#: (label, spec or scheme, needs a path)
+CHOICES = [
+    ("Demo: 3-D UNet, glioma (4 MR contrasts)", "demo:unet3d", False),
+    ("Demo: 2-D UNet slice by slice, glioma", "demo:unet2d", False),
+    ("Demo: chest radiograph classifier", "demo:cxr", False),
+    ("TorchScript file…", "torchscript", True),
+    ("MONAI bundle folder…", "bundle", True),
+    ("Factory (module:function + weights)…", "factory", True),
+]
+
+
+def _load_job(spec: str, weights: str | None, trust: bool, device: str):
+    from napari_medadv.core.models import load_model
+
+    yield 0, 1, None
+    model = load_model(spec, weights=weights or None, trust_code=trust, device=device)
+    yield 1, 1, None
+    return model
+
+
+def describe_model(model) -> str:
+    from napari_medadv.core.models.registry import describe_device
+
+    info = model.info
+    lines = [f"<b>{info.name or model.spec}</b>"]
+    if info.description:
+        lines.append(info.description)
+    task = f"{info.task}, {info.spatial_dims}-D, {info.in_channels} input channel(s)"
+    if info.channel_names:
+        task += f" ({', '.join(info.channel_names)})"
+    lines.append(task)
+    if info.task == "segmentation":
+        if info.region_names:
+            lines.append("regions: " + ", ".join(info.region_names))
+        elif info.label_values:
+            lines.append("labels: " + ", ".join(str(v) for v in info.label_values))
+    elif info.class_names:
+        lines.append("classes: " + ", ".join(info.class_names) + f" ({info.output})")
+    lines.append("device: " + describe_device(model.device))
+    return "<br>".join(lines)
+
+
+class _ModelPicker(QWidget):
+    """One model choice: combo, path + browse, trust checkbox, device, Load."""
+
+    def __init__(self, parent=None, *, allow_none: bool = False):
+        super().__init__(parent)
+        self.combo = QComboBox()
+        if allow_none:
+            self.combo.addItem("none (evaluate on the attacked model)", None)
+        for label, spec, _ in CHOICES:
+            self.combo.addItem(label, spec)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("file / folder / package.module:function")
+        self.browse = QToolButton()
+        self.browse.setText("…")
+        self.weights = QLineEdit()
+        self.weights.setPlaceholderText("state-dict weights (.pt) for a factory")
+        self.trust = QCheckBox("trust model code")
+        self.trust.setToolTip("TorchScript files, MONAI bundles and factories run code from the file: "
+                              "tick this only for models you trust")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu"])
+        try:
+            import torch  # already imported by the time a dock exists? only if a model was loaded
+
+            for i in range(torch.cuda.device_count()):
+                self.device.addItem(f"cuda:{i}")
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                self.device.addItem("mps")
+        except ImportError:
+            pass
+        self.load_btn = QPushButton("Load")
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("model", self.combo)
+        row = QHBoxLayout()
+        row.addWidget(self.path)
+        row.addWidget(self.browse)
+        self._path_row = QWidget()
+        self._path_row.setLayout(row)
+        row.setContentsMargins(0, 0, 0, 0)
+        form.addRow("path", self._path_row)
+        form.addRow("weights", self.weights)
+        form.addRow("", self.trust)
+        form.addRow("device", self.device)
+        form.addRow("", self.load_btn)
+        self._form = form
+        self.combo.currentIndexChanged.connect(self._update_visibility)
+        self.browse.clicked.connect(self._browse)
+        self._update_visibility()
+
+    def spec(self) -> tuple[str | None, str | None]:
+        scheme = self.combo.currentData()
+        if scheme is None or scheme.startswith("demo:"):
+            return scheme, None
+        value = self.path.text().strip()
+        if not value:
+            raise ValueError(f"enter the {scheme} path first")
+        return f"{scheme}:{value}", self.weights.text().strip() or None
+
+    def _update_visibility(self) -> None:
+        scheme = self.combo.currentData()
+        needs_path = scheme is not None and not scheme.startswith("demo:")
+        for w in (self._path_row, self.trust):
+            w.setVisible(needs_path)
+            self._form.labelForField(w).setVisible(needs_path) if self._form.labelForField(w) else None
+        self.weights.setVisible(scheme == "factory")
+        if self._form.labelForField(self.weights):
+            self._form.labelForField(self.weights).setVisible(scheme == "factory")
+        self.browse.setVisible(scheme in ("torchscript", "bundle"))
+
+    def _browse(self) -> None:
+        scheme = self.combo.currentData()
+        if scheme == "bundle":
+            path = QFileDialog.getExistingDirectory(self, "MONAI bundle folder")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "TorchScript file", "", "TorchScript (*.pt *.pth *.ts);;All (*)")
+        if path:
+            self.path.setText(path)
+
+
+class ModelWidget(QWidget):
+    """The Model dock."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = Session.of(napari_viewer)
+        self.session.widgets["model"] = self
+        self._job: Job | None = None
+
+        self.picker = _ModelPicker(self)
+        self.info = QLabel("no model loaded")
+        self.info.setWordWrap(True)
+        self.info.setTextFormat(Qt.RichText)
+        self.predict_btn = QPushButton("Show clean prediction")
+        self.predict_btn.setToolTip("Run the model on the selected image and show its segmentation "
+                                    "(or class probabilities in the Readouts dock)")
+        self.predict_btn.setEnabled(False)
+
+        self.transfer_box = QGroupBox("Transfer: evaluate on a second model (B)")
+        self.transfer_box.setCheckable(True)
+        self.transfer_box.setChecked(False)
+        tl = QVBoxLayout(self.transfer_box)
+        self.picker_b = _ModelPicker(self, allow_none=False)
+        self.info_b = QLabel("craft on the model above (A), evaluate the adversarial image on B")
+        self.info_b.setWordWrap(True)
+        self.info_b.setTextFormat(Qt.RichText)
+        tl.addWidget(self.picker_b)
+        tl.addWidget(self.info_b)
+        self.picker_b.setVisible(False)
+        self.info_b.setVisible(False)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.picker)
+        lay.addWidget(self.info)
+        lay.addWidget(self.predict_btn)
+        lay.addWidget(self.transfer_box)
+        self._add_callbacks()
+
+    def _add_callbacks(self) -> None:
+        self.picker.load_btn.clicked.connect(lambda: self.load())
+        self.picker_b.load_btn.clicked.connect(lambda: self.load(transfer=True))
+        self.predict_btn.clicked.connect(self.show_clean_prediction)
+        self.transfer_box.toggled.connect(self._transfer_toggled)
+
+    # ------------------------------------------------------------------ actions
+    def load(self, spec: str | None = None, *, transfer: bool = False, device: str | None = None,
+             trust: bool | None = None) -> Job | None:
+        """Load a model in a worker (``spec`` overrides the picker; for scripts and tests)."""
+        from napari.utils.notifications import show_error
+
+        picker = self.picker_b if transfer else self.picker
+        weights = None
+        if spec is None:
+            try:
+                spec, weights = picker.spec()
+            except ValueError as e:
+                show_error(str(e))
+                return None
+        else:
+            idx = picker.combo.findData(spec)
+            if idx >= 0:
+                picker.combo.setCurrentIndex(idx)
+        if device is not None:
+            picker.device.setCurrentText(device)
+        if trust is not None:
+            picker.trust.setChecked(trust)
+        info = self.info_b if transfer else self.info
+        info.setText(f"loading {spec} …")
+        picker.load_btn.setEnabled(False)
+
+        def done(model):
+            if transfer:
+                self.session.set_transfer_model(model)
+                self.info_b.setText(describe_model(model))
+            else:
+                self.session.set_model(model)
+                self.info.setText(describe_model(model))
+                self.predict_btn.setEnabled(True)
+
+        def finish():
+            picker.load_btn.setEnabled(True)
+            if (self.session.transfer_model if transfer else self.session.model) is None:
+                info.setText("no model loaded")
+
+        self._job = Job(_load_job, spec, weights, picker.trust.isChecked(), picker.device.currentText(),
+                        desc=f"loading {spec}", on_done=done, on_finish=finish, total=1).start()
+        return self._job
+
+    def _transfer_toggled(self, on: bool) -> None:
+        self.picker_b.setVisible(on)
+        self.info_b.setVisible(on)
+        if not on:
+            self.session.set_transfer_model(None)
+
+    def show_clean_prediction(self) -> Job | None:
+        from napari.utils.notifications import show_error
+
+        from .layers import source_from_layer
+
+        model = self.session.model
+        if model is None:
+            show_error("load a model first")
+            return None
+        attack = self.session.widgets.get("attack")
+        layer = attack.source_layer() if attack is not None else self.viewer.layers.selection.active
+        try:
+            source = source_from_layer(self.viewer, layer)
+        except Exception as e:  # a MedadvError with a message for the user
+            show_error(str(e))
+            return None
+
+        def job(source, model):
+            from napari_medadv.core.pipeline import model_input
+
+            yield 0, 1, None
+            out = model.forward(model_input(source.image, model))
+            if model.info.task == "segmentation":
+                return source, model.to_label_map(out)[0].astype("int16"), None
+            return source, None, model.probabilities(out)[0].cpu().numpy()
+
+        def done(res):
+            from napari.utils.notifications import show_info
+
+            from .layers import show_clean_prediction
+
+            src, seg, probs = res
+            if seg is not None:
+                show_clean_prediction(self.viewer, src, model, seg)
+            else:
+                names = model.info.class_names or [str(i) for i in range(len(probs))]
+                show_info("clean prediction: " + ", ".join(f"{n} {p:.2f}" for n, p in zip(names, probs)))
+
+        self._job = Job(job, source, model, desc="clean prediction", on_done=done, total=1).start()
+        return self._job

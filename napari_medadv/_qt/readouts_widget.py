@@ -1,0 +1,169 @@
+"""Readouts dock: Dice per label/region (ground truth vs clean, ground truth vs adversarial,
+clean vs adversarial), image quality (PSNR, SSIM, RMSE, L0, L∞), classifier probabilities —
+all straight from :func:`napari_medadv.core.pipeline.outcome_metrics` — and Copy as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .session import Session, Shown
+
+if TYPE_CHECKING:
+    import napari
+
+DICE_COLUMNS = (("ground_truth_vs_clean", "GT vs clean"), ("ground_truth_vs_adversarial", "GT vs adv"),
+                ("clean_vs_adversarial", "clean vs adv"))
+REGION_HELP = {"WT": "whole tumour (1+2+4)", "TC": "tumour core (1+4)", "ET": "enhancing tumour (4)"}
+
+
+def readout_rows(metrics: dict, transfer: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of the readouts table for one metrics.json dict (strings, formatted)."""
+    rows: list[list[str]] = []
+    if "dice" in metrics:
+        d = metrics["dice"]
+        cols = [(k, label) for k, label in DICE_COLUMNS if k in d]
+        header = ["metric"] + [label for _, label in cols]
+
+        def add(label, getter):
+            vals = []
+            for k, _ in cols:
+                try:
+                    vals.append(f"{getter(d[k]):.4f}")
+                except (KeyError, TypeError):
+                    vals.append("")
+            rows.append([label] + vals)
+
+        first = d[cols[0][0]]
+        for r in (first.get("regions") or {}):
+            add(f"Dice {r}", lambda b, r=r: b["regions"][r])
+        for lab in first.get("per_label", {}):
+            add(f"Dice label {lab}", lambda b, lab=lab: b["per_label"][lab])
+        add("Dice foreground", lambda b: b["foreground"])
+        if transfer is not None and "dice" in transfer:
+            td = transfer["dice"]
+            for r in (td.get("ground_truth_vs_adversarial") or td["clean_vs_adversarial"]).get("regions", {}):
+                rows.append([f"B: Dice {r}"] + [f"{td[k]['regions'][r]:.4f}" if k in td else "" for k, _ in cols])
+        ncol = len(cols)
+    elif "probabilities" in metrics:
+        header = ["metric", "clean", "adversarial", "change"]
+        for n, p in metrics["probabilities"].items():
+            flag = " (flipped)" if p["decision_flipped"] else ""
+            rows.append([f"P({n}){flag}", f"{p['clean']:.4f}", f"{p['adversarial']:.4f}", f"{p['change']:+.4f}"])
+        if transfer is not None and "probabilities" in transfer:
+            for n, p in transfer["probabilities"].items():
+                rows.append([f"B: P({n})", f"{p['clean']:.4f}", f"{p['adversarial']:.4f}", f"{p['change']:+.4f}"])
+        ncol = 3
+    else:
+        header, ncol = ["metric", "value"], 1
+    iq = metrics.get("image_quality")
+
+    def one(label, value):
+        rows.append([label, value] + [""] * (ncol - 1))
+
+    if iq:
+        one("PSNR (dB, mean over channels)", f"{iq['psnr']:.2f}")
+        one("SSIM (mean over channels)", f"{iq['ssim']:.4f}")
+        one("RMSE (native units)", f"{iq['rmse']:.4g}")
+        one("L0 (perturbed voxels)", f"{int(iq['l0'])}")
+        one("L∞ (native units)", f"{iq['linf']:.4g}")
+        one("L2 (native units)", f"{iq['l2']:.4g}")
+    if "eps" in metrics:
+        one("ε (% of range)", f"{100 * metrics['eps']:.2f}")
+    if "segmentation_changed_voxels" in metrics:
+        one("segmentation voxels changed", str(metrics["segmentation_changed_voxels"]))
+    if "dgde_l0" in metrics:
+        one("DGDE L0 (pixels)", str(metrics["dgde_l0"]))
+    if "success" in metrics:
+        one("success", str(metrics["success"]))
+    return header, rows
+
+
+class ReadoutsWidget(QWidget):
+    """The Readouts dock."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = Session.of(napari_viewer)
+        self.session.widgets["readouts"] = self
+        self.title = QLabel("no result yet")
+        self.title.setWordWrap(True)
+        self.table = QTableWidget(0, 2)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.copy_btn = QPushButton("Copy as CSV")
+        self.copy_btn.setEnabled(False)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.title)
+        lay.addWidget(self.table, 1)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.copy_btn)
+        lay.addLayout(row)
+        self.header: list[str] = []
+        self.rows: list[list[str]] = []
+        self._add_callbacks()
+        if self.session.shown is not None:
+            self.update_from(self.session.shown)
+
+    def _add_callbacks(self) -> None:
+        self.session.result_changed.connect(self.update_from)
+        self.session.metrics_changed.connect(self.update_from)
+        self.copy_btn.clicked.connect(self.copy_csv)
+
+    def closeEvent(self, event) -> None:
+        self.session.result_changed.disconnect(self.update_from)
+        self.session.metrics_changed.disconnect(self.update_from)
+        super().closeEvent(event)
+
+    def update_from(self, shown: Shown) -> None:
+        o = shown.outcome
+        where = "live ε" if shown.live else "run"
+        self.title.setText(f"<b>{shown.source.case}</b> · {o.attack} · ε {100 * o.result.eps:.1f} % · "
+                           f"{o.model.spec} ({where})"
+                           + (f" · evaluated also on B = {shown.transfer.model.spec}" if shown.transfer else "")
+                           + ("" if shown.live else f" · {o.seconds:.1f} s"))
+        if not o.metrics:
+            self.title.setText(self.title.text() + " · updating readouts …")
+            return
+        self.header, self.rows = readout_rows(o.metrics, shown.transfer.metrics if shown.transfer else None)
+        self.table.clear()
+        self.table.setColumnCount(len(self.header))
+        self.table.setRowCount(len(self.rows))
+        self.table.setHorizontalHeaderLabels(self.header)
+        for i, row in enumerate(self.rows):
+            for j, v in enumerate(row):
+                item = QTableWidgetItem(v)
+                if j == 0 and v.startswith("Dice ") and v[5:] in REGION_HELP:
+                    item.setToolTip(REGION_HELP[v[5:]])
+                self.table.setItem(i, j, item)
+        self.copy_btn.setEnabled(True)
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.header)
+        w.writerows(self.rows)
+        return buf.getvalue()
+
+    def copy_csv(self) -> str:
+        text = self.csv_text()
+        QApplication.clipboard().setText(text)
+        return text

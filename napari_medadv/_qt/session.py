@@ -1,0 +1,80 @@
+"""State the docks of one viewer share (the loaded models, the last result), with psygnal signals.
+
+No Qt here: the docks connect to these signals; everything is emitted from the main thread
+(worker results arrive there through napari's worker signals).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from psygnal import Signal
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medadv.core.models.base import LoadedModel
+    from napari_medadv.core.pipeline import AttackOutcome
+
+    from .layers import Source
+
+
+@dataclass
+class Shown:
+    """The result currently on screen for a source: what the readouts and exports use."""
+
+    source: Source
+    outcome: AttackOutcome
+    live: bool = False
+    transfer: AttackOutcome | None = None  # the same adversarial image evaluated on model B
+    history: list[dict] = field(default_factory=list)
+
+
+class Session:
+    """One per viewer: ``Session.of(viewer)``."""
+
+    model_changed = Signal(object)  # LoadedModel | None
+    transfer_model_changed = Signal(object)  # LoadedModel | None (model B, evaluation only)
+    result_changed = Signal(object)  # Shown
+    metrics_changed = Signal(object)  # Shown (metrics filled in after the images, in live mode)
+    step = Signal(str, object)  # attack name, history record (one per iteration, live plots)
+    run_started = Signal(str)  # attack name
+    sweep_changed = Signal(object)  # dict: eps list + per-ε rows
+
+    _sessions: dict[int, Session] = {}
+
+    def __init__(self, viewer: napari.Viewer):
+        self._viewer = weakref.ref(viewer)
+        self.model: LoadedModel | None = None
+        self.transfer_model: LoadedModel | None = None
+        self.shown: Shown | None = None
+        self.sweep: dict | None = None
+        self.widgets: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, viewer: napari.Viewer) -> Session:
+        key = id(viewer)
+        s = cls._sessions.get(key)
+        if s is None or s.viewer is not viewer:
+            s = cls(viewer)
+            cls._sessions[key] = s
+            weakref.finalize(viewer, cls._sessions.pop, key, None)
+        return s
+
+    @property
+    def viewer(self) -> napari.Viewer | None:
+        return self._viewer()
+
+    def set_model(self, model: LoadedModel | None) -> None:
+        self.model = model
+        self.model_changed.emit(model)
+
+    def set_transfer_model(self, model: LoadedModel | None) -> None:
+        self.transfer_model = model
+        self.transfer_model_changed.emit(model)
+
+    def set_shown(self, shown: Shown) -> None:
+        self.shown = shown
+        self.result_changed.emit(shown)

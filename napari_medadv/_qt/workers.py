@@ -1,0 +1,136 @@
+"""Running core work off the Qt thread: napari workers, a progress bridge and latest-value-wins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_warning
+
+_NOTHING = object()
+
+
+def report_error(exc: BaseException, what: str) -> None:
+    """A worker error as a napari notification (the viewer and the inputs stay as they were).
+
+    A CUDA out-of-memory error suggests the CPU (the Model dock offers the switch)."""
+    from napari_medadv.core.errors import MedadvError
+
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        show_warning(f"{what}: the GPU ran out of memory. Choose device 'cpu' in the Model dock "
+                     "and load the model again (or use a smaller image/ROI).")
+        return
+    msg = str(exc) if isinstance(exc, (MedadvError, ValueError)) else f"{name}: {exc}"
+    show_error(f"{what} failed: {msg}")
+
+
+class Job:
+    """A napari generator worker with a progress bar in the activity dock and a Cancel.
+
+    ``func`` is a generator function yielding ``(done, total, payload)``; ``on_yield`` gets the
+    payload, ``on_done`` the generator's return value (not called when cancelled or failed).
+    """
+
+    def __init__(self, func: Callable, *args, desc: str, on_yield: Callable | None = None,
+                 on_done: Callable | None = None, on_finish: Callable | None = None,
+                 on_cancel: Callable | None = None, total: int = 0, **kwargs):
+        self.desc = desc
+        self.pbar = progress(total=total, desc=desc)
+        self.cancelled = False
+        self.finished = False
+        self.worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        self.worker.yielded.connect(self._yielded)
+        if on_yield is not None:
+            self.worker.yielded.connect(lambda item: on_yield(item[2]))
+        if on_done is not None:
+            self.worker.returned.connect(on_done)
+        self.worker.errored.connect(lambda exc: report_error(exc, desc))
+        self.worker.aborted.connect(self._aborted)
+        if on_cancel is not None:
+            self.worker.aborted.connect(on_cancel)
+        self.worker.finished.connect(self._finished)
+        if on_finish is not None:
+            self.worker.finished.connect(on_finish)
+
+    def start(self) -> Job:
+        self.worker.start()
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.worker.quit()
+
+    @property
+    def running(self) -> bool:
+        """True from :meth:`start` until the worker has finished (returned, failed or cancelled)."""
+        return not self.finished
+
+    def _yielded(self, item) -> None:
+        done, total, _ = item
+        if total and self.pbar.total != total:
+            self.pbar.total = total
+        self.pbar.n = min(int(done), int(total or done))
+        self.pbar.refresh()
+
+    def _aborted(self) -> None:
+        self.pbar.set_description(f"{self.desc} (cancelled)")
+
+    def _finished(self) -> None:
+        self.finished = True
+        self.pbar.close()
+
+
+class LatestWins:
+    """Run ``func(value)`` in a worker thread; while one runs, newer values replace the pending
+    one (latest value wins — never a queue of stale jobs). ``on_result(value, result)``."""
+
+    def __init__(self, func: Callable[[Any], Any], on_result: Callable[[Any, Any], None], what: str,
+                 on_error: Callable[[BaseException], None] | None = None):
+        self.func = func
+        self.on_result = on_result
+        self.what = what
+        self.on_error = on_error
+        self._pending: Any = _NOTHING
+        self._worker = None
+        self.n_started = 0
+        self.n_skipped = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def submit(self, value) -> None:
+        if self._pending is not _NOTHING:
+            self.n_skipped += 1
+        self._pending = value
+        if self._worker is None:
+            self._start()
+
+    def _start(self) -> None:
+        value, self._pending = self._pending, _NOTHING
+        worker = create_worker(self.func, value, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda result: self.on_result(value, result))
+        worker.errored.connect(self._errored)
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self.n_started += 1
+        worker.start()
+
+    def _errored(self, exc) -> None:
+        self._pending = _NOTHING
+        if self.on_error is not None:
+            self.on_error(exc)
+        else:
+            report_error(exc, self.what)
+
+    def _finished(self) -> None:
+        self._worker = None
+        if self._pending is not _NOTHING:
+            self._start()
+
+    def clear(self) -> None:
+        """Drop the pending value (the running job, if any, still reports)."""
+        self._pending = _NOTHING
