@@ -1,0 +1,326 @@
+"""The docks driven through their methods: every attack, layers, readouts, live ε, cancel, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_medadv.core import metrics as M
+
+pytestmark = pytest.mark.gui
+
+WAIT = 60_000
+
+
+def _open(viewer, image):
+    from napari_medadv._qt.layers import layer_data_for_image
+
+    for data, kw, kind in layer_data_for_image(image, name="case"):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+
+
+@pytest.fixture
+def docks(make_napari_viewer, qtbot):
+    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.model_widget import ModelWidget
+    from napari_medadv._qt.plots_widget import PlotsWidget
+    from napari_medadv._qt.readouts_widget import ReadoutsWidget
+
+    viewer = make_napari_viewer()
+    ws = {"viewer": viewer}
+    for name, cls in (("model", ModelWidget), ("attack", AttackWidget), ("readouts", ReadoutsWidget),
+                      ("plots", PlotsWidget)):
+        ws[name] = cls(viewer)
+        viewer.window.add_dock_widget(ws[name], name=name)
+    yield ws
+    ws["attack"].cancel()
+    ws["plots"].cancel()
+    qtbot.waitUntil(lambda: not ws["attack"].running, timeout=WAIT)
+
+
+def _wait_job(qtbot, job):
+    assert job is not None
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+
+
+SEG_RUNS = [
+    ("fgsm", {"eps": 0.05}),
+    ("ifgsm", {"eps": 0.05, "steps": 2}),
+    ("tifgsm", {"eps": 0.05, "steps": 2}),
+    ("pgd", {"eps": 0.05, "steps": 2}),
+    ("noise", {"eps": 0.05}),
+    ("dgde", {"eps": 0.2, "max_queries": 40, "population": 4, "init_tries": 2}),
+]
+
+
+@pytest.mark.parametrize(("attack", "params"), SEG_RUNS, ids=[a for a, _ in SEG_RUNS])
+def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2d, attack, params):
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack(attack, **params)
+    assert aw.image_combo.currentData() == "case flair"
+    assert aw.labels_combo.currentData() == "case labels"  # the case's ground truth, pre-selected
+    _wait_job(qtbot, aw.run())
+    shown = aw.session.shown
+    assert shown is not None and shown.outcome.attack == attack
+    o = shown.outcome
+    scale = viewer.layers["case flair"].scale
+    for ch in ("t1", "t1ce", "t2", "flair"):
+        for what in ("adversarial", "perturbation"):
+            lyr = viewer.layers[f"case {ch} {what}"]
+            assert lyr.data.shape == glioma_small.spatial_shape
+            np.testing.assert_allclose(lyr.scale, scale)
+            np.testing.assert_allclose(lyr.translate, viewer.layers["case flair"].translate)
+            assert lyr.metadata["medadv"]["derived"] is True
+    adv = np.stack([viewer.layers[f"case {c} adversarial"].data for c in ("t1", "t1ce", "t2", "flair")])
+    delta = adv - glioma_small.array
+    eps_native = params["eps"] * np.ptp(glioma_small.array.reshape(4, -1), axis=1)
+    assert np.all(np.abs(delta).reshape(4, -1).max(1) <= eps_native * (1 + 1e-5) + 1e-6)
+    assert viewer.layers["case flair adversarial"].contrast_limits == viewer.layers["case flair"].contrast_limits
+    seg_c = viewer.layers["case segmentation (clean)"].data
+    seg_a = viewer.layers["case segmentation (adversarial)"].data
+    diff = viewer.layers["case diff"].data
+    assert seg_c.shape == seg_a.shape == diff.shape == glioma_small.spatial_shape
+    assert set(np.unique(diff)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(diff != 0, seg_c != seg_a)
+    # readouts equal the core metrics recomputed on the layer arrays
+    regions = M.dice_regions(seg_a, glioma_small.labels)
+    row = {r[0]: r for r in rw.rows}
+    for k, v in regions.items():
+        assert float(row[f"Dice {k}"][2]) == pytest.approx(v, abs=5e-5)
+        assert o.metrics["dice"]["ground_truth_vs_adversarial"]["regions"][k] == pytest.approx(v, abs=1e-9)
+    assert float(row["Dice foreground"][3]) == pytest.approx(M.foreground_dice(seg_a, seg_c), abs=5e-5)
+    l0 = M.perturbation_norms(glioma_small.array, adv)["l0"]
+    assert int(row["L0 (perturbed voxels)"][1]) == l0
+    csv = rw.copy_csv()
+    assert csv.splitlines()[0].startswith("metric,GT vs clean,GT vs adv,clean vs adv")
+    if attack == "dgde":
+        pts = viewer.layers["case perturbed pixels"]
+        assert len(pts.data) == l0
+    else:
+        assert "case perturbed pixels" not in viewer.layers
+
+
+CXR_RUNS = [
+    ("fgsm", {"eps": 0.02}),
+    ("pgd", {"eps": 0.02, "steps": 2}),
+    ("dgde", {"eps": 0.3, "max_queries": 60, "population": 4, "init_tries": 2}),
+    ("pgd-risk", {"eps": 0.02, "steps": 2}),
+]
+
+
+@pytest.mark.parametrize(("attack", "params"), CXR_RUNS, ids=[a for a, _ in CXR_RUNS])
+def test_classifier_attack_readouts(docks, qtbot, cxr_small, cxr_model, attack, params, tmp_path):
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, cxr_small)
+    aw.session.set_model(cxr_model)
+    if attack == "pgd-risk":
+        path = tmp_path / "inv.npy"
+        np.save(path, np.array([[0.0, 1.0], [1.0, 0.0]]))
+        params = {**params, "cooccurrence": str(path)}
+    aw.set_attack(attack, **params)
+    _wait_job(qtbot, aw.run())
+    o = aw.session.shown.outcome
+    assert viewer.layers["case adversarial"].data.shape == (256, 256)
+    assert "case segmentation (clean)" not in viewer.layers
+    probs = o.metrics["probabilities"]
+    rows = {r[0].split(" ")[0]: r for r in rw.rows}
+    for name, p in probs.items():
+        r = rows[f"P({name})"]
+        assert float(r[1]) == pytest.approx(p["clean"], abs=5e-5)
+        assert float(r[2]) == pytest.approx(p["adversarial"], abs=5e-5)
+        assert float(r[3]) == pytest.approx(p["change"], abs=5e-5)
+
+
+def test_attack_dock_builds_parameters_from_the_registry(docks):
+    """A new registry entry (e.g. an MR artifact with a `severity`) appears with no GUI edit."""
+    from napari_medadv.core.attacks import ATTACKS, Param
+    from napari_medadv.core.attacks.noise import RandomNoise
+    from napari_medadv._qt.attack_widget import AttackWidget
+
+    class Ghosting(RandomNoise):
+        name = "test-ghosting"
+        label = "Ghosting (test)"
+        params = RandomNoise.params + (Param("severity", int, 2, "artifact severity", 1, 5),
+                                       Param("axis", str, "y", "phase-encoding axis", choices=("x", "y")),
+                                       Param("strength", float, None, "optional strength", 0.0, 1.0))
+
+    ATTACKS.register(Ghosting)
+    try:
+        aw = AttackWidget(docks["viewer"])
+        aw.set_attack("test-ghosting", severity=4, axis="x")
+        p = aw.params()
+        assert p["severity"] == 4 and p["axis"] == "x" and "strength" not in p  # None: left to the attack
+        aw.set_attack("test-ghosting", strength=0.25)
+        assert aw.params()["strength"] == pytest.approx(0.25)
+        aw.close()
+    finally:
+        del ATTACKS["test-ghosting"]
+
+
+def test_live_eps_updates_after_a_slider_move(docks, qtbot, glioma_small, unet2d):
+    from napari_medadv.core.pipeline import LiveEps
+
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.02)
+    aw.live.setChecked(True)
+    qtbot.waitUntil(lambda: aw.session.shown is not None and bool(aw.session.shown.outcome.metrics)
+                    and not aw.running, timeout=WAIT)
+    assert aw.session.shown.live
+    first = viewer.layers["case flair adversarial"].data.copy()
+    for v in (30, 40, 60, 80):  # 3 %, 4 %, 6 %, 8 %: latest value wins
+        aw.eps_slider.setValue(v)
+    qtbot.waitUntil(lambda: aw.session.shown.outcome.result.eps == pytest.approx(0.08) and not aw.running,
+                    timeout=WAIT)
+    assert aw._live_images.n_started <= 1 + 4  # never more jobs than moves (no stale queue)
+    now = viewer.layers["case flair adversarial"].data
+    assert not np.array_equal(first, now)
+    ref_adv, ref_out = LiveEps(glioma_small, unet2d, labels=glioma_small.labels).at(0.08)
+    np.testing.assert_allclose(now, ref_adv[3], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(viewer.layers["case segmentation (adversarial)"].data,
+                                  unet2d.to_label_map(ref_out)[0])
+    qtbot.waitUntil(lambda: {r[0]: r[1] for r in rw.rows}.get("ε (% of range)") == "8.00", timeout=WAIT)
+
+
+def test_cancel_leaves_consistent_layers(docks, qtbot, glioma_small, unet2d):
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("ifgsm", eps=0.05, steps=500)
+    n_before = len(viewer.layers)
+    job = aw.run()
+    qtbot.waitUntil(lambda: aw.progress.value() >= 1, timeout=WAIT)
+    aw.cancel()
+    _wait_job(qtbot, job)
+    assert len(viewer.layers) == n_before  # nothing half-written
+    assert aw.session.shown is None
+    assert aw.run_btn.isEnabled() and not aw.cancel_btn.isEnabled()
+    assert "cancelled" in aw.status.text()
+    np.testing.assert_array_equal(viewer.layers["case flair"].data, glioma_small.array[3])  # input untouched
+
+
+def test_result_lands_on_the_image_it_was_started_on(docks, qtbot, glioma_small, cxr_small, unet2d):
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    viewer.add_image(cxr_small.array[0], name="other")
+    aw.session.set_model(unet2d)
+    aw.image_combo.setCurrentIndex(aw.image_combo.findData("case t2"))
+    aw.set_attack("ifgsm", eps=0.05, steps=3)
+    job = aw.run()
+    aw.image_combo.setCurrentIndex(aw.image_combo.findData("other"))  # user looks elsewhere meanwhile
+    viewer.layers.selection.active = viewer.layers["other"]
+    _wait_job(qtbot, job)
+    assert "case t2 adversarial" in viewer.layers and "other adversarial" not in viewer.layers
+
+
+def _capture_errors(monkeypatch) -> list[str]:
+    import napari.utils.notifications as nt
+
+    import napari_medadv._qt.workers as wk
+
+    messages: list[str] = []
+    monkeypatch.setattr(wk, "show_error", messages.append)
+    monkeypatch.setattr(nt, "show_error", messages.append)
+    return messages
+
+
+def test_errors_become_notifications(docks, qtbot, cxr_small, unet2d, monkeypatch):
+    messages = _capture_errors(monkeypatch)
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, cxr_small)
+    assert aw.run() is None and "model" in messages[-1]  # no model yet
+    aw.session.set_model(unet2d)  # a 4-channel 3-D model on a 2-D radiograph
+    assert aw.run() is None
+    assert "channel" in messages[-1] or "3-D" in messages[-1]
+    assert len(viewer.layers) == 1
+
+
+def test_model_dock_loads_in_a_worker_and_refuses_untrusted_code(docks, qtbot, tmp_path, monkeypatch):
+    messages = _capture_errors(monkeypatch)
+    mw = docks["model"]
+    _wait_job(qtbot, mw.load("demo:cxr", device="cpu"))
+    assert mw.session.model is not None and mw.session.model.spec == "demo:cxr"
+    assert "classification" in mw.info.text() and "CPU" in mw.info.text()
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not torchscript")
+    _wait_job(qtbot, mw.load(f"torchscript:{fake}", trust=False))
+    assert "trust" in messages[-1]
+    assert mw.session.model.spec == "demo:cxr"  # the previous model stays
+
+
+def test_region_restricts_the_perturbation(docks, qtbot, glioma_small, unet2d):
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    roi = np.zeros(glioma_small.spatial_shape, dtype=np.int32)
+    roi[8:20, 8:20, :] = 1
+    viewer.add_labels(roi, name="roi", scale=viewer.layers["case flair"].scale,
+                      translate=viewer.layers["case flair"].translate)
+    aw.session.set_model(unet2d)
+    aw.set_attack("noise", eps=0.05)
+    aw.roi_combo.setCurrentIndex(aw.roi_combo.findData("roi"))
+    _wait_job(qtbot, aw.run())
+    delta = viewer.layers["case flair perturbation"].data
+    assert np.all(delta[roi == 0] == 0) and np.any(delta[roi == 1] != 0)
+
+
+def test_transfer_evaluation_on_model_b(docks, qtbot, glioma_small, unet2d):
+    from napari_medadv.core.pipeline import transfer_outcome
+
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.session.set_transfer_model(unet2d)
+    aw.set_attack("fgsm", eps=0.05)
+    _wait_job(qtbot, aw.run())
+    shown = aw.session.shown
+    assert shown.transfer is not None
+    ref = transfer_outcome(shown.outcome, unet2d)
+    rows = {r[0]: r for r in rw.rows}
+    assert float(rows["B: Dice WT"][2]) == pytest.approx(
+        ref.metrics["dice"]["ground_truth_vs_adversarial"]["regions"]["WT"], abs=5e-5)
+
+
+def test_save_attack_writes_the_cli_folder_and_a_screenshot(docks, qtbot, glioma_small, unet2d, tmp_path):
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.04)
+    _wait_job(qtbot, aw.run())
+    out = tmp_path / "saved"
+    _wait_job(qtbot, aw.save_attack(str(out)))
+    qtbot.waitUntil(lambda: (out / "screenshot.png").exists(), timeout=WAIT)
+    names = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "record.json", "perturbation.nii.gz", "screenshot.png"} <= names
+    assert any(n.startswith("adversarial") for n in names)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eps"] == pytest.approx(0.04)
+    assert metrics["dice"] == json.loads(json.dumps(aw.session.shown.outcome.metrics["dice"]))
+
+
+def test_plots_sweep_history_and_gif(docks, qtbot, glioma_small, unet2d, tmp_path):
+    import imageio.v3 as iio
+
+    viewer, aw, pw = docks["viewer"], docks["attack"], docks["plots"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    pw.n_points.setValue(4)
+    pw.max_eps.setValue(6.0)
+    _wait_job(qtbot, pw.run_sweep())
+    assert [r["eps"] for r in pw.sweep_rows] == pytest.approx([0.0, 0.02, 0.04, 0.06])
+    assert set(pw.sweep_rows[0]["dice"]) == {"WT", "TC", "ET"}
+    assert pw.ax_sweep.lines  # drawn
+    aw.set_attack("ifgsm", eps=0.05, steps=3)
+    _wait_job(qtbot, aw.run())
+    qtbot.waitUntil(lambda: len(pw.history) >= 3, timeout=WAIT)
+    assert all("psnr" in r and "dice" in r for r in pw.history[:3])
+    gif = tmp_path / "sweep.gif"
+    _wait_job(qtbot, pw.export_gif(str(gif)))
+    qtbot.waitUntil(gif.exists, timeout=WAIT)
+    assert pw.last_gif_frames == 4  # one per ε (identical frames may be merged inside the GIF)
+    frames = iio.imread(gif, index=None)
+    assert frames.ndim == 4 and frames.shape[0] >= 1 and frames.shape[-1] in (3, 4)
