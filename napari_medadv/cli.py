@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="output folder (created; files are replaced atomically)")
     a.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    mg = a.add_mutually_exclusive_group()
+    mg.add_argument("--match-psnr", type=float, metavar="DB",
+                    help="set the attack's scalar knob (--eps, or --severity for MR artifacts) so the "
+                         "perturbed image has this PSNR (dB; same definition as metrics.json), for the "
+                         "given --seed; exits 2 if it cannot be reached")
+    mg.add_argument("--match-ssim", type=float, metavar="SSIM", help="as --match-psnr, for an SSIM")
     _attack_param_options(a)
     a.set_defaults(func=cmd_attack)
 
@@ -227,14 +233,18 @@ def cmd_attack(args) -> int:
             raise CLIError(f"{args.roi}: the ROI mask is empty")
     elif args.perturb_background:
         roi = None
+    record_extra = None
+    seed = args.seed
+    if args.match_psnr is not None or args.match_ssim is not None:
+        record_extra, seed = _match_quality(args, image, model, spec, params, labels, target, roi)
     bar = None if args.quiet else ProgressBar(spec.label)
     try:
         outcome = run_attack(image, model, args.attack, params=params, labels=labels, target=target,
-                             roi=roi, seed=args.seed, callback=bar)
+                             roi=roi, seed=seed, callback=bar)
     finally:
         if bar is not None:
             bar.close()
-    paths = write_outcome(outcome, args.out, command=["medadv", *sys.argv[1:]])
+    paths = write_outcome(outcome, args.out, command=["medadv", *sys.argv[1:]], record_extra=record_extra)
     if args.json:
         print(json.dumps(outcome.metrics, indent=1, default=str))
     else:
@@ -243,10 +253,35 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def _match_quality(args, image, model, spec, params: dict, labels, target, roi) -> tuple[dict, int]:
+    """--match-psnr/--match-ssim: find the knob value, put it in ``params``; (record extra, seed)."""
+    import secrets
+
+    from napari_medadv.core.matching import knob_for, match_for_image
+
+    knob = knob_for(spec.name)
+    if knob in params:
+        raise CLIError(f"--match-{'psnr' if args.match_psnr is not None else 'ssim'} sets --{knob}; drop one")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    m = match_for_image(image, model, spec.name, psnr=args.match_psnr, ssim=args.match_ssim, params=params,
+                        labels=labels, target=target, roi=roi, seed=seed)
+    if not m.reached:
+        raise CLIError(m.note)
+    params[knob] = m.value
+    if not args.quiet:
+        print(f"matched {m.metric.upper()} {m.achieved:.4g} (target {m.target:g}) at {knob}={m.value:.6g} "
+              f"in {len(m.evaluations)} evaluations", file=sys.stderr)
+    return {"matched_quality": m.to_dict()}, seed
+
+
 def _summary_line(o) -> str:
+    from napari_medadv.core.attacks import ATTACKS
+
     m = o.metrics
     iq = m["image_quality"]
-    parts = [f"{o.attack}: eps={m['eps']:g}", f"PSNR {iq['psnr']:.2f} dB", f"SSIM {iq['ssim']:.3f}",
+    names = [p.name for p in ATTACKS.get_spec(o.attack).params]
+    knobs = f"eps={m['eps']:g}" if "eps" in names else " ".join(f"{k}={o.params.get(k)}" for k in names)
+    parts = [f"{o.attack}: {knobs}", f"PSNR {iq['psnr']:.2f} dB", f"SSIM {iq['ssim']:.3f}",
              f"L0 {iq['l0']}"]
     if "dice" in m:
         block = m["dice"].get("ground_truth_vs_adversarial") or m["dice"]["clean_vs_adversarial"]

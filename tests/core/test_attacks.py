@@ -13,6 +13,7 @@ from napari_medadv.core.attacks import ATTACKS, DGDE, FGSM, IFGSM, PGD, TIFGSM, 
 from napari_medadv.core.intensity import compute_range
 
 GRADIENT_ATTACKS = ["fgsm", "ifgsm", "tifgsm", "pgd"]
+ARTIFACT_NAMES = {"motion", "ghosting", "spike", "biasfield", "gaussnoise", "blur"}
 
 
 # ----------------------------------------------------------------- torchattacks cross-check
@@ -297,7 +298,8 @@ def test_dgde_segmentation(seg_model, seg_data):
 def test_registry_lists_every_attack_with_params():
     assert {"fgsm", "ifgsm", "tifgsm", "pgd", "pgd-risk", "dgde", "noise"} <= set(ATTACKS)
     for spec in ATTACKS.values():
-        assert spec.params and spec.params[0].name == "eps"
+        # attacks lead with their L∞ budget, MR artifacts (core.attacks.artifacts) with their severity
+        assert spec.params and spec.params[0].name == ("severity" if spec.name in ARTIFACT_NAMES else "eps")
         assert spec.label and spec.description
     with pytest.raises(ValueError, match="unknown attack"):
         ATTACKS.get_spec("deepfool")

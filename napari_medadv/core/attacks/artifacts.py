@@ -216,7 +216,8 @@ def _apply_torchio(transform, u: torch.Tensor, spacing: tuple[float, ...]) -> to
         t, sp = u, tuple(spacing)
     affine = np.diag([*sp, 1.0])
     subject = tio.Subject(image=tio.ScalarImage(tensor=t.float().contiguous(), affine=affine))
-    result = transform(subject)["image"].data
+    with torch.random.fork_rng(devices=[]):  # torchio draws its probability check from the global RNG
+        result = transform(subject)["image"].data
     return result.reshape(u.shape).to(u.dtype)
 
 
