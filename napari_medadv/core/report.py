@@ -1,0 +1,535 @@
+"""Tables, statistics, figures and the Markdown/HTML report of a study folder.
+
+Everything is computed from the stored per-case results (``OUT/cases/*.json``), so the report of
+an interrupted or resumed study is always consistent with what is on disk. Outputs (all written
+atomically, temp name + rename):
+
+* ``per_case.csv`` / ``per_case.parquet`` — one row per case × source model × target model × grid
+  point; ``history.csv`` — per-iteration loss/PSNR/Dice of iterative attacks;
+* ``summary_segmentation.csv`` — Liu Table 1 style: Dice mean ± sd per WT/TC/ET per attack and ε,
+  PSNR/SSIM/RMSE of the input, Wilcoxon vs no attack (Bonferroni, stars);
+* ``model_comparison.csv`` — Liu Table 2 style: each model vs the baseline model, same attack;
+* ``summary_classification.csv`` — Ghamizi Table 5 style: top-1/top-3 k-robust accuracy, AUC,
+  MSE/BCE (vs the clean prediction), RISK, success rate;
+* ``transfer_*.csv`` — source → target matrices (Ghamizi Table 2);
+* ``stats.csv`` — every test (statistic, p, adjusted p, family size);
+* ``figures/*.png|svg`` — Dice vs ε, Dice vs iterations, PSNR vs iterations, k-robust accuracy vs ε;
+* ``report.md`` and ``report.html`` linking them.
+
+Matplotlib is used through ``Figure``/``FigureCanvasAgg`` objects (no pyplot state, no rc changes).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import stats as S
+from .study import NO_ATTACK, REGIONS, _atomic_write, load_rows
+
+MARKERS = "osD^v<>ph*"
+
+
+# --------------------------------------------------------------------------- document model
+
+
+class Doc:
+    """A tiny document that renders to Markdown and to HTML from the same calls."""
+
+    def __init__(self):
+        self.blocks: list[tuple] = []
+
+    def h(self, level: int, text: str):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list], caption: str = ""):
+        self.blocks.append(("table", header, rows, caption))
+
+    def img(self, path: str, alt: str):
+        self.blocks.append(("img", path, alt))
+
+    def code(self, text: str):
+        self.blocks.append(("code", text))
+
+    def markdown(self) -> str:
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append("#" * b[1] + " " + b[2])
+            elif b[0] == "p":
+                out.append(b[1])
+            elif b[0] == "code":
+                out.append("```\n" + b[1] + "\n```")
+            elif b[0] == "img":
+                out.append(f"![{b[2]}]({b[1]})")
+            else:
+                _, header, rows, caption = b
+                lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+                lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+                if caption:
+                    lines.insert(0, f"*{caption}*\n")
+                out.append("\n".join(lines))
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        e = html.escape
+        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+               "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+               "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;"
+               "padding:3px 7px;text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}"
+               "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow-x:auto}</style></head><body>"]
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                out.append(f"<p>{_inline_md(b[1])}</p>")
+            elif b[0] == "code":
+                out.append(f"<pre>{e(b[1])}</pre>")
+            elif b[0] == "img":
+                out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
+            else:
+                _, header, rows, caption = b
+                cap = f"<caption>{e(caption)}</caption>" if caption else ""
+                head = "".join(f"<th>{e(str(c))}</th>" for c in header)
+                body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+                out.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
+        out.append("</body></html>")
+        return "\n".join(out) + "\n"
+
+
+def _inline_md(text: str) -> str:
+    """Escape, then render `code` and [text](link) — all the inline Markdown the report uses."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"<a href='\2'>\1</a>", t)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _grid_order(df) -> list[str]:
+    keys = list(dict.fromkeys(df["grid_key"]))
+    return [NO_ATTACK] + [k for k in keys if k != NO_ATTACK] if NO_ATTACK in keys else keys
+
+
+def whitebox(df):
+    return df[df["source"] == df["target"]]
+
+
+def attack_tests(seg) -> list[dict]:
+    """Wilcoxon of Dice under each attack vs no attack, per model and region, paired by case.
+    Family for Bonferroni: the attack conditions of one model and region."""
+    out = []
+    wb = whitebox(seg)
+    for model, g in wb.groupby("target", sort=False):
+        base = g[g["grid_key"] == NO_ATTACK].set_index("case")
+        keys = [k for k in _grid_order(g) if k != NO_ATTACK]
+        for r in REGIONS:
+            col = f"dice_{r}"
+            fam = []
+            for k in keys:
+                a = g[g["grid_key"] == k].set_index("case")
+                common = [c for c in a.index if c in base.index]
+                stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), base.loc[common, col].to_numpy())
+                fam.append({"comparison": "attack vs no attack", "model": model, "reference_model": model,
+                            "grid_key": k, "reference_grid_key": NO_ATTACK, "region": r, "n": n,
+                            "mean": float(a.loc[common, col].mean()) if n else math.nan,
+                            "reference_mean": float(base.loc[common, col].mean()) if n else math.nan,
+                            "statistic": stat, "p": p})
+            for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
+                row.update(p_adj=padj, m=len([f for f in fam if not math.isnan(f["p"])]), stars=S.stars(padj))
+            out.extend(fam)
+    return out
+
+
+def model_tests(seg, baseline: str) -> list[dict]:
+    """Wilcoxon of each model's Dice vs the baseline model's under the same grid point (white
+    box: each model attacked itself), paired by case. Family: all model × grid point tests of
+    one region (Liu Table 2)."""
+    wb = whitebox(seg)
+    models = [m for m in dict.fromkeys(wb["target"]) if m != baseline]
+    if baseline not in set(wb["target"]) or not models:
+        return []
+    out = []
+    keys = _grid_order(wb)
+    for r in REGIONS:
+        col = f"dice_{r}"
+        fam = []
+        for m in models:
+            for k in keys:
+                a = wb[(wb["target"] == m) & (wb["grid_key"] == k)].set_index("case")
+                b = wb[(wb["target"] == baseline) & (wb["grid_key"] == k)].set_index("case")
+                common = [c for c in a.index if c in b.index]
+                if not common:
+                    continue
+                stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), b.loc[common, col].to_numpy())
+                fam.append({"comparison": "model vs baseline model", "model": m, "reference_model": baseline,
+                            "grid_key": k, "reference_grid_key": k, "region": r, "n": n,
+                            "mean": float(a.loc[common, col].mean()), "reference_mean": float(b.loc[common, col].mean()),
+                            "statistic": stat, "p": p})
+        for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
+            row.update(p_adj=padj, m=len([f for f in fam if not math.isnan(f["p"])]), stars=S.stars(padj))
+        out.extend(fam)
+    return out
+
+
+def segmentation_summary(seg, tests: list[dict]):
+    """Liu Table 1: one row per model × grid point (white box)."""
+    import pandas as pd
+
+    lookup = {(t["model"], t["grid_key"], t["region"]): t for t in tests}
+    rows = []
+    wb = whitebox(seg)
+    for model, g in wb.groupby("target", sort=False):
+        for k in _grid_order(g):
+            sub = g[g["grid_key"] == k]
+            first = sub.iloc[0]
+            row = {"model": model, "grid_key": k, "attack": first["attack_label"], "eps": first["eps"],
+                   "n": len(sub)}
+            for r in REGIONS:
+                m, sd, _ = S.mean_sd(sub[f"dice_{r}"])
+                t = lookup.get((model, k, r))
+                row.update({f"dice_{r}_mean": m, f"dice_{r}_sd": sd,
+                            f"p_{r}": t["p"] if t else math.nan, f"p_adj_{r}": t["p_adj"] if t else math.nan,
+                            f"stars_{r}": t["stars"] if t else ""})
+            for q in ("psnr", "ssim", "rmse"):
+                vals = sub[q].replace([np.inf], np.nan)
+                m, sd, _ = S.mean_sd(vals)
+                row.update({f"{q}_mean": m, f"{q}_sd": sd})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def classification_summary(cls, class_names: list[str]):
+    """Ghamizi Table 5: k-robust accuracy, AUC, MSE/BCE, RISK, success rate per model × grid point."""
+    import pandas as pd
+
+    rows = []
+    wb = whitebox(cls)
+    for model, g in wb.groupby("target", sort=False):
+        for k in _grid_order(g):
+            sub = g[g["grid_key"] == k]
+            first = sub.iloc[0]
+            aucs = [S.auc(sub[f"p_adv_{n}"], sub[f"y_{n}"]) for n in class_names
+                    if f"y_{n}" in sub and f"p_adv_{n}" in sub]
+            aucs = [a for a in aucs if not math.isnan(a)]
+            row = {"model": model, "grid_key": k, "attack": first["attack_label"], "eps": first["eps"],
+                   "n": len(sub), "k1_robust_accuracy": float(sub["k1_acc"].mean())}
+            if "k3_acc" in sub and sub["k3_acc"].notna().any():
+                row["k3_robust_accuracy"] = float(sub["k3_acc"].mean())
+            row.update({"auc": float(np.mean(aucs)) if aucs else math.nan, "mse": float(sub["mse"].mean()),
+                        "bce": float(sub["bce"].mean()), "risk": float(sub["risk"].mean()),
+                        "success_rate": float(sub["top1_changed"].astype(float).mean())})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def transfer_matrices(df, value: str) -> dict:
+    """``grid_key -> DataFrame`` source (rows) × target (columns) of the mean of ``value``."""
+    out = {}
+    for k in _grid_order(df):
+        if k == NO_ATTACK:
+            continue
+        sub = df[df["grid_key"] == k]
+        if sub["source"].nunique() < 1 or sub["target"].nunique() < 2:
+            continue
+        out[k] = sub.pivot_table(index="source", columns="target", values=value, aggfunc="mean", sort=False)
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _save(fig, folder: Path, stem: str) -> list[str]:
+    names = []
+    for fmt in ("png", "svg"):
+        path = folder / f"{stem}.{fmt}"
+        _atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"))
+        names.append(f"figures/{path.name}")
+    return names
+
+
+def _figure(ncols: int, width: float = 4.2, height: float = 3.4):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _eps_series(wb, value: str):
+    """(model, attack family label) -> (ε values, means, sds), ε = 0 from the no-attack rows."""
+    series = {}
+    for model, g in wb.groupby("target", sort=False):
+        base = g[g["grid_key"] == NO_ATTACK][value]
+        for (attack, params), sub in g[g["grid_key"] != NO_ATTACK].groupby(["attack", "params"], sort=False):
+            p = json.loads(params)
+            if "eps" not in p:
+                continue
+            rest = {k: v for k, v in p.items() if k != "eps"}
+            fam = sub.iloc[0]["attack_label"].split(" ε=")[0] + (
+                "" if not rest else " " + " ".join(f"{k}={v}" for k, v in sorted(rest.items())))
+            series.setdefault((model, fam), {0.0: base.to_numpy()})[float(p["eps"])] = sub[value].to_numpy()
+    out = {}
+    for key, d in series.items():
+        xs = sorted(d)
+        if len(xs) < 2:
+            continue
+        out[key] = (xs, [float(np.nanmean(d[x])) for x in xs],
+                    [float(np.nanstd(d[x], ddof=1)) if len(d[x]) > 1 else 0.0 for x in xs])
+    return out
+
+
+def figure_dice_vs_eps(seg, folder: Path) -> list[str]:
+    wb = whitebox(seg)
+    fig, axes = _figure(len(REGIONS))
+    any_line = False
+    for ax, r in zip(axes, REGIONS):
+        for i, ((model, fam), (xs, ms, sds)) in enumerate(_eps_series(wb, f"dice_{r}").items()):
+            ax.errorbar(xs, ms, yerr=sds, marker=MARKERS[i % len(MARKERS)], capsize=3, label=f"{model} · {fam}")
+            any_line = True
+        ax.set_title(f"Dice {r}")
+        ax.set_xlabel("ε (fraction of intensity range)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice vs ground truth (mean ± sd)")
+    if not any_line:
+        return []
+    axes[-1].legend(fontsize=7, loc="lower left")
+    return _save(fig, folder, "dice_vs_eps")
+
+
+def figure_history(hist, folder: Path, value: str, stem: str, ylabel: str) -> list[str]:
+    if hist.empty or hist[value].isna().all():
+        return []
+    fig, axes = _figure(1, 6.0, 3.8)
+    ax = axes[0]
+    for i, ((src, key), g) in enumerate(hist.groupby(["source", "grid_key"], sort=False)):
+        if g["steps"].isna().all() or g[value].isna().all():
+            continue
+        m = g.groupby("step")[value].mean()
+        ax.plot(m.index, m.to_numpy(), marker=MARKERS[i % len(MARKERS)], ms=3,
+                label=f"{src} · {g.iloc[0]['attack_label']}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, folder, stem)
+
+
+def figure_k_vs_eps(cls, folder: Path) -> list[str]:
+    wb = whitebox(cls)
+    cols = [c for c in ("k1_acc", "k3_acc") if c in wb and wb[c].notna().any()]
+    fig, axes = _figure(len(cols))
+    any_line = False
+    for ax, c in zip(axes, cols):
+        for i, ((model, fam), (xs, ms, _)) in enumerate(_eps_series(wb, c).items()):
+            ax.plot(xs, ms, marker=MARKERS[i % len(MARKERS)], label=f"{model} · {fam}")
+            any_line = True
+        ax.set_title(f"top-{c[1]} robust accuracy")
+        ax.set_xlabel("ε (fraction of intensity range)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    if not any_line:
+        return []
+    axes[-1].legend(fontsize=7)
+    return _save(fig, folder, "k_robust_accuracy_vs_eps")
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _csv(df, path: Path) -> None:
+    _atomic_write(path, lambda f: df.to_csv(f, index=False))
+
+
+def _num(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    return f"{v:.{digits}f}"
+
+
+def _ms(m, sd, digits=3) -> str:
+    if m is None or math.isnan(m):
+        return "–"
+    return _num(m, digits) if sd is None or math.isnan(sd) else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+
+def build_report(out: str | Path) -> dict:
+    """(Re)build every table, figure and the report of study folder ``out``; returns the paths."""
+    out = Path(out)
+    meta = json.loads((out / "study.json").read_text())
+    cfg = meta["config"]
+    df, hist = load_rows(out)
+    files: dict[str, str] = {}
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    doc = Doc()
+    title = cfg.get("title") or "Robustness study"
+    doc.h(1, title)
+    ds = meta["dataset"]
+    n_done = df["case"].nunique() if not df.empty else 0
+    doc.p(f"Dataset: `{ds['root']}` ({ds['kind']}, {n_done} of {ds['n_cases']} cases stored). {ds.get('note', '')}")
+    doc.p("Models: " + ", ".join(f"`{m}` ({(c or '')[:19]})" for m, c in meta["models"].items())
+          + (f"; transfer: every adversarial image is also evaluated on every other model" if cfg.get("transfer") else ""))
+    doc.p("Grid: " + ", ".join(f"`{k}`" for k in meta["grid"]) + f"; seed {cfg['seed']}; perturbation "
+          + ("on the non-zero support of skull-stripped images" if cfg.get("roi") == "auto" else "everywhere") + ".")
+    if meta.get("command"):
+        doc.p("Reproduce with:")
+        doc.code(meta["command"])
+    if df.empty:
+        doc.p("No case has finished yet.")
+        return _write_doc(doc, out, title, files)
+    _csv(df, out / "per_case.csv")
+    files["per_case_csv"] = str(out / "per_case.csv")
+    try:
+        _atomic_write(out / "per_case.parquet", lambda f: df.to_parquet(f, index=False))
+        files["per_case_parquet"] = str(out / "per_case.parquet")
+    except ImportError:  # pyarrow is a declared dependency; without it the CSV is still there
+        pass
+    if not hist.empty:
+        _csv(hist, out / "history.csv")
+        files["history_csv"] = str(out / "history.csv")
+    links = ["[per_case.csv](per_case.csv)"] + (["[per_case.parquet](per_case.parquet)"] if "per_case_parquet" in files
+                                                 else []) + (["[history.csv](history.csv)"] if not hist.empty else [])
+    all_tests: list[dict] = []
+    seg = df[df["task"] == "segmentation"]
+    cls = df[df["task"] == "classification"]
+    if not seg.empty:
+        tests = attack_tests(seg)
+        all_tests += tests
+        summ = segmentation_summary(seg, tests)
+        _csv(summ, out / "summary_segmentation.csv")
+        files["summary_segmentation"] = str(out / "summary_segmentation.csv")
+        links.append("[summary_segmentation.csv](summary_segmentation.csv)")
+        doc.h(2, "Segmentation under attack (Liu et al. 2021, Table 1)")
+        doc.p("Dice vs ground truth, mean ± sd over cases, for each model attacked with its own gradients "
+              "(white box). Stars: Wilcoxon signed-rank test vs no attack, paired by case, Bonferroni-corrected "
+              "over the attack conditions of each model and region (* p<0.05, ** p<0.01, *** p<0.001). "
+              "PSNR/SSIM/RMSE compare the attacked input with the clean one (mean over channels, each on its "
+              "own range).")
+        for model, g in summ.groupby("model", sort=False):
+            rows = []
+            for _, r in g.iterrows():
+                rows.append([r["attack"], r["n"]]
+                            + [_ms(r[f"dice_{x}_mean"], r[f"dice_{x}_sd"]) + r[f"stars_{x}"] for x in REGIONS]
+                            + [S.fmt_p(r[f"p_adj_{x}"]) for x in REGIONS]
+                            + [_ms(r["psnr_mean"], r["psnr_sd"], 2) if r["grid_key"] != NO_ATTACK else "∞",
+                               _ms(r["ssim_mean"], r["ssim_sd"], 4), _ms(r["rmse_mean"], r["rmse_sd"], 4)])
+            doc.table(["attack", "n", "Dice WT", "Dice TC", "Dice ET", "p adj WT", "p adj TC", "p adj ET",
+                       "PSNR dB", "SSIM", "RMSE"], rows, caption=f"model {model}")
+        base = cfg.get("baseline_model") or cfg["models"][0]
+        mt = model_tests(seg, base)
+        if mt:
+            all_tests += mt
+            import pandas as pd
+
+            mdf = pd.DataFrame(mt)
+            _csv(mdf, out / "model_comparison.csv")
+            files["model_comparison"] = str(out / "model_comparison.csv")
+            links.append("[model_comparison.csv](model_comparison.csv)")
+            doc.h(2, f"Models compared with `{base}` (Liu et al. 2021, Table 2)")
+            doc.p(f"Each model attacked with its own gradients; Wilcoxon signed-rank test of its Dice vs "
+                  f"`{base}`'s on the same cases under the same attack, Bonferroni-corrected over all "
+                  f"{int(mdf.groupby('region')['p'].count().max())} model × attack comparisons of a region. "
+                  "Δ = mean difference (model − baseline).")
+            keys = _grid_order(whitebox(seg))
+            for k in keys:
+                rows = []
+                label = whitebox(seg)[whitebox(seg)["grid_key"] == k].iloc[0]["attack_label"]
+                bsub = whitebox(seg)[(whitebox(seg)["target"] == base) & (whitebox(seg)["grid_key"] == k)]
+                rows.append([base + " (baseline)"] + [S.fmt_mean_sd(bsub[f"dice_{x}"]) for x in REGIONS] + ["", "", ""])
+                for m in [m for m in dict.fromkeys(whitebox(seg)["target"]) if m != base]:
+                    sub = whitebox(seg)[(whitebox(seg)["target"] == m) & (whitebox(seg)["grid_key"] == k)]
+                    cells, ps = [], []
+                    for x in REGIONS:
+                        t = next((t for t in mt if t["model"] == m and t["grid_key"] == k and t["region"] == x), None)
+                        cells.append(S.fmt_mean_sd(sub[f"dice_{x}"]) + (t["stars"] if t else ""))
+                        ps.append("–" if t is None else f"Δ {t['mean'] - t['reference_mean']:+.3f}, p={S.fmt_p(t['p'])}, "
+                                                        f"adj {S.fmt_p(t['p_adj'])}")
+                    rows.append([m] + cells + ps)
+                doc.table(["model", "Dice WT", "Dice TC", "Dice ET", "WT vs baseline", "TC vs baseline",
+                           "ET vs baseline"], rows, caption=label)
+        figs = figure_dice_vs_eps(seg, figdir)
+        figs_it = figure_history(hist[hist["source"].isin(set(seg["source"]))] if not hist.empty else hist, figdir,
+                                 "dice_fg", "dice_vs_iterations", "Dice (whole tumour) vs reference")
+        figs_ps = figure_history(hist[hist["source"].isin(set(seg["source"]))] if not hist.empty else hist, figdir,
+                                 "psnr", "psnr_vs_iterations", "PSNR of the iterate (dB)")
+        if figs or figs_it or figs_ps:
+            doc.h(2, "Curves")
+        for names, alt in ((figs, "Dice vs ε"), (figs_it, "Dice vs iterations"), (figs_ps, "PSNR vs iterations")):
+            if names:
+                doc.img(names[0], alt)
+                doc.p(f"{alt}: [PNG]({names[0]}), [SVG]({names[1]})")
+                files[alt] = str(out / names[0])
+        for k, mat in transfer_matrices(seg, "dice_WT").items():
+            _transfer_section(doc, out, mat, k, "Dice WT", files, links)
+    if not cls.empty:
+        names = meta["dataset"].get("class_names") or []
+        summ = classification_summary(cls, names)
+        _csv(summ, out / "summary_classification.csv")
+        files["summary_classification"] = str(out / "summary_classification.csv")
+        links.append("[summary_classification.csv](summary_classification.csv)")
+        doc.h(2, "Classifiers under attack (Ghamizi et al. 2023, Table 5)")
+        doc.p("k-robust accuracy: |top-k(adversarial) ∩ top-k(ground truth)| / k, mean over cases (Ghamizi "
+              "definitions 1-2). AUC of the adversarial probabilities vs the labels (mean over classes). MSE and "
+              "BCE between adversarial and clean probabilities. RISK = M(x*) · C(ŷ*) with C the inverse label "
+              "co-occurrence matrix of this dataset's labels. Success rate: top-1 class changed.")
+        has3 = "k3_robust_accuracy" in summ
+        rows = [[r["model"], r["attack"], r["n"], _num(r["k1_robust_accuracy"])]
+                + ([_num(r["k3_robust_accuracy"])] if has3 else [])
+                + [_num(r["auc"]), _num(r["mse"], 4), _num(r["bce"], 4), _num(r["risk"]), _num(r["success_rate"])]
+                for _, r in summ.iterrows()]
+        doc.table(["model", "attack", "n", "top-1 k-robust acc"] + (["top-3 k-robust acc"] if has3 else [])
+                  + ["AUC", "MSE", "BCE", "RISK", "success rate"], rows)
+        if not has3:
+            doc.p("Top-3 robust accuracy needs at least 3 classes; these models have fewer.")
+        figs = figure_k_vs_eps(cls, figdir)
+        if figs:
+            doc.img(figs[0], "k-robust accuracy vs ε")
+            files["k vs eps"] = str(out / figs[0])
+        for k, mat in transfer_matrices(cls, "k1_acc").items():
+            _transfer_section(doc, out, mat, k, "top-1 robust accuracy", files, links)
+    if all_tests:
+        import pandas as pd
+
+        _csv(pd.DataFrame(all_tests), out / "stats.csv")
+        files["stats"] = str(out / "stats.csv")
+        links.append("[stats.csv](stats.csv)")
+    doc.h(2, "Data")
+    doc.p("Tables: " + ", ".join(links) + ". Per-case raw results: `cases/*.json` (one file per case, "
+          "written when the case finished).")
+    return _write_doc(doc, out, title, files)
+
+
+def _transfer_section(doc: Doc, out: Path, mat, key: str, what: str, files: dict, links: list):
+    stem = "transfer_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    _atomic_write(out / f"{stem}.csv", lambda f: mat.to_csv(f))
+    files[stem] = str(out / f"{stem}.csv")
+    links.append(f"[{stem}.csv]({stem}.csv)")
+    doc.h(3, f"Transfer matrix, {key} (Ghamizi et al. 2023, Table 2)")
+    doc.p(f"{what} (mean over cases): rows = source model (the attack's gradients), columns = target model.")
+    doc.table(["source \\ target"] + [str(c) for c in mat.columns],
+              [[str(i)] + [_num(v) for v in row] for i, row in zip(mat.index, mat.to_numpy())])
+
+
+def _write_doc(doc: Doc, out: Path, title: str, files: dict) -> dict:
+    md, page = doc.markdown(), doc.html(title)
+    _atomic_write(out / "report.md", lambda f: Path(f).write_text(md))
+    _atomic_write(out / "report.html", lambda f: Path(f).write_text(page))
+    files["report_md"] = str(out / "report.md")
+    files["report_html"] = str(out / "report.html")
+    return files
