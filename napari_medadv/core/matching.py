@@ -54,13 +54,14 @@ class MatchResult:
     reached: bool
     evaluations: list[tuple[float, float]] = field(default_factory=list)
     note: str = ""
+    cancelled: bool = False
     params: dict = field(default_factory=dict)  # parameters to run the source with (knob set)
     perturbed: torch.Tensor | None = field(default=None, repr=False)  # images at ``value``
 
     def to_dict(self) -> dict:
         return {"source": self.source, "knob": self.knob, "value": self.value, "metric": self.metric,
                 "target": self.target, "achieved": self.achieved, "tolerance": self.tolerance,
-                "reached": self.reached, "n_evaluations": len(self.evaluations),
+                "reached": self.reached, "cancelled": self.cancelled, "n_evaluations": len(self.evaluations),
                 "evaluations": [[k, q] for k, q in self.evaluations], "note": self.note,
                 "params": self.params}
 
@@ -108,6 +109,10 @@ class _OutOfEvals(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    pass
+
+
 def match_knob(
     perturb: Callable[[float], torch.Tensor],
     clean,
@@ -120,6 +125,8 @@ def match_knob(
     strict: bool = False,
     source: str = "",
     knob: str = "knob",
+    callback: Callable[[int, float, float], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> MatchResult:
     """The knob in ``bounds`` whose ``perturb(knob)`` has ``metric`` within ``tol`` of ``target``.
 
@@ -133,6 +140,11 @@ def match_knob(
         tol: accepted ``|achieved - target|`` (default 0.1 dB / 0.002).
         max_evals: most calls of ``perturb``.
         strict: raise ``ValueError`` instead of returning ``reached=False``.
+        callback: called after each evaluation with ``(n_evaluations, knob, quality)`` — a GUI
+            worker can ``yield`` progress from it.
+        should_stop: checked before each evaluation; when it returns true the search stops
+            and returns the closest value so far with ``reached=False`` (or what is within
+            tolerance) and ``cancelled=True``.
     """
     _check_metric(metric)
     target = float(target)
@@ -155,20 +167,25 @@ def match_knob(
         if k not in cache:
             if len(cache) >= max_evals:
                 raise _OutOfEvals()
+            if cache and should_stop is not None and should_stop():
+                raise _Cancelled()
             img = perturb(k)
             cache[k] = (image_quality(clean, img, metric), img)
+            if callback is not None:
+                callback(len(cache), k, cache[k][0])
         return cache[k][0]
 
-    def result(k: float, reached: bool, note: str = "") -> MatchResult:
-        if strict and not reached:
+    def result(k: float, reached: bool, note: str = "", cancelled: bool = False) -> MatchResult:
+        if strict and not reached and not cancelled:  # a cancel is not an error
             raise ValueError(note)
         q, img = cache[k]
         evals = [(kk, cache[kk][0]) for kk in cache]
-        return MatchResult(source, knob, k, metric, target, q, tol, reached, evals, note, perturbed=img)
+        return MatchResult(source, knob, k, metric, target, q, tol, reached, evals, note, cancelled,
+                           perturbed=img)
 
-    def closest(note: str) -> MatchResult:
+    def closest(note: str, cancelled: bool = False) -> MatchResult:
         k = min(cache, key=lambda kk: (abs(cache[kk][0] - target), kk))
-        return result(k, abs(cache[k][0] - target) <= tol, note)
+        return result(k, abs(cache[k][0] - target) <= tol, note, cancelled)
 
     name = source or "the source"
     try:
@@ -224,6 +241,8 @@ def match_knob(
     except _OutOfEvals:
         return closest(f"stopped after {max_evals} evaluations without reaching {metric} "
                        f"{target:g}{unit} within {tol:g}")
+    except _Cancelled:
+        return closest(f"cancelled after {len(cache)} evaluations", cancelled=True)
 
 
 # --------------------------------------------------------------------------- registered sources
@@ -296,6 +315,8 @@ def match_quality(
     bounds: tuple[float, float] | None = None,
     max_evals: int = 40,
     strict: bool = False,
+    callback: Callable[[int, float, float], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     **attack_kwargs,
 ) -> MatchResult:
     """Knob of registered ``source`` giving ``psnr`` (dB) or ``ssim`` on ``images``.
@@ -311,7 +332,8 @@ def match_quality(
     f = perturb_function(source, model, images, labels, attack_target=attack_target, params=params,
                          **attack_kwargs)
     res = match_knob(f, images, target, metric=metric, bounds=bounds or knob_bounds(source), tol=tol,
-                     max_evals=max_evals, strict=strict, source=source, knob=knob)
+                     max_evals=max_evals, strict=strict, source=source, knob=knob, callback=callback,
+                     should_stop=should_stop)
     res.params = {**(params or {}), knob: res.value}
     return res
 
@@ -337,6 +359,8 @@ def match_for_image(
     tol: float | None = None,
     max_evals: int = 40,
     strict: bool = False,
+    callback: Callable[[int, float, float], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> MatchResult:
     """:func:`match_quality` on an ``ImageData`` with a ``LoadedModel``, set up exactly as
     :func:`~.pipeline.run_attack` sets up a run (model input, ROI ``"auto"``, labels, target,
@@ -358,5 +382,5 @@ def match_for_image(
         )
     return match_quality(source, model.module, x, engine_labels, psnr=psnr, ssim=ssim,
                          attack_target=resolve_target(model, target, image), params=params, tol=tol,
-                         max_evals=max_evals, strict=strict, seed=int(seed), roi=roi,
-                         activation=model.activation())
+                         max_evals=max_evals, strict=strict, callback=callback, should_stop=should_stop,
+                         seed=int(seed), roi=roi, activation=model.activation())

@@ -82,6 +82,18 @@ def test_unreachable_targets_give_the_closest_value_and_a_flag():
     assert not res.reached and "already below" in res.note
 
 
+def test_progress_callback_and_cancel():
+    x = _volume()
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    seen = []
+    res = match_knob(lambda k: x + k * noise, x, 30.0, callback=lambda n, k, q: seen.append((n, k, q)))
+    assert [n for n, _, _ in seen] == list(range(1, len(res.evaluations) + 1))
+    assert [(k, q) for _, k, q in seen] == res.evaluations and not res.cancelled
+    res = match_knob(lambda k: x + k * noise, x, 30.0, strict=True, should_stop=lambda: True)
+    assert res.cancelled and not res.reached and len(res.evaluations) == 1 and "cancelled" in res.note
+    assert res.to_dict()["cancelled"] is True
+
+
 def test_step_function_flags_a_gap():
     x = _volume()
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
