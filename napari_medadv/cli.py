@@ -154,12 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_param_options(a)
     a.set_defaults(func=cmd_attack)
 
-    d = sub.add_parser("demo", help="run the demo on the shipped sample data and demo models")
+    d = sub.add_parser("demo", help="open napari with the sample case, the demo model and the docks, ready to "
+                                    "drag ε (--headless: run every attack and write a report instead)")
     d.add_argument("--headless", action="store_true",
                    help="no GUI: run every attack once and write outputs + a summary figure")
     d.add_argument("--out", default="medadv-demo", help="output folder for --headless (default ./medadv-demo)")
     d.add_argument("--device", default="auto")
     d.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    d.add_argument("--sample", choices=["glioma", "cxr"], default="glioma",
+                   help="napari demo: the glioma case with the 3-D UNet (default) or the chest radiograph "
+                        "with the classifier")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train (rebuild) a demo model from a seed on the CPU")
@@ -305,7 +309,7 @@ def cmd_demo(args) -> int:
             print("medadv: the napari demo window is not available in this version; "
                   "running the headless demo instead (see --headless)", file=sys.stderr)
         else:
-            return launch_demo(device=args.device)
+            return launch_demo(device=args.device, sample=args.sample)
     from napari_medadv.core.demo_run import run_headless_demo
 
     summary = run_headless_demo(args.out, device=args.device, quick=args.quick, log=lambda s: print(s, file=sys.stderr))

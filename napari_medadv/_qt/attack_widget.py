@@ -493,7 +493,7 @@ class AttackWidget(QWidget):
         _, names, widths = self._ranges
         e = self.eps()
         parts = [f"{n} ±{_fmt(e * w)}" for n, w in zip(names, widths)]
-        self.eps_native.setText("= " + ", ".join(parts) + " (native units)")
+        self.eps_native.setText("native: " + " · ".join(parts))
 
     # ------------------------------------------------------------------ gather inputs
     def _context(self):

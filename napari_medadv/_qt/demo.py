@@ -52,7 +52,12 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     qwin.tabifyDockWidget(docks["Model"], docks["Readouts"])
     qwin.tabifyDockWidget(docks["Readouts"], docks["Plots"])
     docks["Model"].raise_()
-    qwin.resizeDocks([docks["Model"], docks["Attack"]], [38, 62], Qt.Vertical)
+    from qtpy.QtCore import QTimer
+
+    widgets["Attack"].setMinimumHeight(widgets["Attack"].sizeHint().height() + 20)  # never squeeze the form
+
+    # once the window has its size: give the Attack dock the room its form needs
+    QTimer.singleShot(0, lambda: qwin.resizeDocks([docks["Model"], docks["Attack"]], [36, 64], Qt.Vertical))
     labels = [lyr for lyr in viewer.layers if lyr.__class__.__name__ == "Labels"]
     if labels:
         axial_view(viewer, labels[0])

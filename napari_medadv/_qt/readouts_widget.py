@@ -26,8 +26,8 @@ from .session import Session, Shown
 if TYPE_CHECKING:
     import napari
 
-DICE_COLUMNS = (("ground_truth_vs_clean", "GT vs clean"), ("ground_truth_vs_adversarial", "GT vs adv"),
-                ("clean_vs_adversarial", "clean vs adv"))
+DICE_COLUMNS = (("ground_truth_vs_clean", "GT·clean"), ("ground_truth_vs_adversarial", "GT·adv"),
+                ("clean_vs_adversarial", "clean·adv"))
 REGION_HELP = {"WT": "whole tumour (1+2+4)", "TC": "tumour core (1+4)", "ET": "enhancing tumour (4)"}
 
 
@@ -37,7 +37,7 @@ def readout_rows(metrics: dict, transfer: dict | None = None) -> tuple[list[str]
     if "dice" in metrics:
         d = metrics["dice"]
         cols = [(k, label) for k, label in DICE_COLUMNS if k in d]
-        header = ["metric"] + [label for _, label in cols]
+        header = ["Dice / metric"] + [label for _, label in cols]
 
         def add(label, getter):
             vals = []
@@ -76,12 +76,12 @@ def readout_rows(metrics: dict, transfer: dict | None = None) -> tuple[list[str]
         rows.append([label, value] + [""] * (ncol - 1))
 
     if iq:
-        one("PSNR (dB, mean over channels)", f"{iq['psnr']:.2f}")
-        one("SSIM (mean over channels)", f"{iq['ssim']:.4f}")
-        one("RMSE (native units)", f"{iq['rmse']:.4g}")
-        one("L0 (perturbed voxels)", f"{int(iq['l0'])}")
-        one("L∞ (native units)", f"{iq['linf']:.4g}")
-        one("L2 (native units)", f"{iq['l2']:.4g}")
+        one("PSNR dB (mean of channels)", f"{iq['psnr']:.2f}")
+        one("SSIM (mean of channels)", f"{iq['ssim']:.4f}")
+        one("RMSE (native)", f"{iq['rmse']:.4g}")
+        one("L0 (changed voxels)", f"{int(iq['l0'])}")
+        one("L∞ (native)", f"{iq['linf']:.4g}")
+        one("L2 (native)", f"{iq['l2']:.4g}")
     if "eps" in metrics:
         one("ε (% of range)", f"{100 * metrics['eps']:.2f}")
     if "segmentation_changed_voxels" in metrics:
@@ -106,8 +106,8 @@ class ReadoutsWidget(QWidget):
         self.table = QTableWidget(0, 2)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.horizontalHeader().setMinimumSectionSize(56)
         self.copy_btn = QPushButton("Copy as CSV")
         self.copy_btn.setEnabled(False)
         lay = QVBoxLayout(self)
@@ -148,6 +148,7 @@ class ReadoutsWidget(QWidget):
         self.table.setColumnCount(len(self.header))
         self.table.setRowCount(len(self.rows))
         self.table.setHorizontalHeaderLabels(self.header)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
         for i, row in enumerate(self.rows):
             for j, v in enumerate(row):
                 item = QTableWidgetItem(v)

@@ -94,9 +94,9 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
         assert o.metrics["dice"]["ground_truth_vs_adversarial"]["regions"][k] == pytest.approx(v, abs=1e-9)
     assert float(row["Dice foreground"][3]) == pytest.approx(M.foreground_dice(seg_a, seg_c), abs=5e-5)
     l0 = M.perturbation_norms(glioma_small.array, adv)["l0"]
-    assert int(row["L0 (perturbed voxels)"][1]) == l0
+    assert int(row["L0 (changed voxels)"][1]) == l0
     csv = rw.copy_csv()
-    assert csv.splitlines()[0].startswith("metric,GT vs clean,GT vs adv,clean vs adv")
+    assert csv.splitlines()[0] == "Dice / metric,GT·clean,GT·adv,clean·adv"
     if attack == "dgde":
         pts = viewer.layers["case perturbed pixels"]
         assert len(pts.data) == l0
