@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cases", type=int, help="number of training cases (default: the shipped model's)")
     t.add_argument("--epochs", type=int)
     t.set_defaults(func=cmd_train)
+    from napari_medadv._cli_study import add_defense_options, add_parser as add_study_parser
+
+    add_defense_options(t)
+    add_study_parser(sub)
 
     ls = sub.add_parser("attacks", help="list the attacks and their parameters")
     ls.set_defaults(func=cmd_attacks)
@@ -321,6 +325,11 @@ def cmd_train(args) -> int:
     from napari_medadv.core.training import train_demo
 
     name = args.model.removeprefix("demo-")
+    if getattr(args, "defense", None):
+        from napari_medadv._cli_study import train_defended_from_args
+
+        print(json.dumps(train_defended_from_args(args), indent=1))
+        return 0
     rec = train_demo(name, args.out, seed=args.seed, n_cases=args.cases, epochs=args.epochs,
                      log=lambda s: print(s, file=sys.stderr))
     print(json.dumps(rec, indent=1))

@@ -211,6 +211,35 @@ class MSELoss:
         return err.reshape(err.shape[0], -1).mean(1)
 
 
+class DistillationDiceLoss:
+    """Defensive-distillation loss of Liu et al. 2021, eq. 7: ``1 - D(F_d(X), F(X))``.
+
+    ``F_d(X) = softmax(z_d / T)`` is the student's output at temperature T (eq. 4) and the
+    target ``F(X)`` the teacher's soft labels (probabilities, ``B K *spatial``); D is the soft
+    Dice of eq. 5 with the soft labels in place of the one-hot Y (class 0 skipped, divided by
+    N as printed). Returns the per-sample loss ``(B,)``.
+    """
+
+    name = "distill-dice"
+
+    def __init__(self, temperature: float = 1.0, *, gamma: float = 1e-5):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.temperature = float(temperature)
+        self.gamma = gamma
+
+    def __call__(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+        if not teacher_probs.is_floating_point() or teacher_probs.shape != student_logits.shape:
+            raise ValueError(
+                f"teacher soft labels must be probabilities shaped like the student output "
+                f"{tuple(student_logits.shape)}, got {tuple(teacher_probs.shape)}"
+            )
+        probs = torch.softmax(student_logits / self.temperature, dim=1)
+        return 1.0 - soft_dice_coefficient(probs, teacher_probs.to(probs.dtype), gamma=self.gamma)
+
+
 LOSSES = {"dice": SoftDiceLoss, "ce": CrossEntropyLoss, "bce": BCELoss, "mse": MSELoss}
 
 

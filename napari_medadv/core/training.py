@@ -225,18 +225,24 @@ def _train_segmentation(model: NativeInputModel, data, tr: dict, rng: np.random.
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
 
     def batches():
-        for idx in _epoch_indices(rng, len(data), tr["batch"]):
-            imgs, segs = [], []
-            for i in idx:
-                img, seg = data[i]
-                if rng.random() < 0.5:  # left-right flip (axis 0 is x in RAS-ordered phantoms)
-                    img, seg = img[:, ::-1], seg[::-1]
-                scale = rng.uniform(0.9, 1.1, size=(img.shape[0],) + (1,) * (img.ndim - 1))
-                imgs.append(np.ascontiguousarray(img * scale, dtype=np.float32))
-                segs.append(np.ascontiguousarray(_to_index(seg)))
-            yield torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(segs))[:, None]
+        yield from segmentation_batches(data, tr, rng)
 
     _fit(model, tr, max(1, len(data) // tr["batch"]), batches, lambda b: loss_fn(model(b[0]), b[1]), log)
+
+
+def segmentation_batches(data, tr: dict, rng: np.random.Generator):
+    """One epoch of 3-D training batches ``(B C X Y Z float32, B 1 X Y Z class indices)``:
+    random left-right flips and per-channel intensity scaling (also used by the defenses)."""
+    for idx in _epoch_indices(rng, len(data), tr["batch"]):
+        imgs, segs = [], []
+        for i in idx:
+            img, seg = data[i]
+            if rng.random() < 0.5:  # left-right flip (axis 0 is x in RAS-ordered phantoms)
+                img, seg = img[:, ::-1], seg[::-1]
+            scale = rng.uniform(0.9, 1.1, size=(img.shape[0],) + (1,) * (img.ndim - 1))
+            imgs.append(np.ascontiguousarray(img * scale, dtype=np.float32))
+            segs.append(np.ascontiguousarray(_to_index(seg)))
+        yield torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(segs))[:, None]
 
 
 def _train_classifier(model: NativeInputModel, data, tr: dict, rng: np.random.Generator, log: Log) -> None:

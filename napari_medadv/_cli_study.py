@@ -1,0 +1,158 @@
+"""``medadv study`` — robustness studies on a dataset (thin layer over :mod:`napari_medadv.core.study`)
+and the ``--defense`` options of ``medadv train`` (over :mod:`napari_medadv.core.defenses`).
+
+    medadv study DATASET --model SPEC [--model SPEC ...] --attack fgsm --eps 0.01 0.05 --out DIR
+    medadv study --grid grid.yaml --out DIR [--workers N | --sequential | --scheduler ADDRESS]
+
+DATASET: a folder of BraTS case folders, a folder of images with ``labels.csv`` (or ``--labels``),
+or ``phantoms:glioma:5-24`` (held-out phantoms generated into DIR/data). Re-running the same
+command resumes: finished cases are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    s = sub.add_parser(
+        "study", help="robustness study: dataset x models x attack grid, with statistics and a report",
+        description="Attack every case of a dataset with a grid of attacks x parameters on one or more "
+                    "models; write per-case results, Liu/Ghamizi-style summary tables with Wilcoxon tests "
+                    "(Bonferroni), curves and report.md/report.html into --out. Cases run on Dask "
+                    "(a LocalCluster by default); re-running resumes.")
+    s.add_argument("dataset", nargs="?", help="folder of BraTS case folders | folder of images with labels.csv | "
+                                              "labels CSV | phantoms:glioma:A-B (held-out seeds, generated)")
+    s.add_argument("--grid", help="YAML file with dataset, models, attacks (flags given here override it)")
+    s.add_argument("--model", action="append", dest="models", default=[],
+                   help="model spec (repeat for several: the first is the baseline of model comparisons)")
+    s.add_argument("--attack", action="append", dest="attacks", default=[],
+                   help="attack from the registry (repeat); gets the --eps/--steps values it takes")
+    s.add_argument("--eps", type=float, nargs="+", help="ε values (fraction of each channel's range)")
+    s.add_argument("--steps", type=int, nargs="+", help="iteration counts (iterative attacks)")
+    s.add_argument("--labels", help="labels CSV for image datasets (file,<class>,...)")
+    s.add_argument("--transfer", action="store_true",
+                   help="also evaluate every adversarial image on every other model (transfer matrix)")
+    s.add_argument("--baseline-model", help="model the others are compared with (default: the first)")
+    s.add_argument("--seed", type=int, default=None, help="study seed (default 0)")
+    s.add_argument("--perturb-background", action="store_true",
+                   help="perturb the zero background of skull-stripped images too")
+    s.add_argument("--no-iterations", action="store_true", help="do not record per-iteration PSNR/Dice")
+    s.add_argument("--title", help="report title")
+    s.add_argument("--device", default=None, help="cpu (default), cuda, auto")
+    s.add_argument("--trust-model-code", action="store_true")
+    ex = s.add_mutually_exclusive_group()
+    ex.add_argument("--workers", type=int, help="LocalCluster workers (default: GPUs if any, else CPU cores)")
+    ex.add_argument("--sequential", action="store_true", help="no Dask: run the cases one after another here")
+    ex.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    s.add_argument("--threads", action="store_true",
+                   help="LocalCluster workers as threads in this process instead of processes")
+    s.add_argument("--out", required=True, help="study folder (created; re-running resumes)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_study)
+    return s
+
+
+def add_defense_options(t: argparse.ArgumentParser) -> None:
+    """``medadv train demo-unet3d --defense distill|adversarial|noise`` options."""
+    from napari_medadv.core.defenses import DEFAULTS, DEFENSES
+
+    g = t.add_argument_group("defenses (Liu et al. 2021; demo-unet3d)")
+    g.add_argument("--defense", choices=DEFENSES, help="train a defended variant: NAME-distill / -adv / -noise")
+    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="distill: temperature T")
+    g.add_argument("--teacher", default=DEFAULTS["teacher"], help="distill: teacher model spec")
+    g.add_argument("--teacher-temperature", type=float, default=DEFAULTS["teacher_temperature"],
+                   help="distill: temperature of the teacher's soft labels (default: --temperature, eq. 4)")
+    g.add_argument("--eps", type=float, default=DEFAULTS["eps"], help="adversarial: FGSM ε (fraction of range)")
+    g.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="adversarial: weight of the clean loss (eq. 9)")
+    g.add_argument("--radius", type=float, default=DEFAULTS["radius"], help="noise: L∞ radius (fraction of range)")
+    g.add_argument("--init", help="start from this model's weights (fine-tune) instead of a fresh network")
+    g.add_argument("--lr", type=float, help="learning rate (default: the demo model's)")
+
+
+def train_defended_from_args(args) -> dict:
+    from napari_medadv.core.defenses import train_defended
+
+    base = args.model.removeprefix("demo-")
+    return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases,
+                          epochs=args.epochs, temperature=args.temperature, eps=args.eps, beta=args.beta,
+                          radius=args.radius, teacher=args.teacher, teacher_temperature=args.teacher_temperature,
+                          init=args.init, lr=args.lr,
+                          log=lambda s: print(s, file=sys.stderr))
+
+
+class StudyBar:
+    """One line per finished case on stderr: cases done / total, elapsed, ETA."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+
+    def __call__(self, p) -> None:
+        eta = "" if p.eta is None else f", ETA {_hms(p.eta)}"
+        bar = "#" * int(p.fraction * 24)
+        self.stream.write(f"study [{bar:<24}] {p.done}/{p.total} cases, {_hms(p.elapsed)}{eta}  {p.message}\n")
+        self.stream.flush()
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def cmd_study(args) -> int:
+    from napari_medadv.cli import CLIError
+    from napari_medadv.core.study import Study, StudyConfig, grid_from_flags
+
+    if args.eps is not None or args.steps is not None:
+        if not args.attacks:
+            raise CLIError("--eps/--steps need --attack NAME")
+    grid = grid_from_flags(args.attacks, args.eps, args.steps) if args.attacks else None
+    overrides = dict(dataset=args.dataset, models=args.models or None, grid=grid, labels_csv=args.labels,
+                     seed=args.seed, device=args.device, baseline_model=args.baseline_model, title=args.title,
+                     transfer=True if args.transfer else None, trust_model_code=True if args.trust_model_code else None,
+                     roi="none" if args.perturb_background else None,
+                     track_iterations=False if args.no_iterations else None)
+    if args.grid:
+        cfg = StudyConfig.from_yaml(args.grid, **overrides)
+    else:
+        missing = [n for n, v in (("DATASET", args.dataset), ("--model", args.models), ("--attack", args.attacks))
+                   if not v]
+        if missing:
+            raise CLIError(f"give {', '.join(missing)} (or a --grid YAML file)")
+        cfg = StudyConfig(**{k: v for k, v in overrides.items() if v is not None})
+    workers = 0 if args.sequential else args.workers
+    t0 = time.perf_counter()
+    res = Study(cfg, args.out).run(workers=workers, scheduler=args.scheduler, processes=not args.threads,
+                                   progress=None if args.quiet else StudyBar(),
+                                   log=None if args.quiet else (lambda s: print(s, file=sys.stderr)),
+                                   command=["medadv", *(sys.argv[1:] if sys.argv and sys.argv[0].endswith("medadv")
+                                                        else ["study", *_argv_of(args)])])
+    print(f"{res.n_cases} cases ({res.n_run} run, {res.n_skipped} already stored) in "
+          f"{time.perf_counter() - t0:.0f} s; report: {res.files.get('report_md', args.out)}")
+    return 0
+
+
+def _argv_of(args) -> list[str]:
+    """A replayable command line from the parsed arguments (when not called as ``medadv``)."""
+    out = [args.dataset] if args.dataset else []
+    if args.grid:
+        out += ["--grid", args.grid]
+    for m in args.models:
+        out += ["--model", m]
+    for a in args.attacks:
+        out += ["--attack", a]
+    if args.eps:
+        out += ["--eps", *map(str, args.eps)]
+    if args.steps:
+        out += ["--steps", *map(str, args.steps)]
+    for flag, v in (("--labels", args.labels), ("--baseline-model", args.baseline_model), ("--seed", args.seed),
+                    ("--title", args.title)):
+        if v is not None:
+            out += [flag, str(v)]
+    for flag, v in (("--transfer", args.transfer), ("--perturb-background", args.perturb_background),
+                    ("--no-iterations", args.no_iterations)):
+        if v:
+            out.append(flag)
+    return out + ["--out", args.out]

@@ -1,0 +1,135 @@
+"""Defenses: distillation soft Dice (eq. 7, hand-computed), FGSM-regularised loss (eq. 9), noise
+augmentation, and a few training steps of each defense changing the model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medadv.core import defenses as D
+from napari_medadv.core.errors import MedadvError
+from napari_medadv.core.losses import DistillationDiceLoss
+
+
+def test_distillation_dice_hand_computed():
+    # N = 2 classes, 2 voxels, T = 2. Student logits class 1: [2 ln 3, 0], class 0: [0, 0]
+    # -> softmax(z / T) class 1 = [3/4, 1/2]. Teacher soft labels class 1 = [1, 0].
+    # eq. 7: D = 1/N * (2 * 0.75 + g) / (1.25 + 1 + g);  loss = 1 - D
+    g = 1e-5
+    z = torch.tensor([[[0.0, 0.0], [2 * math.log(3), 0.0]]])  # B K V
+    q = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    loss = DistillationDiceLoss(temperature=2.0, gamma=g)(z, q)
+    assert loss.shape == (1,)
+    assert float(loss[0]) == pytest.approx(1 - 0.5 * (1.5 + g) / (2.25 + g), rel=1e-6)
+    # T = 1 is the ordinary soft Dice: softmax(z) class 1 = [9/10, 1/2]
+    loss1 = DistillationDiceLoss(temperature=1.0, gamma=g)(z, q)
+    assert float(loss1[0]) == pytest.approx(1 - 0.5 * (1.8 + g) / (2.4 + g), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, msg", [({"temperature": 0}, "temperature"), ({"gamma": 0}, "gamma")])
+def test_distillation_dice_ill_opts(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        DistillationDiceLoss(**kwargs)
+
+
+def test_distillation_dice_rejects_hard_targets():
+    with pytest.raises(ValueError, match="soft labels"):
+        DistillationDiceLoss()(torch.zeros(1, 2, 3), torch.zeros(1, 3, dtype=torch.long))
+
+
+def _toy():
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 3, 3, padding=1)
+    x = torch.randn(2, 2, 6, 6, 6) * torch.tensor([1.0, 50.0]).view(1, 2, 1, 1, 1)
+    x[:, :, :2] = 0  # background
+    y = torch.randint(0, 3, (2, 1, 6, 6, 6))
+
+    def loss_fn(out, tgt):
+        return torch.nn.functional.cross_entropy(out, tgt[:, 0])
+
+    return net, x, y, loss_fn
+
+
+def test_fgsm_examples_and_adversarial_loss_eq9():
+    net, x, y, loss_fn = _toy()
+    x0 = x.clone()
+    adv = D.fgsm_examples(net, loss_fn, x, y, eps=0.1)
+    assert torch.equal(x, x0)  # input untouched
+    width = x.amax(dim=(2, 3, 4), keepdim=True) - x.amin(dim=(2, 3, 4), keepdim=True)
+    delta = adv - x
+    assert torch.all(delta.abs() <= 0.1 * width + 1e-5)
+    assert torch.all(delta[:, :, :2] == 0)  # stays on the non-zero support
+    # the step follows the sign of the input gradient of the loss
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(net(xr), y), xr)
+    moved = delta != 0  # voxels at the range limits may be clamped back
+    assert moved[:, :, 2:].float().mean() > 0.9
+    assert torch.equal(torch.sign(delta)[moved], torch.sign(g)[moved])
+    # eq. 9 by hand, and no parameter gradient leaks from the inner FGSM step
+    beta = 0.3
+    total = D.adversarial_loss(net, loss_fn, x, y, eps=0.1, beta=beta)
+    assert all(p.grad is None for p in net.parameters())
+    expected = beta * loss_fn(net(x), y) + (1 - beta) * loss_fn(net(adv), y)
+    assert float(total) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="beta"):
+        D.adversarial_loss(net, loss_fn, x, y, eps=0.1, beta=1.5)
+
+
+def test_uniform_noise_radius_and_support():
+    _, x, _, _ = _toy()
+    noisy = D.uniform_noise(x, 0.01, torch.Generator().manual_seed(0))
+    width = x.amax(dim=(2, 3, 4), keepdim=True) - x.amin(dim=(2, 3, 4), keepdim=True)
+    d = noisy - x
+    assert torch.all(d.abs() <= 0.01 * width + 1e-5) and float(d.abs().max()) > 0
+    assert torch.all(d[:, :, :2] == 0)
+
+
+def _tiny_data():
+    rng = np.random.default_rng(0)
+    data = []
+    for _ in range(2):
+        img = rng.normal(1.0, 0.2, size=(4, 16, 16, 16)).astype(np.float32)
+        img[:, :3] = 0
+        seg = np.zeros((16, 16, 16), np.int64)
+        seg[6:12, 6:12, 6:12] = 2
+        seg[8:11, 8:11, 8:11] = 4
+        seg[9, 9, 9] = 1
+        img[3][seg == 2] += 1.0
+        img[1][seg == 4] += 1.5
+        data.append((img, seg))
+    return data
+
+
+@pytest.mark.parametrize("defense", D.DEFENSES)
+def test_each_defense_trains_and_changes_the_model(defense, tmp_path):
+    from napari_medadv.core.models.demo import load_demo
+
+    rec = D.train_defended(defense, tmp_path, init="demo:unet3d", data=_tiny_data(), epochs=1, lr=1e-3,
+                           evaluate=False, log=lambda s: None)
+    name = D.defended_name("unet3d", defense)
+    assert rec["weights"].endswith(f"{name}.pt") and rec["defense"] == defense
+    meta = json.loads((tmp_path / f"{name}.json").read_text())
+    assert meta["info"]["name"] == f"demo:{name}" and meta["training"]["init"] == "demo:unet3d"
+    assert "medadv train demo-unet3d --defense" in meta["training"]["command"]
+    net, info, _ = load_demo(name, folder=tmp_path)
+    ref, _, _ = load_demo("unet3d")
+    a, b = net.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert changed, "training did not change any weight"
+    assert info.task == "segmentation"
+
+
+def test_defense_arguments_are_validated(tmp_path):
+    with pytest.raises(MedadvError, match="unknown defense"):
+        D.train_defended("magic", tmp_path)
+    with pytest.raises(MedadvError, match="beta"):
+        D.train_defended("adversarial", tmp_path, beta=2.0)
+    with pytest.raises(MedadvError, match="unet3d"):
+        D.train_defended("noise", tmp_path, base="cxr")
+    with pytest.raises(MedadvError, match="temperature"):
+        D.train_defended("distill", tmp_path, temperature=-1)

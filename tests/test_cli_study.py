@@ -1,0 +1,67 @@
+"""``medadv study`` and ``medadv train --defense`` on the command line (in-process, tiny models)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "core"))
+import _tiny_models  # noqa: E402  (registers the tiny: scheme)
+
+from napari_medadv.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    return _tiny_models.make_small_cases(tmp_path_factory.mktemp("cli_cases"), names=("glioma_001", "glioma_002"),
+                                         size=24)
+
+
+def test_study_flags_sequential_and_resume(cases, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["study", str(cases), "--model", "tiny:0", "--model", "tiny:1", "--attack", "fgsm", "--attack", "ifgsm",
+            "--eps", "0.05", "--steps", "2", "--sequential", "--out", str(out)]
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    assert "2 cases (2 run, 0 already stored)" in cap.out
+    assert "2/2 cases" in cap.err and "ETA" in cap.err
+    md = (out / "report.md").read_text()
+    assert "ifgsm[eps=0.05,steps=2]" in md and "medadv study" in md
+    assert main(argv) == 0
+    assert "(0 run, 2 already stored)" in capsys.readouterr().out
+
+
+def test_study_from_yaml_with_threads_cluster(cases, tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"dataset: {cases}\nmodels: [tiny:0]\nattacks:\n  - attack: fgsm\n    eps: [0.02, 0.05]\n")
+    out = tmp_path / "s"
+    assert main(["study", "--grid", str(grid), "--workers", "2", "--threads", "--quiet", "--out", str(out)]) == 0
+    assert (out / "summary_segmentation.csv").is_file()
+    assert "2 cases (2 run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["study", "{tmp}/nowhere", "--model", "tiny:0", "--attack", "fgsm", "--out", "{tmp}/o"], "nowhere: dataset folder not found"),
+    (["study", "{cases}", "--model", "tiny:0", "--attack", "nope", "--out", "{tmp}/o"], "unknown attack 'nope'"),
+    (["study", "{cases}", "--model", "tiny:0", "--out", "{tmp}/o"], "give --attack"),
+    (["study", "--grid", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "missing.yaml: grid file not found"),
+    (["study", "phantoms:glioma:999-1000", "--model", "tiny:0", "--attack", "fgsm", "--out", "{tmp}/o"],
+     "held-out seeds"),
+])
+def test_study_errors_are_one_line(cases, tmp_path, capsys, argv, needle):
+    argv = [a.format(tmp=tmp_path, cases=cases) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.startswith("medadv: error:") and "\n" not in err and "Traceback" not in err
+
+
+def test_train_defense_options_parse(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "demo-unet3d", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--defense", "--temperature", "--beta", "--radius", "--eps"):
+        assert flag in text
+    assert main(["train", "demo-unet3d", "--defense", "adversarial", "--beta", "1.5", "--out", "/nonexistent-x"]) == 2
+    assert "--beta must be in [0, 1]" in capsys.readouterr().err
