@@ -873,9 +873,10 @@ class Study:
         else:
             n = workers or default_workers()
             threads = max(1, (os.cpu_count() or 1) // n) if processes else 1
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, host="127.0.0.1",
-                                   dashboard_address=None, memory_limit=0,
-                                   env={"OMP_NUM_THREADS": str(threads)} if processes else None)
+            # processes: TCP on the loopback interface only; threads: Dask's in-process transport
+            net = {"host": "127.0.0.1", "env": {"OMP_NUM_THREADS": str(threads)}} if processes else {}
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
+                                   dashboard_address=None, memory_limit=0, **net)
             client = Client(cluster)
         try:
             futures = {client.submit(run_case, c, config, extra, key=f"medadv-case-{_safe_name(c.case_id)}-"
