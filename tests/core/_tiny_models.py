@@ -39,7 +39,7 @@ register_scheme("tiny", _load)
 
 
 CLS_INFO = {"task": "classification", "spatial_dims": 2, "in_channels": 1, "output": "sigmoid",
-            "normalization": "none", "class_names": ["a", "b", "c"], "name": "tiny:cls"}
+            "normalization": "minmax", "class_names": ["a", "b", "c"], "name": "tiny:cls"}
 
 
 class TinyClassifier(nn.Module):
