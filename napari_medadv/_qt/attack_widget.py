@@ -29,7 +29,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .layers import META, Source, labels_for, mask_on_grid, show_outcome, source_from_layer
+from .layers import (
+    META,
+    Source,
+    flush_deferred,
+    iter_show_outcome,
+    labels_for,
+    mask_on_grid,
+    show_outcome,
+    source_from_layer,
+)
 from .session import Session, Shown
 from .workers import Job, LatestWins, report_error
 
@@ -164,6 +173,8 @@ class AttackWidget(QWidget):
         self._live_job: Job | None = None
         self._fields: dict[str, ParamField] = {}
         self._image_picked = False
+        self._has_eps = True
+        self._applying = 0
         self._labels_picked = False
         self._ranges: tuple[Any, np.ndarray] | None = None
         self.last_live_latency: float | None = None
@@ -255,6 +266,9 @@ class AttackWidget(QWidget):
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(LIVE_DEBOUNCE_MS)
+        self._flush = QTimer(self)  # hidden result layers catch up once the slider rests
+        self._flush.setSingleShot(True)
+        self._flush.setInterval(400)
         self._live_images = LatestWins(self._live_compute, self._live_show, "live ε",
                                        on_error=self._live_error)
         self._live_metrics = LatestWins(self._live_metrics_compute, self._live_metrics_show, "live ε readouts")
@@ -282,6 +296,7 @@ class AttackWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.save_btn.clicked.connect(lambda: self.save_attack())
         self._debounce.timeout.connect(self._submit_live)
+        self._flush.timeout.connect(lambda: flush_deferred(self.viewer))
         self.session.model_changed.connect(self._model_changed)
         self.session.result_changed.connect(lambda shown: self.save_btn.setEnabled(shown is not None))
 
@@ -416,6 +431,10 @@ class AttackWidget(QWidget):
             self.params_form.addRow(p.name, f.widget)
         self.params_box.setVisible(bool(self._fields))
         eps_default = next((p.default for p in spec.params if p.name == "eps"), None)
+        self._has_eps = any(p.name == "eps" for p in spec.params)  # MR artifacts have a severity instead
+        for w in (self.eps_slider, self.eps_spin, self.eps_native):
+            w.setEnabled(self._has_eps)
+        self.eps_native.setVisible(self._has_eps)
         if eps_default is not None and not old and self.eps_slider.value() == 0:
             self.set_eps(eps_default)
         self.live.setEnabled(spec.name == "fgsm")
@@ -434,7 +453,7 @@ class AttackWidget(QWidget):
             raise ValueError(f"unknown attack {name!r}")
         self.method.setCurrentIndex(idx)
         for k, v in params.items():
-            if k == "eps":
+            if k == "eps" and self._has_eps:
                 self.set_eps(v)
             elif k in self._fields:
                 self._fields[k].set_value(v)
@@ -442,7 +461,7 @@ class AttackWidget(QWidget):
                 raise ValueError(f"{name} has no parameter {k!r}")
 
     def params(self) -> dict:
-        out = {"eps": self.eps()}
+        out = {"eps": self.eps()} if self._has_eps else {}
         for k, f in self._fields.items():
             v = f.value()
             if v is not None:
@@ -576,10 +595,13 @@ class AttackWidget(QWidget):
 
         def on_done(res):
             outcome, transfer = res
-            show_outcome(self.viewer, src, outcome)
-            self.session.set_shown(Shown(src, outcome, live=False, transfer=transfer, history=history))
-            self.status.setText(f"{spec.label} on {src.case}: done in {time.perf_counter() - t0:.1f} s — "
-                                f"{_headline(outcome)}")
+
+            def shown():
+                self.session.set_shown(Shown(src, outcome, live=False, transfer=transfer, history=history))
+                self.status.setText(f"{spec.label} on {src.case}: done in {time.perf_counter() - t0:.1f} s — "
+                                    f"{_headline(outcome)}")
+
+            self._apply_gradually(iter_show_outcome(self.viewer, src, outcome), shown)
 
         def on_cancel():
             self.status.setText(f"{spec.label} cancelled — layers unchanged")
@@ -594,6 +616,24 @@ class AttackWidget(QWidget):
                         desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
                         on_cancel=on_cancel, on_finish=on_finish).start()
         return self._job
+
+    def _apply_gradually(self, steps, then) -> None:
+        """Run a layer-update generator one layer per event-loop turn, then ``then()``."""
+        self._applying += 1
+
+        def tick():
+            try:
+                next(steps)
+            except StopIteration:
+                self._applying -= 1
+                then()
+            except Exception as e:  # a layer could not be updated (e.g. removed meanwhile)
+                self._applying -= 1
+                report_error(e, "showing the result")
+            else:
+                QTimer.singleShot(0, tick)
+
+        tick()
 
     @staticmethod
     def _expected_steps(spec, params) -> int:
@@ -612,7 +652,7 @@ class AttackWidget(QWidget):
 
     @property
     def running(self) -> bool:
-        return bool((self._job is not None and self._job.running)
+        return bool(self._applying or (self._job is not None and self._job.running)
                     or (self._live_job is not None and self._live_job.running)
                     or self._live_images.busy or self._live_metrics.busy)
 
@@ -680,6 +720,7 @@ class AttackWidget(QWidget):
         if self._live is None or self._live[2] is not live:
             return  # the inputs changed meanwhile: drop the stale frame
         show_outcome(self.viewer, src, outcome, live=True)
+        self._flush.start()
         t0 = self._live_t0.pop(job[2], None)
         if t0 is not None:
             self.last_live_latency = time.perf_counter() - t0

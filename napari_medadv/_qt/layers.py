@@ -222,23 +222,82 @@ def mask_on_grid(layer, source: Source, reference_layer) -> np.ndarray:
 # ----------------------------------------------------------------------------- results -> layers
 
 
-def _set_layer(viewer, name: str, kind: str, data, **kwargs):
-    """Update the layer called ``name`` in place (data + properties) or add it."""
+_DEFERRED: dict[int, dict[str, tuple]] = {}  # id(viewer) -> layer name -> (data, properties)
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _update_props(lyr, kwargs: dict) -> None:
+    for k, v in kwargs.items():
+        if k == "name":
+            continue
+        if k == "colormap":
+            cur = getattr(lyr, "colormap", None)
+            if isinstance(v, str) and getattr(cur, "name", None) == v:
+                continue
+            if not isinstance(v, str) and type(cur) is type(v):
+                continue  # re-runs use the same colours
+        elif k in ("scale", "translate", "contrast_limits") and _same(getattr(lyr, k), v):
+            continue
+        elif k in ("opacity", "blending") and getattr(lyr, k) == v:
+            continue
+        try:
+            setattr(lyr, k, v)
+        except (AttributeError, ValueError, TypeError):
+            pass  # read-only on this layer type (e.g. 'size' after creation)
+
+
+def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False, **kwargs):
+    """Update the layer called ``name`` in place (data + changed properties) or add it.
+
+    ``defer_hidden``: a hidden layer only records the new data, applied when it is shown or at
+    :func:`flush_deferred` (live ε keeps each update to the layers on screen)."""
     if name in viewer.layers and viewer.layers[name].__class__.__name__.lower() == kind:
         lyr = viewer.layers[name]
-        lyr.data = data
-        for k, v in kwargs.items():
-            if k in ("name",):
-                continue
-            try:
-                setattr(lyr, k, v)
-            except (AttributeError, ValueError, TypeError):
-                pass  # read-only on this layer type (e.g. 'size' after creation)
+        pending = _DEFERRED.setdefault(id(viewer), {})
+        if defer_hidden and not lyr.visible and kind != "points":
+            if name not in pending:
+                lyr.events.visible.connect(_flush_on_show)
+            pending[name] = (data, kwargs)
+            return lyr
+        pending.pop(name, None)
+        if data is not lyr.data:
+            lyr.data = data
+        _update_props(lyr, kwargs)
         return lyr
     if name in viewer.layers:
         viewer.layers.remove(name)
     adder = getattr(viewer, f"add_{kind}")
     return adder(data, name=name, **kwargs)
+
+
+def _flush_on_show(event) -> None:
+    lyr = event.source
+    if not lyr.visible:
+        return
+    for pending in _DEFERRED.values():
+        if lyr.name in pending and pending[lyr.name][0] is not None:
+            data, kwargs = pending.pop(lyr.name)
+            lyr.data = data
+            _update_props(lyr, kwargs)
+
+
+def flush_deferred(viewer: napari.Viewer) -> int:
+    """Apply the data recorded for hidden layers during live ε; returns how many were updated."""
+    pending = _DEFERRED.pop(id(viewer), {})
+    n = 0
+    for name, (data, kwargs) in pending.items():
+        if name in viewer.layers:
+            lyr = viewer.layers[name]
+            lyr.data = data
+            _update_props(lyr, kwargs)
+            n += 1
+    return n
 
 
 def result_metadata(source: Source, outcome: AttackOutcome, role: str, live: bool) -> dict:
@@ -252,6 +311,18 @@ def result_metadata(source: Source, outcome: AttackOutcome, role: str, live: boo
 def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, *, live: bool = False,
                  visible_channel: int | None = None) -> dict[str, Any]:
     """Put an attack's images on the layers of ``source`` (names derived from it), in place."""
+    gen = iter_show_outcome(viewer, source, outcome, live=live, visible_channel=visible_channel)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, *, live: bool = False,
+                      visible_channel: int | None = None):
+    """:func:`show_outcome` one layer at a time (yields after each), so a caller can give the Qt
+    event loop a turn between layers (adding a dozen 3-D layers at once stalls it)."""
     image = source.image
     common = {"scale": source.scale, "translate": source.translate}
     adv = outcome.adversarial
@@ -269,12 +340,13 @@ def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, 
         meta = result_metadata(source, outcome, "adversarial", live)
         meta[META]["channel_index"] = c
         lyr = _set_layer(viewer, name, "image", adv[c], contrast_limits=limits, colormap="gray",
-                         metadata=meta, **common)
+                         metadata=meta, defer_hidden=live, **common)
         if not existed:
             lyr.visible = c == visible_channel
             if src_layer is not None and c == visible_channel:
                 src_layer.visible = False  # the adversarial replaces it on screen; toggle to compare
         layers[name] = lyr
+        yield name
         rng = float(image.array[c].max() - image.array[c].min()) or 1.0
         peak = float(np.abs(delta[c]).max())
         lim = peak if peak > 0 else max(float(outcome.result.eps) * rng, 1e-6)
@@ -284,10 +356,12 @@ def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, 
         meta[META]["channel_index"] = c
         meta[META]["display_gain"] = rng / (2 * lim)  # perturbation shown × this vs the image contrast
         lyr = _set_layer(viewer, pname, "image", delta[c], contrast_limits=(-lim, lim),
-                         colormap=perturbation_colormap(), blending="additive", metadata=meta, **common)
+                         colormap=perturbation_colormap(), blending="additive", metadata=meta,
+                         defer_hidden=live, **common)
         if not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
             lyr.visible = False
         layers[pname] = lyr
+        yield pname
     if outcome.seg_clean is not None:
         values = sorted(set(outcome.model.info.label_values or [])
                         | set(np.unique(outcome.seg_clean).tolist())
@@ -299,20 +373,22 @@ def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, 
             name = source.result_name(tag)
             existed = name in viewer.layers
             role = "segmentation (clean)" if "clean" in tag else "segmentation (adversarial)"
-            lyr = _set_layer(viewer, name, "labels", seg, opacity=0.55,
+            lyr = _set_layer(viewer, name, "labels", seg, opacity=0.55, defer_hidden=live,
                              metadata=result_metadata(source, outcome, role, live), **extra, **common)
             if not existed:
                 lyr.visible = vis
             layers[name] = lyr
+            yield name
         diff = diff_map(outcome.seg_clean, outcome.seg_adv)
         name = source.result_name("diff")
         existed = name in viewer.layers
-        lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8,
+        lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8, defer_hidden=live,
                          metadata=result_metadata(source, outcome, "diff", live), **common)
         if not existed:
             lyr.visible = False
             lyr.features = {"index": [0, 1, 2, 3], "change": ["unchanged", *DIFF_VALUES.values()]}
         layers[name] = lyr
+        yield name
     pts_name = source.result_name("perturbed pixels")
     if outcome.attack == "dgde":
         coords = np.argwhere(np.any(delta != 0, axis=0)).astype(float)
@@ -321,6 +397,7 @@ def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, 
                          border_color="red", border_width=0.15, out_of_slice_display=True,
                          metadata=result_metadata(source, outcome, "perturbed pixels", live), **common)
         layers[pts_name] = lyr
+        yield pts_name
     elif pts_name in viewer.layers:
         viewer.layers.remove(pts_name)  # a newer non-DGDE run: the pixel markers no longer apply
     return layers

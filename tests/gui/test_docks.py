@@ -40,9 +40,11 @@ def docks(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: not ws["attack"].running, timeout=WAIT)
 
 
-def _wait_job(qtbot, job):
+def _wait_job(qtbot, job, widget=None):
     assert job is not None
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    if widget is not None:  # the result goes onto the layers one per event-loop turn
+        qtbot.waitUntil(lambda: not widget.running, timeout=WAIT)
 
 
 SEG_RUNS = [
@@ -63,7 +65,7 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
     aw.set_attack(attack, **params)
     assert aw.image_combo.currentData() == "case flair"
     assert aw.labels_combo.currentData() == "case labels"  # the case's ground truth, pre-selected
-    _wait_job(qtbot, aw.run())
+    _wait_job(qtbot, aw.run(), aw)
     shown = aw.session.shown
     assert shown is not None and shown.outcome.attack == attack
     o = shown.outcome
@@ -122,7 +124,7 @@ def test_classifier_attack_readouts(docks, qtbot, cxr_small, cxr_model, attack, 
         np.save(path, np.array([[0.0, 1.0], [1.0, 0.0]]))
         params = {**params, "cooccurrence": str(path)}
     aw.set_attack(attack, **params)
-    _wait_job(qtbot, aw.run())
+    _wait_job(qtbot, aw.run(), aw)
     o = aw.session.shown.outcome
     assert viewer.layers["case adversarial"].data.shape == (256, 256)
     assert "case segmentation (clean)" not in viewer.layers
@@ -133,6 +135,25 @@ def test_classifier_attack_readouts(docks, qtbot, cxr_small, cxr_model, attack, 
         assert float(r[1]) == pytest.approx(p["clean"], abs=5e-5)
         assert float(r[2]) == pytest.approx(p["adversarial"], abs=5e-5)
         assert float(r[3]) == pytest.approx(p["change"], abs=5e-5)
+
+
+def _registry_entries_without_eps():
+    from napari_medadv.core.attacks import ATTACKS
+
+    return [n for n, s in ATTACKS.items() if not any(p.name == "eps" for p in s.params)]
+
+
+@pytest.mark.parametrize("name", _registry_entries_without_eps()[:2])
+def test_registry_entries_without_eps_run_through_the_dock(docks, qtbot, glioma_small, unet2d, name):
+    """MR artifacts (a `severity`, no ε) come from the same registry and run with no GUI edit."""
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack(name)
+    assert "eps" not in aw.params() and not aw.eps_slider.isEnabled()
+    _wait_job(qtbot, aw.run(), aw)
+    assert aw.session.shown is not None and aw.session.shown.outcome.attack == name
+    assert viewer.layers["case flair adversarial"].data.shape == glioma_small.spatial_shape
 
 
 def test_attack_dock_builds_parameters_from_the_registry(docks):
@@ -214,7 +235,7 @@ def test_result_lands_on_the_image_it_was_started_on(docks, qtbot, glioma_small,
     job = aw.run()
     aw.image_combo.setCurrentIndex(aw.image_combo.findData("other"))  # user looks elsewhere meanwhile
     viewer.layers.selection.active = viewer.layers["other"]
-    _wait_job(qtbot, job)
+    _wait_job(qtbot, job, aw)
     assert "case t2 adversarial" in viewer.layers and "other adversarial" not in viewer.layers
 
 
@@ -263,7 +284,7 @@ def test_region_restricts_the_perturbation(docks, qtbot, glioma_small, unet2d):
     aw.session.set_model(unet2d)
     aw.set_attack("noise", eps=0.05)
     aw.roi_combo.setCurrentIndex(aw.roi_combo.findData("roi"))
-    _wait_job(qtbot, aw.run())
+    _wait_job(qtbot, aw.run(), aw)
     delta = viewer.layers["case flair perturbation"].data
     assert np.all(delta[roi == 0] == 0) and np.any(delta[roi == 1] != 0)
 
@@ -276,7 +297,7 @@ def test_transfer_evaluation_on_model_b(docks, qtbot, glioma_small, unet2d):
     aw.session.set_model(unet2d)
     aw.session.set_transfer_model(unet2d)
     aw.set_attack("fgsm", eps=0.05)
-    _wait_job(qtbot, aw.run())
+    _wait_job(qtbot, aw.run(), aw)
     shown = aw.session.shown
     assert shown.transfer is not None
     ref = transfer_outcome(shown.outcome, unet2d)
@@ -290,7 +311,7 @@ def test_save_attack_writes_the_cli_folder_and_a_screenshot(docks, qtbot, glioma
     _open(viewer, glioma_small)
     aw.session.set_model(unet2d)
     aw.set_attack("fgsm", eps=0.04)
-    _wait_job(qtbot, aw.run())
+    _wait_job(qtbot, aw.run(), aw)
     out = tmp_path / "saved"
     _wait_job(qtbot, aw.save_attack(str(out)))
     qtbot.waitUntil(lambda: (out / "screenshot.png").exists(), timeout=WAIT)
@@ -315,7 +336,7 @@ def test_plots_sweep_history_and_gif(docks, qtbot, glioma_small, unet2d, tmp_pat
     assert set(pw.sweep_rows[0]["dice"]) == {"WT", "TC", "ET"}
     assert pw.ax_sweep.lines  # drawn
     aw.set_attack("ifgsm", eps=0.05, steps=3)
-    _wait_job(qtbot, aw.run())
+    _wait_job(qtbot, aw.run(), aw)
     qtbot.waitUntil(lambda: len(pw.history) >= 3, timeout=WAIT)
     assert all("psnr" in r and "dice" in r for r in pw.history[:3])
     gif = tmp_path / "sweep.gif"

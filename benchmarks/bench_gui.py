@@ -1,0 +1,206 @@
+"""GUI benchmarks (napari under Xvfb or a desktop); prints ratios measured in one run.
+
+    xvfb-run -a python benchmarks/bench_gui.py [--updates 1000] [--device cpu]
+
+1. live ε: latency from a slider move to the adversarial image + segmentation on the layers,
+   divided by the time of one forward pass of the same model on the same input (goal ≤ 1.15),
+   on the 2-D chest radiograph (demo:cxr) and the 3-D glioma case (demo:unet3d);
+2. the longest Qt event-loop stall while a 3-D i-FGSM runs in its worker, measured with a 10 ms
+   heartbeat QTimer (goal ≤ 100 ms);
+3. resident memory growth over N live-ε slider updates (2-D, each update waited for; goal < 5 %),
+   after 50 warm-up updates.
+
+Medians over repeated measurements; nothing here asserts a time (see tests/gui for behaviour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _wait(app, cond, timeout=600.0):
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.001)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("benchmark step timed out")
+
+
+def _viewer_with_docks(image, model):
+    import napari
+
+    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.layers import layer_data_for_image
+    from napari_medadv._qt.readouts_widget import ReadoutsWidget
+
+    viewer = napari.Viewer(show=True)
+    for data, kw, kind in layer_data_for_image(image):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    aw = AttackWidget(viewer)
+    rw = ReadoutsWidget(viewer)
+    viewer.window.add_dock_widget(aw, name="Attack")
+    viewer.window.add_dock_widget(rw, name="Readouts")
+    aw.session.set_model(model)
+    return viewer, aw
+
+
+def _forward_time(model, image, repeats: int) -> float:
+    from napari_medadv.core.pipeline import model_input
+
+    x = model_input(image, model)
+    model.forward(x)  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = model.forward(x)
+        if out.is_cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _live_ready(app, aw, eps: float) -> None:
+    aw.set_attack("fgsm", eps=eps)
+    aw.live.setChecked(True)
+    _wait(app, lambda: aw.session.shown is not None and bool(aw.session.shown.outcome.metrics) and not aw.running)
+
+
+def bench_live(app, label: str, image, model, repeats: int) -> float:
+    viewer, aw = _viewer_with_docks(image, model)
+    _live_ready(app, aw, 0.01)
+    lat = []
+    for i in range(repeats):
+        eps = 0.02 + 0.01 * (i % 5)
+        if abs(aw.eps() - eps) < 1e-9:
+            eps += 0.005
+        aw.last_live_latency = None
+        aw.set_eps(eps)  # what a slider move does (debounce timer, then one job)
+        _wait(app, lambda: aw.last_live_latency is not None)
+        lat.append(aw.last_live_latency - aw._debounce.interval() / 1000.0)  # the debounce is deliberate
+        _wait(app, lambda: not aw.running)  # let the readouts finish before the next move
+    fwd = _forward_time(model, image, repeats)
+    ratio = statistics.median(lat) / fwd
+    print(f"live ε {label}: update {1000 * statistics.median(lat):.1f} ms (median of {repeats}), "
+          f"one forward {1000 * fwd:.1f} ms -> ratio {ratio:.2f} (goal <= 1.15)")
+    aw.cancel()
+    _wait(app, lambda: not aw.running)
+    viewer.close()
+    return ratio
+
+
+def bench_stall(app, image, model, steps: int) -> float:
+    from qtpy.QtCore import QTimer
+
+    viewer, aw = _viewer_with_docks(image, model)
+    aw.set_attack("ifgsm", eps=0.03, steps=steps)
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    at: list[float] = []
+    t_start = [0.0]
+
+    def beat():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        at.append(now - t_start[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(beat)
+    job = aw.run()
+    t_start[0] = last[0] = time.perf_counter()
+    done_at = []
+    job.worker.returned.connect(lambda *_: done_at.append(time.perf_counter() - t_start[0]))
+    timer.start()
+    t0 = time.perf_counter()
+    while job.running or aw.running:
+        app.processEvents()  # spin the event loop (as napari.run() does)
+        time.sleep(0.0005)
+    timer.stop()
+    secs = time.perf_counter() - t0
+    stall = max(gaps) - 0.010 if gaps else float("nan")
+    worst = sorted(zip(gaps, at), reverse=True)[:3]
+    print(f"event loop during 3-D i-FGSM ({steps} steps, {secs:.1f} s): max stall {1000 * stall:.1f} ms "
+          f"over {len(gaps)} heartbeats (goal <= 100 ms); longest gaps end at "
+          + ", ".join(f"{t:.2f} s ({1000 * g:.0f} ms)" for g, t in worst)
+          + (f"; result delivered at {done_at[0]:.2f} s" if done_at else ""))
+    viewer.close()
+    return stall
+
+
+def bench_memory(app, image, model, updates: int) -> float:
+    import psutil
+
+    proc = psutil.Process(os.getpid())
+    viewer, aw = _viewer_with_docks(image, model)
+    _live_ready(app, aw, 0.01)
+
+    def move(i):
+        aw.last_live_latency = None
+        aw.eps_slider.setValue(10 + (i % 90))  # 1.0 … 9.9 %
+        _wait(app, lambda: aw.last_live_latency is not None and not aw.running)
+
+    for i in range(50):
+        move(i)
+    rss0 = proc.memory_info().rss
+    t0 = time.perf_counter()
+    for i in range(50, 50 + updates):
+        move(i)
+    rss1 = proc.memory_info().rss
+    growth = (rss1 - rss0) / rss0
+    print(f"memory over {updates} live-ε updates ({time.perf_counter() - t0:.0f} s): RSS {rss0 / 2**20:.0f} -> "
+          f"{rss1 / 2**20:.0f} MiB, growth {100 * growth:.2f} % (goal < 5 %)")
+    aw.cancel()
+    viewer.close()
+    return growth
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--steps", type=int, default=5, help="i-FGSM steps for the stall benchmark")
+    p.add_argument("--updates", type=int, default=1000)
+    p.add_argument("--only", choices=["live", "stall", "memory"])
+    args = p.parse_args(argv)
+
+    from qtpy.QtWidgets import QApplication
+
+    import napari  # noqa: F401  (creates the Qt application on first viewer)
+    from napari_medadv._sample_data import chest_radiograph_path
+    from napari_medadv.core.io import read_image
+    from napari_medadv.core.models import load_model
+    from napari_medadv.core.paths import sample_data_dir
+
+    from napari._qt.qt_event_loop import get_qapp
+
+    app = get_qapp()
+    assert isinstance(app, QApplication)
+    import torch
+
+    print(f"napari-medadv GUI benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {args.device}, Qt {os.environ.get('QT_API', 'default')}", file=sys.stderr)
+    cxr = read_image(chest_radiograph_path())
+    glioma = read_image(sample_data_dir() / "glioma" / "glioma_001")
+    m_cxr = load_model("demo:cxr", device=args.device)
+    m_3d = load_model("demo:unet3d", device=args.device)
+    if args.only in (None, "live"):
+        bench_live(app, "2-D (chest radiograph 256², demo:cxr)", cxr, m_cxr, args.repeats)
+        bench_live(app, "3-D (glioma 4×64×80×64, demo:unet3d)", glioma, m_3d, args.repeats)
+    if args.only in (None, "stall"):
+        bench_stall(app, glioma, m_3d, args.steps)
+    if args.only in (None, "memory"):
+        bench_memory(app, cxr, m_cxr, args.updates)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
