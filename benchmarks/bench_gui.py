@@ -145,7 +145,10 @@ def bench_memory(app, image, model, updates: int) -> float:
 
     def move(i):
         aw.last_live_latency = None
-        aw.eps_slider.setValue(10 + (i % 90))  # 1.0 … 9.9 %
+        value = 11 + (i % 89)  # 1.1 … 9.9 %, never the current value (no move, no update)
+        if value == aw.eps_slider.value():
+            value += 1
+        aw.eps_slider.setValue(value)
         _wait(app, lambda: aw.last_live_latency is not None and not aw.running)
 
     for i in range(50):

@@ -614,7 +614,7 @@ class AttackWidget(QWidget):
 
         self._job = Job(attack_job, src, model, name, params, labels, target, roi, seed, model_b,
                         desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
-                        on_cancel=on_cancel, on_finish=on_finish).start()
+                        on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu).start()
         return self._job
 
     def _apply_gradually(self, steps, then) -> None:
@@ -634,6 +634,30 @@ class AttackWidget(QWidget):
                 QTimer.singleShot(0, tick)
 
         tick()
+
+    def use_cpu(self) -> None:
+        """Move the model(s) to the CPU (offered after a GPU out-of-memory error)."""
+        from napari.utils.notifications import show_info
+
+        for model, setter in ((self.session.model, self.session.set_model),
+                              (self.session.transfer_model, self.session.set_transfer_model)):
+            if model is not None and model.device.type != "cpu":
+                model.to("cpu")
+                try:
+                    import torch
+
+                    torch.cuda.empty_cache()
+                except (ImportError, RuntimeError):
+                    pass
+                setter(model)
+        mw = self.session.widgets.get("model")
+        if mw is not None:
+            mw.picker.device.setCurrentText("cpu")
+            if self.session.model is not None:
+                from .model_widget import describe_model
+
+                mw.info.setText(describe_model(self.session.model))
+        show_info("the model now runs on the CPU: press Run again")
 
     @staticmethod
     def _expected_steps(spec, params) -> int:

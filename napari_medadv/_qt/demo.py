@@ -91,3 +91,14 @@ def launch_demo(device: str = "auto", sample: str = "glioma") -> int:
     setup_demo(viewer, device=device, sample=sample)
     napari.run()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``napari-medadv`` console script: the napari demo (same as ``medadv demo``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="napari-medadv", description="napari with the napari-medadv demo, ready to drag ε")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--sample", choices=["glioma", "cxr"], default="glioma")
+    args = p.parse_args(argv)
+    return launch_demo(device=args.device, sample=args.sample)

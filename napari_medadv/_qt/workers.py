@@ -12,16 +12,26 @@ from napari.utils.notifications import show_error, show_warning
 _NOTHING = object()
 
 
-def report_error(exc: BaseException, what: str) -> None:
+def is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | None = None) -> None:
     """A worker error as a napari notification (the viewer and the inputs stay as they were).
 
-    A CUDA out-of-memory error suggests the CPU (the Model dock offers the switch)."""
+    A GPU out-of-memory error offers the CPU: with ``on_oom`` the notification has a
+    "Use the CPU" button that calls it."""
     from napari_medadv.core.errors import MedadvError
 
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        show_warning(f"{what}: the GPU ran out of memory. Choose device 'cpu' in the Model dock "
-                     "and load the model again (or use a smaller image/ROI).")
+    if is_out_of_memory(exc):
+        msg = f"{what}: the GPU ran out of memory. Move the model to the CPU and press Run again?"
+        if on_oom is None:
+            show_warning(msg + " (Model dock: device 'cpu', Load)")
+            return
+        from napari.utils.notifications import Notification, notification_manager
+
+        notification_manager.dispatch(Notification(msg, severity="warning",
+                                                   actions=[("Use the CPU", lambda *_: on_oom())]))
         return
     msg = str(exc) if isinstance(exc, (MedadvError, ValueError)) else f"{name}: {exc}"
     show_error(f"{what} failed: {msg}")
@@ -36,7 +46,7 @@ class Job:
 
     def __init__(self, func: Callable, *args, desc: str, on_yield: Callable | None = None,
                  on_done: Callable | None = None, on_finish: Callable | None = None,
-                 on_cancel: Callable | None = None, total: int = 0, **kwargs):
+                 on_cancel: Callable | None = None, on_oom: Callable | None = None, total: int = 0, **kwargs):
         self.desc = desc
         self.pbar = progress(total=total, desc=desc)
         self.cancelled = False
@@ -47,7 +57,7 @@ class Job:
             self.worker.yielded.connect(lambda item: on_yield(item[2]))
         if on_done is not None:
             self.worker.returned.connect(on_done)
-        self.worker.errored.connect(lambda exc: report_error(exc, desc))
+        self.worker.errored.connect(lambda exc: report_error(exc, desc, on_oom))
         self.worker.aborted.connect(self._aborted)
         if on_cancel is not None:
             self.worker.aborted.connect(on_cancel)

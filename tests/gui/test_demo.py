@@ -43,3 +43,12 @@ def test_cli_demo_without_headless_launches_the_napari_demo(monkeypatch):
     monkeypatch.setattr(demo, "launch_demo", lambda **kw: calls.append(kw) or 0)
     assert cli.main(["demo", "--device", "cpu"]) == 0
     assert calls == [{"device": "cpu", "sample": "glioma"}]
+
+
+def test_napari_medadv_alias_entry_point(monkeypatch):
+    import napari_medadv._qt.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "launch_demo", lambda **kw: calls.append(kw) or 0)
+    assert demo.main(["--sample", "cxr", "--device", "cpu"]) == 0
+    assert calls == [{"device": "cpu", "sample": "cxr"}]

@@ -345,3 +345,28 @@ def test_plots_sweep_history_and_gif(docks, qtbot, glioma_small, unet2d, tmp_pat
     assert pw.last_gif_frames == 4  # one per ε (identical frames may be merged inside the GIF)
     frames = iio.imread(gif, index=None)
     assert frames.ndim == 4 and frames.shape[0] >= 1 and frames.shape[-1] in (3, 4)
+
+
+def test_gpu_out_of_memory_offers_the_cpu(docks, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_medadv._qt.workers import report_error
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    sent, calls = [], []
+    monkeypatch.setattr(notification_manager, "dispatch", sent.append)
+    report_error(OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "i-FGSM", lambda: calls.append(1))
+    assert sent and "CPU" in sent[0].message
+    label, action = sent[0].actions[0]
+    assert label == "Use the CPU"
+    action(None)
+    assert calls == [1]
+
+
+def test_use_cpu_keeps_a_cpu_model_and_updates_the_model_dock(docks, unet2d):
+    aw, mw = docks["attack"], docks["model"]
+    aw.session.set_model(unet2d)
+    aw.use_cpu()
+    assert aw.session.model.device.type == "cpu" and mw.picker.device.currentText() == "cpu"
