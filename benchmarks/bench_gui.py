@@ -95,45 +95,51 @@ def bench_live(app, label: str, image, model, repeats: int) -> float:
     return ratio
 
 
-def bench_stall(app, image, model, steps: int) -> float:
+def bench_stall(app, image, model, steps: int) -> tuple[float, float]:
+    """Two runs in one viewer: the first creates the result layers (napari builds each layer and
+    its controls on the GUI thread, one per event-loop turn), the second updates them in place."""
     from qtpy.QtCore import QTimer
 
     viewer, aw = _viewer_with_docks(image, model)
     aw.set_attack("ifgsm", eps=0.03, steps=steps)
-    gaps: list[float] = []
-    last = [time.perf_counter()]
+    out = []
+    for run in ("first run (creates 11 result layers)", "re-run (layers updated in place)"):
+        gaps: list[float] = []
+        at: list[float] = []
+        t_start = [time.perf_counter()]
+        last = [time.perf_counter()]
 
-    at: list[float] = []
-    t_start = [0.0]
+        def beat():
+            now = time.perf_counter()
+            gaps.append(now - last[0])
+            at.append(now - t_start[0])
+            last[0] = now
 
-    def beat():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        at.append(now - t_start[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(beat)
-    job = aw.run()
-    t_start[0] = last[0] = time.perf_counter()
-    done_at = []
-    job.worker.returned.connect(lambda *_: done_at.append(time.perf_counter() - t_start[0]))
-    timer.start()
-    t0 = time.perf_counter()
-    while job.running or aw.running:
-        app.processEvents()  # spin the event loop (as napari.run() does)
-        time.sleep(0.0005)
-    timer.stop()
-    secs = time.perf_counter() - t0
-    stall = max(gaps) - 0.010 if gaps else float("nan")
-    worst = sorted(zip(gaps, at), reverse=True)[:3]
-    print(f"event loop during 3-D i-FGSM ({steps} steps, {secs:.1f} s): max stall {1000 * stall:.1f} ms "
-          f"over {len(gaps)} heartbeats (goal <= 100 ms); longest gaps end at "
-          + ", ".join(f"{t:.2f} s ({1000 * g:.0f} ms)" for g, t in worst)
-          + (f"; result delivered at {done_at[0]:.2f} s" if done_at else ""))
+        timer = QTimer()
+        timer.setInterval(10)
+        timer.timeout.connect(beat)
+        job = aw.run()
+        t_start[0] = last[0] = time.perf_counter()
+        done_at: list[float] = []
+        job.worker.returned.connect(lambda *_: done_at.append(time.perf_counter() - t_start[0]))
+        timer.start()
+        while job.running or aw.running:
+            app.processEvents()  # spin the event loop (as napari.run() does)
+            time.sleep(0.0005)
+        timer.stop()
+        secs = time.perf_counter() - t_start[0]
+        before = [g for g, t in zip(gaps, at) if not done_at or t <= done_at[0]]
+        stall = max(gaps) - 0.010 if gaps else float("nan")
+        stall_compute = max(before) - 0.010 if before else float("nan")
+        worst = sorted(zip(gaps, at), reverse=True)[:3]
+        print(f"event loop during 3-D i-FGSM, {run} ({steps} steps, {secs:.1f} s, {len(gaps)} heartbeats): "
+              f"max stall {1000 * stall:.0f} ms overall, {1000 * stall_compute:.0f} ms while computing "
+              f"(goal <= 100 ms); longest gaps end at "
+              + ", ".join(f"{t:.2f} s ({1000 * g:.0f} ms)" for g, t in worst)
+              + (f"; result delivered at {done_at[0]:.2f} s" if done_at else ""))
+        out.append(stall)
     viewer.close()
-    return stall
+    return out[0], out[1]
 
 
 def bench_memory(app, image, model, updates: int) -> float:

@@ -302,6 +302,8 @@ class AttackWidget(QWidget):
 
     def closeEvent(self, event) -> None:
         self.cancel()
+        self._live_images.shutdown()
+        self._live_metrics.shutdown()
         for sig, slot in ((self.viewer.layers.events.inserted, self._refresh_layer_combos),
                           (self.viewer.layers.events.removed, self._refresh_layer_combos),
                           (self.viewer.layers.events.moved, self._refresh_layer_combos)):
@@ -369,17 +371,17 @@ class AttackWidget(QWidget):
         model = self.session.model
         if model is not None and model.info.task == "classification":
             for i, n in enumerate(model.info.class_names or []):
-                self.target_combo.addItem(f"class: {n}", ("class", n))
+                self.target_combo.addItem(f"class: {n}", f"class:{n}")
         else:
             values = (model.info.label_values if model is not None and model.info.label_values else [0, 1, 2, 4])
             for v in values:
-                self.target_combo.addItem(f"label {v} everywhere", ("value", int(v)))
+                self.target_combo.addItem(f"label {v} everywhere", f"value:{int(v)}")
             for lyr in self.viewer.layers:
                 if lyr.__class__.__name__ == "Labels" and not lyr.metadata.get(META, {}).get("derived"):
-                    self.target_combo.addItem(f"mask: {lyr.name}", ("mask", lyr.name))
+                    self.target_combo.addItem(f"mask: {lyr.name}", f"mask:{lyr.name}")
         idx = self.target_combo.findData(current)
         if idx < 0 and spec.targeted == "required":
-            idx = self.target_combo.findData(("value", 1))
+            idx = self.target_combo.findData("value:1")
         self.target_combo.setCurrentIndex(max(idx, 0))
         self.target_combo.blockSignals(False)
         self.target_combo.setEnabled(spec.targeted != "no")
@@ -540,7 +542,9 @@ class AttackWidget(QWidget):
         target = None
         t = self.target_combo.currentData() if self.target_combo.isEnabled() else None
         if t is not None:
-            kind, val = t
+            kind, _, val = t.partition(":")
+            if kind == "value":
+                val = int(val)
             if kind == "mask":
                 if val not in self.viewer.layers:
                     raise MedadvError(f"target mask {val} was removed")

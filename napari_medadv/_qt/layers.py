@@ -266,6 +266,7 @@ def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False
             pending[name] = (data, kwargs)
             return lyr
         pending.pop(name, None)
+        data = data() if callable(data) else data
         if data is not lyr.data:
             lyr.data = data
         _update_props(lyr, kwargs)
@@ -273,7 +274,7 @@ def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False
     if name in viewer.layers:
         viewer.layers.remove(name)
     adder = getattr(viewer, f"add_{kind}")
-    return adder(data, name=name, **kwargs)
+    return adder(data() if callable(data) else data, name=name, **kwargs)
 
 
 def _flush_on_show(event) -> None:
@@ -283,7 +284,7 @@ def _flush_on_show(event) -> None:
     for pending in _DEFERRED.values():
         if lyr.name in pending and pending[lyr.name][0] is not None:
             data, kwargs = pending.pop(lyr.name)
-            lyr.data = data
+            lyr.data = data() if callable(data) else data
             _update_props(lyr, kwargs)
 
 
@@ -294,7 +295,7 @@ def flush_deferred(viewer: napari.Viewer) -> int:
     for name, (data, kwargs) in pending.items():
         if name in viewer.layers:
             lyr = viewer.layers[name]
-            lyr.data = data
+            lyr.data = data() if callable(data) else data
             _update_props(lyr, kwargs)
             n += 1
     return n
@@ -326,8 +327,11 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
     image = source.image
     common = {"scale": source.scale, "translate": source.translate}
     adv = outcome.adversarial
-    delta = adv - image.array
     layers = {}
+    ranges = source.extra.get("ranges")
+    if ranges is None:  # per-channel intensity range, once per source (live ε calls this a lot)
+        flat = image.array.reshape(image.n_channels, -1)
+        ranges = source.extra["ranges"] = [float(r) or 1.0 for r in flat.max(1) - flat.min(1)]
     if visible_channel is None:
         names = image.channel_names
         visible_channel = names.index("flair") if "flair" in names else 0
@@ -347,15 +351,18 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
                 src_layer.visible = False  # the adversarial replaces it on screen; toggle to compare
         layers[name] = lyr
         yield name
-        rng = float(image.array[c].max() - image.array[c].min()) or 1.0
-        peak = float(np.abs(delta[c]).max())
-        lim = peak if peak > 0 else max(float(outcome.result.eps) * rng, 1e-6)
+        rng = ranges[c]
+        eps = float(outcome.result.eps or 0.0)
+        if eps > 0:  # full colour at ±ε: the budget, not the (clamped) peak
+            lim = eps * rng
+        else:
+            lim = float(np.abs(adv[c] - image.array[c]).max()) or 1e-6
         pname = source.result_name("perturbation", c)
         existed = pname in viewer.layers
         meta = result_metadata(source, outcome, "perturbation", live)
         meta[META]["channel_index"] = c
         meta[META]["display_gain"] = rng / (2 * lim)  # perturbation shown × this vs the image contrast
-        lyr = _set_layer(viewer, pname, "image", delta[c], contrast_limits=(-lim, lim),
+        lyr = _set_layer(viewer, pname, "image", lambda c=c: adv[c] - image.array[c], contrast_limits=(-lim, lim),
                          colormap=perturbation_colormap(), blending="additive", metadata=meta,
                          defer_hidden=live, **common)
         if not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
@@ -379,7 +386,9 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
                 lyr.visible = vis
             layers[name] = lyr
             yield name
-        diff = diff_map(outcome.seg_clean, outcome.seg_adv)
+        def diff():
+            return diff_map(outcome.seg_clean, outcome.seg_adv)
+
         name = source.result_name("diff")
         existed = name in viewer.layers
         lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8, defer_hidden=live,
@@ -391,7 +400,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         yield name
     pts_name = source.result_name("perturbed pixels")
     if outcome.attack == "dgde":
-        coords = np.argwhere(np.any(delta != 0, axis=0)).astype(float)
+        coords = np.argwhere(np.any(adv != image.array, axis=0)).astype(float)
         size = 3 * float(np.mean(source.scale))
         lyr = _set_layer(viewer, pts_name, "points", coords, size=size, face_color="transparent",
                          border_color="red", border_width=0.15, out_of_slice_display=True,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QObject, Signal
 
 _NOTHING = object()
 
@@ -93,9 +95,20 @@ class Job:
         self.pbar.close()
 
 
+class _Relay(QObject):
+    """Carries a finished future from the worker thread to the Qt thread (queued signal)."""
+
+    done = Signal(object)
+
+
 class LatestWins:
-    """Run ``func(value)`` in a worker thread; while one runs, newer values replace the pending
-    one (latest value wins — never a queue of stale jobs). ``on_result(value, result)``."""
+    """Run ``func(value)`` in one long-lived worker thread; while one runs, newer values replace
+    the pending one (latest value wins — never a queue of stale jobs). ``on_result(value, result)``
+    runs on the Qt thread.
+
+    A persistent thread rather than a napari worker per call: slider updates come by the
+    hundred, and a fresh pool task per update grew the resident memory (≈0.6 MB per update in
+    the RSS benchmark) where one thread does not."""
 
     def __init__(self, func: Callable[[Any], Any], on_result: Callable[[Any, Any], None], what: str,
                  on_error: Callable[[BaseException], None] | None = None):
@@ -104,43 +117,54 @@ class LatestWins:
         self.what = what
         self.on_error = on_error
         self._pending: Any = _NOTHING
-        self._worker = None
+        self._busy = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._relay = _Relay()
+        self._relay.done.connect(self._finished)
         self.n_started = 0
         self.n_skipped = 0
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None
+        return self._busy
 
     def submit(self, value) -> None:
         if self._pending is not _NOTHING:
             self.n_skipped += 1
         self._pending = value
-        if self._worker is None:
+        if not self._busy:
             self._start()
 
     def _start(self) -> None:
         value, self._pending = self._pending, _NOTHING
-        worker = create_worker(self.func, value, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda result: self.on_result(value, result))
-        worker.errored.connect(self._errored)
-        worker.finished.connect(self._finished)
-        self._worker = worker
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"medadv {self.what}")
+        self._busy = True
         self.n_started += 1
-        worker.start()
+        future = self._executor.submit(self.func, value)
+        future.add_done_callback(lambda f: self._relay.done.emit((value, f)))
 
-    def _errored(self, exc) -> None:
-        self._pending = _NOTHING
-        if self.on_error is not None:
-            self.on_error(exc)
+    def _finished(self, item) -> None:
+        value, future = item
+        self._busy = False
+        exc = future.exception()
+        if exc is not None:
+            self._pending = _NOTHING
+            if self.on_error is not None:
+                self.on_error(exc)
+            else:
+                report_error(exc, self.what)
         else:
-            report_error(exc, self.what)
-
-    def _finished(self) -> None:
-        self._worker = None
-        if self._pending is not _NOTHING:
+            self.on_result(value, future.result())
+        if self._pending is not _NOTHING and not self._busy:
             self._start()
 
     def clear(self) -> None:
         """Drop the pending value (the running job, if any, still reports)."""
         self._pending = _NOTHING
+
+    def shutdown(self) -> None:
+        self._pending = _NOTHING
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None

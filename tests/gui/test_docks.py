@@ -370,3 +370,21 @@ def test_use_cpu_keeps_a_cpu_model_and_updates_the_model_dock(docks, unet2d):
     aw.session.set_model(unet2d)
     aw.use_cpu()
     assert aw.session.model.device.type == "cpu" and mw.picker.device.currentText() == "cpu"
+
+
+def test_targeted_pgd_with_a_painted_target_mask(docks, qtbot, glioma_small, unet2d):
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    target = np.zeros(glioma_small.spatial_shape, dtype=np.int32)
+    target[4:28, 4:28, :] = 2  # "make this square edema"
+    viewer.add_labels(target, name="target", scale=viewer.layers["case flair"].scale,
+                      translate=viewer.layers["case flair"].translate)
+    aw.session.set_model(unet2d)
+    aw.set_attack("pgd", eps=0.08, steps=3)
+    idx = aw.target_combo.findData("mask:target")
+    assert idx >= 0 and aw.target_combo.isEnabled()
+    aw.target_combo.setCurrentIndex(idx)
+    _wait_job(qtbot, aw.run(), aw)
+    o = aw.session.shown.outcome
+    box = target == 2
+    assert (o.seg_adv[box] == 2).sum() > (o.seg_clean[box] == 2).sum()  # pushed towards the target
