@@ -53,12 +53,13 @@ DEMO_CONFIGS = {
     "cxr": {
         "arch": "monai.DenseNet",
         "arch_kwargs": {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "init_features": 16,
-                        "growth_rate": 8, "block_config": [4, 4, 4], "bn_size": 2},
+                        "growth_rate": 8, "block_config": [4, 4, 4], "bn_size": 2,
+                        "global_pool": "max"},
         "info": {"task": "classification", "spatial_dims": 2, "in_channels": 1, "output": "sigmoid",
                  "normalization": "minmax", "channel_names": ["radiograph"], "class_names": ["nodule", "opacity"],
                  "roi_size": [256, 256], "name": "demo:cxr",
                  "description": "small DenseNet (MONAI), multi-label nodule/opacity on synthetic findings"},
-        "train": {"n_cases": 480, "epochs": 20, "batch": 16, "lr": 2e-3},
+        "train": {"n_cases": 960, "epochs": 10, "batch": 16, "lr": 2e-3},
     },
 }
 

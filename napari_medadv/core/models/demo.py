@@ -62,7 +62,18 @@ def build_architecture(arch: str, kwargs: dict) -> nn.Module:
         axis = kw.pop("slice_axis", -1)
         return SliceWise(nets.UNet(**kw), axis=axis)
     if arch == "monai.DenseNet":
-        return nets.DenseNet(**kwargs)
+        kw = dict(kwargs)
+        pool = kw.pop("global_pool", "avg")
+        net = nets.DenseNet(**kw)
+        if pool == "max":
+            # MONAI's DenseNet always averages its last feature map. A 1-cm nodule covers a
+            # few of its 16 x 16 cells, so averaging dilutes it ~100-fold and the classifier
+            # never learns it; global max pooling (multiple-instance style, parameter-free, so
+            # the state dict is unchanged) lets a local finding decide its class.
+            net.class_layers.pool = nn.AdaptiveMaxPool2d(1) if kw.get("spatial_dims", 2) == 2 else nn.AdaptiveMaxPool3d(1)
+        elif pool != "avg":
+            raise ModelError(f"monai.DenseNet: global_pool must be 'avg' or 'max', got {pool!r}")
+        return net
     raise ModelError(f"unknown demo architecture {arch!r}")
 
 
