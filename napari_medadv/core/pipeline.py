@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .attacks import ATTACKS, AttackResult, AttackStep, FGSM
+from .attacks import ATTACKS, AttackResult, AttackStep, FGSM, MRArtifact
 from .errors import MedadvError, ModelError
 from .io import ImageData, write_image, write_labels
 from .models.base import LoadedModel
@@ -326,6 +326,7 @@ def outcome_record(o: AttackOutcome, *, command: list[str] | None = None, extra:
         "attack": {"name": o.attack, "params": o.params, "seed": o.seed},
         "labels_given": o.labels is not None,
         "history": o.result.history,
+        "result": o.result.extra,  # DGDE L0 history, risk target, artifact's torchio parameters ...
         "versions": package_versions(),
         "command": command if command is not None else sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -345,6 +346,22 @@ def _suffix_for(image: ImageData) -> str:
     return ".nii.gz"
 
 
+def derived_descriptions(o: AttackOutcome) -> tuple[str, str]:
+    """Descriptions written into the derived image and its perturbation (DICOM/NIfTI headers).
+
+    A simulated MR artifact is not an adversarial perturbation, and the header must say which
+    one a file carries; both say it is not the original.
+    """
+    spec = ATTACKS.get(o.attack)
+    if spec is not None and issubclass(spec.cls, MRArtifact):
+        sev = o.result.extra.get("severity", o.params.get("severity"))
+        what = f"simulated MR artifact ({o.attack} severity={sev:g})"
+        return f"{what} NOT ORIGINAL napari-medadv", f"{what} minus original napari-medadv"
+    # DICOM SeriesDescription keeps 64 characters: the words that matter come first
+    return (f"adversarially perturbed ({o.attack} eps={o.result.eps:g}) NOT ORIGINAL napari-medadv",
+            f"adversarial perturbation ({o.attack}) napari-medadv")
+
+
 def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict | None = None,
                   command: list[str] | None = None) -> dict[str, str]:
     """Write the result folder; all-or-nothing: files are built in a temporary folder first.
@@ -362,11 +379,11 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
     written: dict[str, str] = {}
     try:
         suffix = _suffix_for(o.image)
-        desc = f"adversarially perturbed image ({o.attack}, eps={o.result.eps:g}) - napari-medadv; NOT the original"
+        desc, pdesc = derived_descriptions(o)
         written["adversarial"] = write_image(o.adversarial, tmp / f"adversarial{suffix}", like=o.image,
                                              description=desc).name
         written["perturbation"] = write_image(o.perturbation, tmp / "perturbation.nii.gz", like=o.image,
-                                              description=f"adversarial perturbation ({o.attack}) - napari-medadv").name
+                                              description=pdesc).name
         if o.seg_clean is not None:
             lab_suffix = ".nii.gz" if o.image.spatial_dims == 3 or suffix == ".nii.gz" else ".png"
             written["segmentation_clean"] = write_labels(o.seg_clean, tmp / f"segmentation_clean{lab_suffix}",

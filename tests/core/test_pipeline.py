@@ -63,3 +63,27 @@ def test_target_mask_attack_moves_towards_mask(case, unet3d):
     o = run_attack(case, unet3d, "tifgsm", params={"eps": 0.05, "steps": 3}, target=mask, seed=0)
     inside = mask == 2
     assert (o.seg_adv[inside] == 2).mean() > (o.seg_clean[inside] == 2).mean()
+
+
+def test_written_artifact_says_what_it_is(case, unet3d, tmp_path):
+    """A simulated MR artifact is labelled as such (not as an adversarial image) and its
+    torchio parameters go into record.json; adversarial files keep 'NOT ORIGINAL' within the
+    64 characters of a DICOM SeriesDescription."""
+    import json
+
+    import nibabel as nib
+
+    from napari_medadv.core.pipeline import write_outcome
+
+    o = run_attack(case, unet3d, "biasfield", params={"severity": 0.4}, seed=3, labels=case.labels)
+    files = write_outcome(o, tmp_path / "bias", command=["test"])
+    descrip = nib.load(files["adversarial"]).header["descrip"].tobytes().decode(errors="ignore")
+    assert descrip.startswith("simulated MR artifact (biasfield severity=0.4)") and "NOT ORIGINAL" in descrip
+    assert "adversarial" not in descrip
+    record = json.loads((tmp_path / "bias" / "record.json").read_text())
+    assert record["result"]["severity"] == 0.4 and record["result"]["torchio_params"]
+
+    f = run_attack(case, unet3d, "fgsm", params={"eps": 0.0313725}, seed=0)
+    write_outcome(f, tmp_path / "fgsm", command=["test"])
+    descrip = nib.load(tmp_path / "fgsm" / "adversarial.nii.gz").header["descrip"].tobytes().decode(errors="ignore")
+    assert "NOT ORIGINAL" in descrip[:64] and descrip.startswith("adversarially perturbed (fgsm")
