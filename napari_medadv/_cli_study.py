@@ -2,6 +2,7 @@
 and the ``--defense`` options of ``medadv train`` (over :mod:`napari_medadv.core.defenses`).
 
     medadv study DATASET --model SPEC [--model SPEC ...] --attack fgsm --eps 0.01 0.05 --out DIR
+    medadv study DATASET --model SPEC --attack fgsm --attack motion --psnr 40 35 30 --out DIR
     medadv study --grid grid.yaml --out DIR [--workers N | --sequential | --scheduler ADDRESS]
 
 DATASET: a folder of BraTS case folders, a folder of images with ``labels.csv`` (or ``--labels``),
@@ -32,6 +33,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="attack from the registry (repeat); gets the --eps/--steps values it takes")
     s.add_argument("--eps", type=float, nargs="+", help="ε values (fraction of each channel's range)")
     s.add_argument("--steps", type=int, nargs="+", help="iteration counts (iterative attacks)")
+    mq = s.add_mutually_exclusive_group()
+    mq.add_argument("--psnr", type=float, nargs="+", metavar="DB",
+                    help="matched image quality: run every --attack at the ε/severity that brings each case to "
+                         "these PSNRs (searched per case); with --eps, attacks taking ε also run at those values")
+    mq.add_argument("--ssim", type=float, nargs="+", metavar="SSIM", help="as --psnr, for SSIM targets")
+    s.add_argument("--match-tol", type=float, metavar="TOL",
+                   help="accepted |reached - target| of --psnr/--ssim (default 0.1 dB / 0.002)")
     s.add_argument("--labels", help="labels CSV for image datasets (file,<class>,...)")
     s.add_argument("--transfer", action="store_true",
                    help="also evaluate every adversarial image on every other model (transfer matrix)")
@@ -105,10 +113,11 @@ def cmd_study(args) -> int:
     from napari_medadv.cli import CLIError
     from napari_medadv.core.study import Study, StudyConfig, grid_from_flags
 
-    if args.eps is not None or args.steps is not None:
+    if any(v is not None for v in (args.eps, args.steps, args.psnr, args.ssim, args.match_tol)):
         if not args.attacks:
-            raise CLIError("--eps/--steps need --attack NAME")
-    grid = grid_from_flags(args.attacks, args.eps, args.steps) if args.attacks else None
+            raise CLIError("--eps/--steps/--psnr/--ssim need --attack NAME")
+    grid = grid_from_flags(args.attacks, args.eps, args.steps, psnr=args.psnr, ssim=args.ssim,
+                           tol=args.match_tol) if args.attacks else None
     overrides = dict(dataset=args.dataset, models=args.models or None, grid=grid, labels_csv=args.labels,
                      seed=args.seed, device=args.device, baseline_model=args.baseline_model, title=args.title,
                      transfer=True if args.transfer else None, trust_model_code=True if args.trust_model_code else None,
@@ -147,8 +156,11 @@ def _argv_of(args) -> list[str]:
         out += ["--eps", *map(str, args.eps)]
     if args.steps:
         out += ["--steps", *map(str, args.steps)]
+    for flag, v in (("--psnr", args.psnr), ("--ssim", args.ssim)):
+        if v:
+            out += [flag, *map(str, v)]
     for flag, v in (("--labels", args.labels), ("--baseline-model", args.baseline_model), ("--seed", args.seed),
-                    ("--title", args.title)):
+                    ("--match-tol", args.match_tol), ("--title", args.title)):
         if v is not None:
             out += [flag, str(v)]
     for flag, v in (("--transfer", args.transfer), ("--perturb-background", args.perturb_background),

@@ -42,10 +42,29 @@ def test_study_from_yaml_with_threads_cluster(cases, tmp_path, capsys):
     assert "2 cases (2 run" in capsys.readouterr().out
 
 
+def test_study_matched_psnr_flags(cases, tmp_path, capsys):
+    out = tmp_path / "m"
+    argv = ["study", str(cases), "--model", "tiny:0", "--attack", "fgsm", "--attack", "noise", "--psnr", "35",
+            "--match-tol", "0.25", "--no-iterations", "--sequential", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    assert "2 cases (2 run" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert "fgsm[psnr=35,tol=0.25]" in md and "noise[psnr=35,tol=0.25]" in md and "dice_vs_psnr.png" in md
+    assert "--psnr 35.0 --match-tol 0.25" in md  # the replayable command line
+    import pandas as pd
+
+    df = pd.read_csv(out / "per_case.csv")
+    m = df[df["grid_key"] != "none"]
+    assert len(m) == 4 and m["match_reached"].all() and (abs(m["match_achieved"] - 35) <= 0.25).all()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["study", "{tmp}/nowhere", "--model", "tiny:0", "--attack", "fgsm", "--out", "{tmp}/o"], "nowhere: dataset folder not found"),
     (["study", "{cases}", "--model", "tiny:0", "--attack", "nope", "--out", "{tmp}/o"], "unknown attack 'nope'"),
     (["study", "{cases}", "--model", "tiny:0", "--out", "{tmp}/o"], "give --attack"),
+    (["study", "{cases}", "--model", "tiny:0", "--psnr", "35", "--out", "{tmp}/o"], "need --attack"),
+    (["study", "{cases}", "--model", "tiny:0", "--attack", "fgsm", "--psnr", "-3", "--out", "{tmp}/o"],
+     "psnr target -3.0 must be a finite PSNR"),
     (["study", "--grid", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "missing.yaml: grid file not found"),
     (["study", "phantoms:glioma:999-1000", "--model", "tiny:0", "--attack", "fgsm", "--out", "{tmp}/o"],
      "held-out seeds"),

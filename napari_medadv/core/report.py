@@ -11,9 +11,14 @@ atomically, temp name + rename):
 * ``model_comparison.csv`` — Liu Table 2 style: each model vs the baseline model, same attack;
 * ``summary_classification.csv`` — Ghamizi Table 5 style: top-1/top-3 k-robust accuracy, AUC,
   MSE/BCE (vs the clean prediction), RISK, success rate;
+* ``summary_matched_quality.csv`` — matched image quality: Dice per perturbation source
+  (adversarial or natural MR artifact) × target PSNR/SSIM, the knob found, the quality reached,
+  Wilcoxon vs no attack (Bonferroni, stars); ``comparison_matched_quality.csv`` — each
+  adversarial source vs each other source at the same target (Wilcoxon, Bonferroni);
 * ``transfer_*.csv`` — source → target matrices (Ghamizi Table 2);
 * ``stats.csv`` — every test (statistic, p, adjusted p, family size);
-* ``figures/*.png|svg`` — Dice vs ε, Dice vs iterations, PSNR vs iterations, k-robust accuracy vs ε;
+* ``figures/*.png|svg`` — Dice vs ε, Dice vs PSNR/SSIM at matched quality (one line per source,
+  adversarial solid, natural dashed), Dice vs iterations, PSNR vs iterations, k-robust accuracy vs ε;
 * ``report.md`` and ``report.html`` linking them.
 
 Matplotlib is used through ``Figure``/``FigureCanvasAgg`` objects (no pyplot state, no rc changes).
@@ -125,7 +130,7 @@ def whitebox(df):
     return df[df["source"] == df["target"]]
 
 
-def attack_tests(seg) -> list[dict]:
+def attack_tests(seg, comparison: str = "attack vs no attack") -> list[dict]:
     """Wilcoxon of Dice under each attack vs no attack, per model and region, paired by case.
     Family for Bonferroni: the attack conditions of one model and region."""
     out = []
@@ -140,7 +145,7 @@ def attack_tests(seg) -> list[dict]:
                 a = g[g["grid_key"] == k].set_index("case")
                 common = [c for c in a.index if c in base.index]
                 stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), base.loc[common, col].to_numpy())
-                fam.append({"comparison": "attack vs no attack", "model": model, "reference_model": model,
+                fam.append({"comparison": comparison, "model": model, "reference_model": model,
                             "grid_key": k, "reference_grid_key": NO_ATTACK, "region": r, "n": n,
                             "mean": float(a.loc[common, col].mean()) if n else math.nan,
                             "reference_mean": float(base.loc[common, col].mean()) if n else math.nan,
@@ -246,6 +251,181 @@ def transfer_matrices(df, value: str) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- matched image quality
+
+
+SOURCE_KINDS = {"adversarial": "adversarial attack", "natural": "natural MR artifact", "random": "random noise"}
+DODGE = {"psnr": 0.12, "ssim": 0.0015}  # horizontal offset between sources in the curves (dB / SSIM)
+_KIND_SHORT = {"adversarial": "adversarial", "natural": "MR artifact", "random": "random"}
+# line styles of the Dice-vs-quality curves: adversarial solid, natural dashed, random dotted
+KIND_STYLE = {"adversarial": ("-", True), "natural": ("--", False), "random": (":", False)}
+
+
+def source_kind(attack: str) -> str:
+    """``"natural"`` for an MR artifact, ``"random"`` for the random L∞ noise baseline, else
+    ``"adversarial"`` (every source that uses the model: gradient attacks and DGDE)."""
+    from .attacks import ATTACKS, MRArtifact, RandomNoise
+
+    spec = ATTACKS.get(attack)
+    if spec is not None and issubclass(spec.cls, MRArtifact):
+        return "natural"
+    if spec is not None and issubclass(spec.cls, RandomNoise):
+        return "random"
+    return "adversarial"
+
+
+def split_matched(seg):
+    """``(fixed-parameter rows incl. no attack, matched rows that reached their target, all
+    matched rows)`` of a per-case table (tables without matched points: the last two empty)."""
+    if "match_metric" not in seg:
+        return seg, seg.iloc[0:0], seg.iloc[0:0]
+    is_m = seg["match_metric"].notna()
+    matched = seg[is_m]
+    reached = matched[matched["match_reached"].fillna(False).astype(bool)]
+    return seg[~is_m], reached, matched
+
+
+def _source_name(first) -> str:
+    """Label of a source without its matched target ("FGSM", "MR motion (torchio) steps=5")."""
+    return str(first["attack_label"]).split(" at PSNR")[0].split(" at SSIM")[0]
+
+
+def _matched_order(matched) -> list[tuple]:
+    """``[(grid_key, attack, metric, target), ...]``: sources in grid order, targets from the
+    mildest (highest PSNR/SSIM) to the strongest."""
+    firsts = matched.drop_duplicates("grid_key")
+    src_order = list(dict.fromkeys(zip(firsts["attack"], firsts["params"])))
+    out = []
+    for src in src_order:
+        sub = firsts[(firsts["attack"] == src[0]) & (firsts["params"] == src[1])]
+        for _, r in sub.sort_values(["match_metric", "match_target"], ascending=[True, False]).iterrows():
+            out.append((r["grid_key"], r["attack"], r["match_metric"], float(r["match_target"])))
+    return out
+
+
+def matched_summary(matched, reached, tests: list[dict]):
+    """One row per model × source × target: how many cases reached the target, the knob that
+    did (mean ± sd), the quality reached and Dice per region over the cases that reached it,
+    with the Wilcoxon test vs no attack (``tests``: :func:`attack_tests` on those rows)."""
+    import pandas as pd
+
+    lookup = {(t["model"], t["grid_key"], t["region"]): t for t in tests}
+    rows = []
+    wb_all, wb = whitebox(matched), whitebox(reached)
+    for model, g_all in wb_all.groupby("target", sort=False):
+        g = wb[wb["target"] == model]
+        for key, attack, metric, target in _matched_order(g_all):
+            sub_all = g_all[g_all["grid_key"] == key]
+            sub = g[g["grid_key"] == key]
+            first = sub_all.iloc[0]
+            miss = sub_all[~sub_all["match_reached"].fillna(False).astype(bool)]
+            km, ksd, _ = S.mean_sd(sub["match_value"])
+            am, asd, _ = S.mean_sd(sub["match_achieved"])
+            row = {"model": model, "grid_key": key, "attack": attack, "source": _source_name(first),
+                   "kind": source_kind(attack), "metric": metric, "target": target,
+                   "tolerance": float(first["match_tol"]), "n": len(sub_all), "n_reached": len(sub),
+                   "knob": first["match_knob"], "knob_mean": km, "knob_sd": ksd,
+                   "achieved_mean": am, "achieved_sd": asd,
+                   "unreached_achieved_mean": S.mean_sd(miss["match_achieved"])[0]}
+            for r in REGIONS:
+                m, sd, _ = S.mean_sd(sub[f"dice_{r}"])
+                t = lookup.get((model, key, r))
+                row.update({f"dice_{r}_mean": m, f"dice_{r}_sd": sd,
+                            f"p_{r}": t["p"] if t else math.nan, f"p_adj_{r}": t["p_adj"] if t else math.nan,
+                            f"stars_{r}": t["stars"] if t else ""})
+            for q in ("psnr", "ssim"):
+                m, sd, _ = S.mean_sd(sub[q])
+                row.update({f"{q}_mean": m, f"{q}_sd": sd})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def matched_comparison_tests(reached) -> list[dict]:
+    """At each target, Dice under each adversarial source vs each non-adversarial source
+    (natural artifact, random noise), Wilcoxon paired by case over the cases where both reached
+    the target. Family for Bonferroni: all such tests of one model and region."""
+    out = []
+    wb = whitebox(reached)
+    for model, g in wb.groupby("target", sort=False):
+        order = _matched_order(g)
+        names = {k: _source_name(g[g["grid_key"] == k].iloc[0]) for k, *_ in order}
+        pairs = []
+        for key_a, att_a, metric, target in order:
+            if source_kind(att_a) != "adversarial":
+                continue
+            for key_b, att_b, metric_b, target_b in order:
+                if source_kind(att_b) != "adversarial" and (metric_b, target_b) == (metric, target):
+                    pairs.append((key_a, key_b, metric, target))
+        for r in REGIONS:
+            col = f"dice_{r}"
+            fam = []
+            for key_a, key_b, metric, target in pairs:
+                a = g[g["grid_key"] == key_a].set_index("case")
+                b = g[g["grid_key"] == key_b].set_index("case")
+                common = [c for c in a.index if c in b.index]
+                stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), b.loc[common, col].to_numpy())
+                fam.append({"comparison": f"adversarial vs other source at equal {metric}", "model": model,
+                            "reference_model": model, "grid_key": key_a, "reference_grid_key": key_b,
+                            "source": names[key_a], "reference_source": names[key_b],
+                            "metric": metric, "target": target, "region": r, "n": n,
+                            "mean": float(a.loc[common, col].mean()) if n else math.nan,
+                            "reference_mean": float(b.loc[common, col].mean()) if n else math.nan,
+                            "statistic": stat, "p": p})
+            for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
+                row.update(p_adj=padj, m=len([f for f in fam if not math.isnan(f["p"])]), stars=S.stars(padj))
+            out.extend(fam)
+    return out
+
+
+def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[str]:
+    """Dice (mean ± sd over the cases that reached each target) vs the input quality reached
+    (mean), one line per perturbation source; adversarial solid with filled markers, natural MR
+    artifacts dashed with open markers, random noise dotted; one row of WT/TC/ET panels per
+    model; the clean Dice as a grey line. Higher quality (less degradation) on the left. Points
+    of different sources are dodged horizontally by :data:`DODGE` per source so their error bars
+    stay apart."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    wb = whitebox(reached[reached["match_metric"] == metric])
+    if wb.empty:
+        return []
+    models = list(dict.fromkeys(wb["target"]))
+    fig = Figure(figsize=(4.6 * len(REGIONS), 3.8 * len(models)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(models), len(REGIONS), squeeze=False)
+    from matplotlib import colormaps
+
+    colours = list(colormaps["tab10"].colors)
+    cwb = whitebox(clean)
+    for row, model in zip(axes, models):
+        g = wb[wb["target"] == model]
+        sources = list(dict.fromkeys(zip(g["attack"], g["params"])))
+        for ax, r in zip(row, REGIONS):
+            base = cwb[(cwb["target"] == model) & (cwb["grid_key"] == NO_ATTACK)][f"dice_{r}"]
+            if len(base):
+                ax.axhline(float(base.mean()), color="0.5", lw=1, ls="-.", label="no attack")
+            for i, (attack, params) in enumerate(sources):
+                sub = g[(g["attack"] == attack) & (g["params"] == params)]
+                pts = sub.groupby("match_target").agg(x=("match_achieved", "mean"), y=(f"dice_{r}", "mean"),
+                                                      sd=(f"dice_{r}", "std")).sort_index(ascending=False)
+                kind = source_kind(attack)
+                ls, filled = KIND_STYLE[kind]
+                c = colours[i % len(colours)]
+                dodge = (i - (len(sources) - 1) / 2) * DODGE[metric]  # keeps the error bars apart
+                ax.errorbar(pts["x"] + dodge, pts["y"], yerr=pts["sd"].fillna(0.0), ls=ls, color=c, capsize=3,
+                            marker=MARKERS[i % len(MARKERS)], mfc=c if filled else "white", mec=c, ms=5,
+                            elinewidth=1, label=f"{_source_name(sub.iloc[0])} · {_KIND_SHORT[kind]}")
+            ax.set_title(f"Dice {r}" + (f" · {model}" if len(models) > 1 else ""))
+            ax.set_xlabel(f"{metric.upper()} of the perturbed input" + (" (dB)" if metric == "psnr" else ""))
+            ax.set_ylim(-0.02, 1.02)
+            ax.invert_xaxis()  # from mild (left) to severe (right), like Dice vs ε
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel("Dice vs ground truth (mean ± sd)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    return _save(fig, folder, f"dice_vs_{metric}")
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -273,7 +453,10 @@ def _eps_series(wb, value: str):
     series = {}
     for model, g in wb.groupby("target", sort=False):
         base = g[g["grid_key"] == NO_ATTACK][value]
-        for (attack, params), sub in g[g["grid_key"] != NO_ATTACK].groupby(["attack", "params"], sort=False):
+        fixed = g[g["grid_key"] != NO_ATTACK]
+        if "match_metric" in fixed:
+            fixed = fixed[fixed["match_metric"].isna()]  # matched-quality points have their own curves
+        for (attack, params), sub in fixed.groupby(["attack", "params"], sort=False):
             p = json.loads(params)
             if "eps" not in p:
                 continue
@@ -409,34 +592,25 @@ def build_report(out: str | Path) -> dict:
     seg = df[df["task"] == "segmentation"]
     cls = df[df["task"] == "classification"]
     if not seg.empty:
-        tests = attack_tests(seg)
+        import pandas as pd
+
+        fixed, reached, matched = split_matched(seg)
+        seg_ok = pd.concat([fixed, reached]) if not matched.empty else seg  # targets not reached left out
+        tests = attack_tests(fixed)
         all_tests += tests
-        summ = segmentation_summary(seg, tests)
+        summ = segmentation_summary(fixed, tests)
         _csv(summ, out / "summary_segmentation.csv")
         files["summary_segmentation"] = str(out / "summary_segmentation.csv")
         links.append("[summary_segmentation.csv](summary_segmentation.csv)")
-        doc.h(2, "Segmentation under attack (Liu et al. 2021, Table 1)")
-        doc.p("Dice vs ground truth, mean ± sd over cases, for each model attacked with its own gradients "
-              "(white box). Stars: Wilcoxon signed-rank test vs no attack, paired by case, Bonferroni-corrected "
-              "over the attack conditions of each model and region (* p<0.05, ** p<0.01, *** p<0.001). "
-              "PSNR/SSIM/RMSE compare the attacked input with the clean one (mean over channels, each on its "
-              "own range).")
-        for model, g in summ.groupby("model", sort=False):
-            rows = []
-            for _, r in g.iterrows():
-                rows.append([r["attack"], r["n"]]
-                            + [_ms(r[f"dice_{x}_mean"], r[f"dice_{x}_sd"]) + r[f"stars_{x}"] for x in REGIONS]
-                            + [S.fmt_p(r[f"p_adj_{x}"]) for x in REGIONS]
-                            + [_ms(r["psnr_mean"], r["psnr_sd"], 2) if r["grid_key"] != NO_ATTACK else "∞",
-                               _ms(r["ssim_mean"], r["ssim_sd"], 4), _ms(r["rmse_mean"], r["rmse_sd"], 4)])
-            doc.table(["attack", "n", "Dice WT", "Dice TC", "Dice ET", "p adj WT", "p adj TC", "p adj ET",
-                       "PSNR dB", "SSIM", "RMSE"], rows, caption=f"model {model}")
+        if matched.empty or (summ["grid_key"] != NO_ATTACK).any():  # else the matched section has it all
+            _segmentation_section(doc, summ)
+        if not matched.empty:
+            all_tests += _matched_section(doc, out, fixed, reached, matched, figdir, files, links)
+        seg = seg_ok
         base = cfg.get("baseline_model") or cfg["models"][0]
         mt = model_tests(seg, base)
         if mt:
             all_tests += mt
-            import pandas as pd
-
             mdf = pd.DataFrame(mt)
             _csv(mdf, out / "model_comparison.csv")
             files["model_comparison"] = str(out / "model_comparison.csv")
@@ -513,6 +687,134 @@ def build_report(out: str | Path) -> dict:
     doc.p("Tables: " + ", ".join(links) + ". Per-case raw results: `cases/*.json` (one file per case, "
           "written when the case finished).")
     return _write_doc(doc, out, title, files)
+
+
+def _segmentation_section(doc: Doc, summ) -> None:
+    """Liu Table 1: one table per model (white box), fixed-parameter grid points."""
+    doc.h(2, "Segmentation under attack (Liu et al. 2021, Table 1)")
+    doc.p("Dice vs ground truth, mean ± sd over cases, for each model attacked with its own gradients "
+          "(white box). Stars: Wilcoxon signed-rank test vs no attack, paired by case, Bonferroni-corrected "
+          "over the attack conditions of each model and region (* p<0.05, ** p<0.01, *** p<0.001). "
+          "PSNR/SSIM/RMSE compare the attacked input with the clean one (mean over channels, each on its "
+          "own range).")
+    for model, g in summ.groupby("model", sort=False):
+        rows = []
+        for _, r in g.iterrows():
+            rows.append([r["attack"], r["n"]]
+                        + [_ms(r[f"dice_{x}_mean"], r[f"dice_{x}_sd"]) + r[f"stars_{x}"] for x in REGIONS]
+                        + [S.fmt_p(r[f"p_adj_{x}"]) for x in REGIONS]
+                        + [_ms(r["psnr_mean"], r["psnr_sd"], 2) if r["grid_key"] != NO_ATTACK else "∞",
+                           _ms(r["ssim_mean"], r["ssim_sd"], 4), _ms(r["rmse_mean"], r["rmse_sd"], 4)])
+        doc.table(["attack", "n", "Dice WT", "Dice TC", "Dice ET", "p adj WT", "p adj TC", "p adj ET",
+                   "PSNR dB", "SSIM", "RMSE"], rows, caption=f"model {model}")
+
+
+def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path, files: dict,
+                     links: list) -> list[dict]:
+    """Dice at matched image quality: curves, per-source tables with tests vs no attack, and
+    adversarial vs other sources at equal quality. Returns the tests for ``stats.csv``."""
+    import pandas as pd
+
+    clean = fixed[fixed["grid_key"] == NO_ATTACK]
+    tests = attack_tests(pd.concat([clean, reached]), comparison="matched quality vs no attack")
+    summ = matched_summary(matched, reached, tests)
+    _csv(summ, out / "summary_matched_quality.csv")
+    files["summary_matched_quality"] = str(out / "summary_matched_quality.csv")
+    links.append("[summary_matched_quality.csv](summary_matched_quality.csv)")
+    comp = matched_comparison_tests(reached)
+    if comp:
+        _csv(pd.DataFrame(comp), out / "comparison_matched_quality.csv")
+        files["comparison_matched_quality"] = str(out / "comparison_matched_quality.csv")
+        links.append("[comparison_matched_quality.csv](comparison_matched_quality.csv)")
+    metrics = list(dict.fromkeys(summ["metric"]))
+    doc.h(2, "Adversarial attacks and natural MR artifacts at matched image quality")
+    doc.p("Each perturbation source is set, per case, to the knob value (ε of an attack, severity of an MR "
+          "artifact) that brings the input to the target " + " / ".join(m.upper() for m in metrics)
+          + " (mean over channels, each on its own range), found by a bracketing + Brent search "
+          "(`napari_medadv.core.matching`). Only the cases where the target was reached within the tolerance "
+          "enter the means and tests; *reached* counts them (a source whose strongest setting stays above "
+          "the target gives its closest value, shown in brackets). Adversarial sources: solid lines, filled "
+          "markers; natural MR artifacts (torchio): dashed, open markers.")
+    for metric in metrics:
+        names = figure_dice_vs_quality(reached, clean, metric, figdir)
+        if names:
+            doc.img(names[0], f"Dice vs {metric.upper()}")
+            doc.p(f"Dice vs {metric.upper()} (mean ± sd over the cases that reached each target; x = "
+                  f"{metric.upper()} reached, mean, sources dodged by {DODGE[metric]:g} for legibility): "
+                  f"[PNG]({names[0]}), [SVG]({names[1]})")
+            files[f"Dice vs {metric.upper()}"] = str(out / names[0])
+    cwb = whitebox(clean)
+    for model, g in summ.groupby("model", sort=False):
+        base = cwb[cwb["target"] == model]
+        targets = list(dict.fromkeys(zip(g["metric"], g["target"])))
+        sources = list(dict.fromkeys(zip(g["source"], g["kind"])))
+        head = [f"{m.upper()} {t:g}" + (" dB" if m == "psnr" else "") for m, t in targets]
+        for r in REGIONS:
+            rows = []
+            for src, kind in sources:
+                cells = []
+                for m, t in targets:
+                    hit = g[(g["source"] == src) & (g["metric"] == m) & (g["target"] == t)]
+                    if hit.empty:
+                        cells.append("")
+                        continue
+                    x = hit.iloc[0]
+                    cells.append("not reached" if x["n_reached"] == 0 else
+                                 _ms(x[f"dice_{r}_mean"], x[f"dice_{r}_sd"]) + x[f"stars_{r}"]
+                                 + ("" if x["n_reached"] == x["n"] else f" ({x['n_reached']}/{x['n']})"))
+                rows.append([src, SOURCE_KINDS[kind]] + cells)
+            doc.table(["source", "type"] + head, rows,
+                      caption=f"model {model}: Dice {r}, mean ± sd (no attack: {S.fmt_mean_sd(base[f'dice_{r}'])}); "
+                              f"stars: Wilcoxon vs no attack, Bonferroni over the {len(g)} matched conditions; "
+                              "(k/n): only k of the n cases reached the target")
+        rows = []
+        for src, kind in sources:
+            cells = []
+            for m, t in targets:
+                hit = g[(g["source"] == src) & (g["metric"] == m) & (g["target"] == t)]
+                if hit.empty:
+                    cells.append("")
+                    continue
+                x = hit.iloc[0]
+                digits = 2 if m == "psnr" else 4
+                reach = f"{x['n_reached']}/{x['n']}"
+                if x["n_reached"] == 0:
+                    cells.append(f"0/{x['n']} (closest {_num(x['unreached_achieved_mean'], digits)})")
+                    continue
+                more = "" if x["n_reached"] == x["n"] else f" (others {_num(x['unreached_achieved_mean'], digits)})"
+                cells.append(f"{reach} · {'ε' if x['knob'] == 'eps' else x['knob']} "
+                             f"{_ms(x['knob_mean'], x['knob_sd'], 3)} · {_num(x['achieved_mean'], digits)}{more}")
+            rows.append([src] + cells)
+        doc.table(["source"] + head, rows,
+                  caption=f"model {model}: reached / cases · knob found (mean ± sd) · quality reached (mean)")
+    if comp:
+        cdf = pd.DataFrame(comp)
+        doc.h(3, "Adversarial vs the other sources at equal image quality")
+        doc.p("Wilcoxon signed-rank test of Dice under each adversarial source vs each natural (or random) "
+              "source at the same target, paired by case over the cases where both reached it; "
+              "Bonferroni-corrected over the "
+              f"{int(cdf.groupby(['model', 'region'])['p'].count().max())} comparisons of a model and region. "
+              "Δ = mean Dice (adversarial − other); negative: the attack costs more Dice at the same image "
+              "quality.")
+        for (model, src), g in cdf.groupby(["model", "source"], sort=False):
+            targets = list(dict.fromkeys(zip(g["metric"], g["target"])))
+            head = [f"{m.upper()} {t:g}" + (" dB" if m == "psnr" else "") for m, t in targets]
+            for r in REGIONS:
+                rows = []
+                for other in dict.fromkeys(g["reference_source"]):
+                    cells = []
+                    for m, t in targets:
+                        hit = g[(g["reference_source"] == other) & (g["metric"] == m) & (g["target"] == t)
+                                & (g["region"] == r)]
+                        if hit.empty or hit.iloc[0]["n"] == 0:
+                            cells.append("–")
+                            continue
+                        x = hit.iloc[0]
+                        cells.append(f"Δ {x['mean'] - x['reference_mean']:+.3f}{x['stars']} "
+                                     f"(adj p {S.fmt_p(x['p_adj'])}, n={x['n']})")
+                    rows.append([other] + cells)
+                doc.table([f"{src} vs"] + head, rows, caption=f"model {model}: Dice {r}")
+    return tests + comp
 
 
 def _transfer_section(doc: Doc, out: Path, mat, key: str, what: str, files: dict, links: list):

@@ -28,9 +28,21 @@ Grid (YAML, or :func:`grid_from_flags`)::
       - attack: ifgsm
         eps: 0.05
         steps: [5, 10]
+      - attack: [fgsm, motion, biasfield]  # a list of sources: each gets the entry's other axes
+        psnr: [40, 35, 30]               # matched image quality (or ssim: [0.95, 0.9])
+        tol: 0.25                        # optional: accepted |achieved - target| (dB / SSIM)
 
 Parameters are validated against the registry entry's ``params``, so any registered attack
 (e.g. an MR artifact with a ``severity`` parameter) can be put in a grid without code here.
+
+**Matched image quality** (``psnr:`` or ``ssim:``): each point means "this source at the knob
+value (``eps`` of an attack, ``severity`` of an MR artifact) that brings *this case* to this
+PSNR/SSIM". The search (:func:`~.matching.match_for_image`, same ROI, labels and seed as the
+unmatched points) runs per case inside :func:`run_case`; every row records the target, the
+quality reached, the knob and its value, and whether the target was reached within the
+tolerance (a source whose strongest setting stays above the target, like ghosting at low PSNR,
+gives its closest value with ``match_reached = False``). Such an entry must not also fix the
+knob (``eps``/``severity``): the search sets it.
 """
 
 from __future__ import annotations
@@ -60,12 +72,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".nii", ".ni
 # --------------------------------------------------------------------------- grid
 
 
+QUALITY_AXES = ("psnr", "ssim")  # matched-quality grid axes (see the module docstring)
+
+
 @dataclass(frozen=True)
 class GridPoint:
-    """One attack configuration: a registry name (or ``"none"``) and its parameter values."""
+    """One attack configuration: a registry name (or ``"none"``), its parameter values and,
+    for a matched-quality point, the quality to reach (``(("psnr", 40.0),)``, optionally with
+    ``("tol", 0.25)``): the knob is then found per case."""
 
     attack: str
     params: tuple = ()  # sorted ((name, value), ...)
+    match: tuple = ()  # sorted ((metric, target), ("tol", value)?) for matched quality
 
     @property
     def params_dict(self) -> dict:
@@ -73,9 +91,22 @@ class GridPoint:
 
     @property
     def key(self) -> str:
-        if not self.params:
+        items = sorted(self.params + self.match)
+        if not items:
             return self.attack
-        return f"{self.attack}[{','.join(f'{k}={_fmt_value(v)}' for k, v in self.params)}]"
+        return f"{self.attack}[{','.join(f'{k}={_fmt_value(v)}' for k, v in items)}]"
+
+    @property
+    def match_metric(self) -> str | None:
+        return next((k for k, _ in self.match if k in QUALITY_AXES), None)
+
+    @property
+    def match_target(self) -> float:
+        return float(dict(self.match).get(self.match_metric, math.nan)) if self.match else math.nan
+
+    @property
+    def match_tol(self) -> float | None:
+        return dict(self.match).get("tol")
 
     @property
     def label(self) -> str:
@@ -85,6 +116,9 @@ class GridPoint:
 
         name = ATTACKS[self.attack].label if self.attack in ATTACKS else self.attack
         parts = [f"{'ε' if k == 'eps' else k}={_fmt_value(v)}" for k, v in self.params]
+        if self.match:
+            unit = " dB" if self.match_metric == "psnr" else ""
+            parts.append(f"at {self.match_metric.upper()} {_fmt_value(self.match_target)}{unit}")
         return f"{name} {' '.join(parts)}".strip()
 
     @property
@@ -101,38 +135,94 @@ def _fmt_value(v) -> str:
 
 
 def expand_grid(entries: Sequence[dict]) -> list[GridPoint]:
-    """``[{attack: NAME, param: value | [values], ...}, ...]`` -> grid points (the no-attack
-    baseline first). Unknown attacks/parameters raise ``MedadvError`` naming them."""
-    from .attacks import ATTACKS
-
+    """``[{attack: NAME | [NAMES], param: value | [values], ...}, ...]`` -> grid points (the
+    no-attack baseline first). A list of attacks crosses each with the entry's other axes.
+    ``psnr``/``ssim`` (with an optional ``tol``) make matched-quality points. Unknown
+    attacks/parameters and contradictory entries raise ``MedadvError`` naming them."""
     points: list[GridPoint] = [GridPoint(NO_ATTACK)]
     for i, entry in enumerate(entries):
+        where = f"grid entry {i + 1}"
         if not isinstance(entry, dict) or "attack" not in entry:
-            raise MedadvError(f"grid entry {i + 1} must be a mapping with an 'attack' key, got {entry!r}")
-        name = str(entry["attack"])
-        if name == NO_ATTACK:
-            continue
-        if name not in ATTACKS:
-            raise MedadvError(f"grid entry {i + 1}: unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-        spec = ATTACKS[name]
-        known = {p.name: p for p in spec.params}
-        axes = []
-        for k, v in entry.items():
-            if k == "attack":
+            raise MedadvError(f"{where} must be a mapping with an 'attack' key, got {entry!r}")
+        names = entry["attack"] if isinstance(entry["attack"], (list, tuple)) else [entry["attack"]]
+        if not names:
+            raise MedadvError(f"{where}: 'attack' is an empty list")
+        match_axes = _match_axes(entry, where)
+        rest = {k: v for k, v in entry.items() if k not in ("attack", "tol", *QUALITY_AXES)}
+        for name in (str(n) for n in names):
+            if name == NO_ATTACK:
                 continue
-            if k not in known and k != "loss":
-                raise MedadvError(f"grid entry {i + 1}: {spec.label} has no parameter {k!r}; "
-                                  f"it takes {', '.join(known) or 'none'}")
-            kind = known[k].kind if k in known else str
-            values = v if isinstance(v, (list, tuple)) else [v]
-            if not values:
-                raise MedadvError(f"grid entry {i + 1}: {k} has an empty list of values")
-            axes.append([(k, _coerce(kind, x, f"grid entry {i + 1}: {k}")) for x in values])
-        for combo in itertools.product(*axes) if axes else [()]:
-            gp = GridPoint(name, tuple(sorted(combo)))
-            if gp not in points:
-                points.append(gp)
+            axes = _param_axes(name, rest, where)
+            if match_axes:
+                _check_matchable(name, rest, match_axes[0][0][0], where)
+            for combo in itertools.product(*axes) if axes else [()]:
+                for m in itertools.product(*match_axes) if match_axes else [()]:
+                    gp = GridPoint(name, tuple(sorted(combo)), tuple(sorted(m)))
+                    if gp not in points:
+                        points.append(gp)
     return points
+
+
+def _param_axes(name: str, entry: dict, where: str) -> list[list[tuple]]:
+    from .attacks import ATTACKS
+
+    if name not in ATTACKS:
+        raise MedadvError(f"{where}: unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    spec = ATTACKS[name]
+    known = {p.name: p for p in spec.params}
+    axes = []
+    for k, v in entry.items():
+        if k not in known and k != "loss":
+            raise MedadvError(f"{where}: {spec.label} has no parameter {k!r}; "
+                              f"it takes {', '.join(known) or 'none'}")
+        kind = known[k].kind if k in known else str
+        values = v if isinstance(v, (list, tuple)) else [v]
+        if not values:
+            raise MedadvError(f"{where}: {k} has an empty list of values")
+        axes.append([(k, _coerce(kind, x, f"{where}: {k}")) for x in values])
+    return axes
+
+
+def _match_axes(entry: dict, where: str) -> list[list[tuple]]:
+    """The matched-quality axes of a grid entry: ``[[(metric, t1), (metric, t2), ...], [("tol", v)]?]``."""
+    given = [k for k in QUALITY_AXES if k in entry]
+    if len(given) > 1:
+        raise MedadvError(f"{where}: give psnr or ssim, not both (one matched-quality axis per entry)")
+    if not given:
+        if "tol" in entry:
+            raise MedadvError(f"{where}: tol is the tolerance of a psnr/ssim target; the entry has none")
+        return []
+    metric = given[0]
+    values = entry[metric] if isinstance(entry[metric], (list, tuple)) else [entry[metric]]
+    if not values:
+        raise MedadvError(f"{where}: {metric} has an empty list of values")
+    targets = []
+    for v in values:
+        t = _coerce(float, v, f"{where}: {metric}")
+        ok = t is not None and math.isfinite(t) and (t > 0 if metric == "psnr" else -1.0 < t <= 1.0)
+        if not ok:
+            need = "a finite PSNR in dB > 0" if metric == "psnr" else "an SSIM in (-1, 1]"
+            raise MedadvError(f"{where}: {metric} target {v!r} must be {need}")
+        targets.append((metric, t))
+    axes = [targets]
+    if "tol" in entry:
+        tol = _coerce(float, entry["tol"], f"{where}: tol")
+        if tol is None or not (math.isfinite(tol) and tol > 0):
+            raise MedadvError(f"{where}: tol must be a number > 0, got {entry['tol']!r}")
+        axes.append([("tol", tol)])
+    return axes
+
+
+def _check_matchable(name: str, params: dict, metric: str, where: str) -> None:
+    from .matching import knob_for
+
+    try:
+        knob = knob_for(name)
+    except ValueError as exc:
+        raise MedadvError(f"{where}: {exc}") from None
+    if knob in params:
+        raise MedadvError(f"{where}: {metric} sets {name}'s {knob} (found per case to reach the target); "
+                          f"drop {knob} from this entry, or put fixed {knob} values in an entry of their own")
 
 
 def _coerce(kind, value, where: str):
@@ -153,22 +243,38 @@ def _coerce(kind, value, where: str):
 
 
 def grid_from_flags(attacks: Sequence[str], eps: Sequence[float] | None = None,
-                    steps: Sequence[int] | None = None, extra: dict | None = None) -> list[dict]:
-    """Grid entries from CLI flags: each attack gets the ε/steps lists it takes a parameter for."""
+                    steps: Sequence[int] | None = None, extra: dict | None = None, *,
+                    psnr: Sequence[float] | None = None, ssim: Sequence[float] | None = None,
+                    tol: float | None = None) -> list[dict]:
+    """Grid entries from CLI flags: each attack gets the ε/steps lists it takes a parameter for.
+
+    With ``psnr``/``ssim`` every attack gets a matched-quality entry (its knob found per case);
+    attacks that take ε also keep an entry with the fixed ``eps`` values when those are given.
+    """
     from .attacks import ATTACKS
 
+    if psnr and ssim:
+        raise MedadvError("give --psnr or --ssim, not both")
+    quality = ("psnr", list(psnr)) if psnr else ("ssim", list(ssim)) if ssim else None
+    if tol is not None and quality is None:
+        raise MedadvError("--match-tol needs --psnr or --ssim")
     entries = []
     for name in attacks:
         spec = ATTACKS.get_spec(name)
         takes = {p.name for p in spec.params}
         e: dict = {"attack": name}
-        if eps and "eps" in takes:
-            e["eps"] = list(eps)
         if steps and "steps" in takes:
             e["steps"] = list(steps)
         for k, v in (extra or {}).items():
             if k in takes:
                 e[k] = v
+        if quality is not None:
+            if eps and "eps" in takes:
+                entries.append({**e, "eps": list(eps)})
+            entries.append({**e, quality[0]: quality[1], **({} if tol is None else {"tol": tol})})
+            continue
+        if eps and "eps" in takes:
+            e["eps"] = list(eps)
         entries.append(e)
     return entries
 
@@ -535,11 +641,17 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
             from .attacks import ATTACKS
 
             iterative = any(p.name == "steps" for p in ATTACKS[gp.attack].params)
-            if cfg.track_iterations and iterative and not ATTACKS[gp.attack].gradient_free:
-                params["track_metrics"] = True
+            track = cfg.track_iterations and iterative and not ATTACKS[gp.attack].gradient_free
             seed = case_seed(cfg.seed, case.case_id, src, gp.key)
-            adv, clean_out, adv_out, result, seconds = _attack(image, m, gp.attack, params, labels, cfg.roi, seed,
-                                                                 clean_output(src))
+            if gp.match:
+                adv, clean_out, adv_out, result, seconds, matched = _matched_attack(
+                    image, m, gp, params, labels, cfg.roi, seed, clean_output(src), track)
+                base = {**base, **matched}
+            else:
+                if track:
+                    params["track_metrics"] = True
+                adv, clean_out, adv_out, result, seconds = _attack(image, m, gp.attack, params, labels, cfg.roi,
+                                                                     seed, clean_output(src))
             quality = _quality(image.array, adv)
             for tgt in targets:
                 tm = models[tgt]
@@ -592,6 +704,42 @@ def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed
     adv_out = model.forward(result.adversarial)
     adv = result.adversarial[0].detach().cpu().numpy().astype(np.float32)
     return adv, clean_out, adv_out, result, seconds
+
+
+def _matched_attack(image, model, gp: GridPoint, params: dict, labels, roi_mode: str, seed: int, clean_out,
+                    track: bool):
+    """A matched-quality grid point on one case: search the knob that reaches the point's
+    PSNR/SSIM (:func:`~.matching.match_for_image`), then evaluate the image it gave.
+
+    Returns :func:`_attack`'s tuple plus the row fields of the match (target, achieved, knob,
+    value, reached). ``seconds`` is the whole search. An iterative attack whose iterations are
+    tracked is run once more at the found value (same seed: the same image) for its history.
+    """
+    from types import SimpleNamespace
+
+    from .matching import match_for_image
+
+    t0 = time.perf_counter()
+    try:
+        mr = match_for_image(image, model, gp.attack, **{gp.match_metric: gp.match_target}, params=params,
+                             labels=labels, roi="auto" if roi_mode == "auto" else None, seed=seed,
+                             tol=gp.match_tol)
+    except ValueError as exc:
+        raise MedadvError(f"{gp.label}: {exc}") from None
+    seconds = time.perf_counter() - t0
+    matched = {"match_metric": mr.metric, "match_target": mr.target, "match_achieved": mr.achieved,
+               "match_tol": mr.tolerance, "match_knob": mr.knob, "match_value": mr.value,
+               "match_reached": bool(mr.reached), "match_evaluations": len(mr.evaluations)}
+    if mr.knob == "eps":
+        matched["eps"] = mr.value
+    if track:
+        adv, clean_out, adv_out, result, _ = _attack(image, model, gp.attack, {**mr.params, "track_metrics": True},
+                                                     labels, roi_mode, seed, clean_out)
+        return adv, clean_out, adv_out, result, seconds, matched
+    x = mr.perturbed  # the image at the value found: no need to run the source again
+    adv_out = model.forward(x)
+    adv = x[0].detach().cpu().numpy().astype(np.float32)
+    return adv, clean_out, adv_out, SimpleNamespace(history=[]), seconds, matched
 
 
 def _f(v) -> float:
@@ -931,4 +1079,7 @@ def load_rows(out: str | Path):
             raise InputFileError(f, f"damaged case result ({exc}); delete it to recompute the case") from None
         rows.extend(data["rows"])
         hist.extend(data["history"])
-    return pd.DataFrame(rows), pd.DataFrame(hist)
+    df = pd.DataFrame(rows)
+    if "match_reached" in df:  # only matched-quality rows have it: a nullable boolean, not object
+        df["match_reached"] = df["match_reached"].astype("boolean")
+    return df, pd.DataFrame(hist)

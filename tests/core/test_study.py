@@ -363,3 +363,139 @@ def test_run_case_config_roundtrip(small_cases):
     res = ST.run_case(ST.Case("glioma_001", str(small_cases / "glioma_001")), asdict(cfg))
     assert [r["grid_key"] for r in res["rows"]] == ["none", "fgsm[eps=0.05]"]
     json.dumps(res)  # JSON-ready
+
+
+# --------------------------------------------------------------------------- matched image quality
+
+MATCHED_GRID = [{"attack": "fgsm", "eps": 0.05},
+                {"attack": ["fgsm", "noise", "ghosting"], "psnr": [40, 30], "tol": 0.25}]
+
+
+def test_matched_quality_grid_axis():
+    pts = ST.expand_grid([{"attack": ["fgsm", "motion"], "psnr": [40, 30.5]},
+                          {"attack": "ifgsm", "steps": 2, "ssim": 0.95, "tol": 0.01}])
+    assert [p.key for p in pts] == ["none", "fgsm[psnr=40]", "fgsm[psnr=30.5]", "motion[psnr=40]", "motion[psnr=30.5]",
+                                    "ifgsm[ssim=0.95,steps=2,tol=0.01]"]
+    assert pts[2].match_metric == "psnr" and pts[2].match_target == 30.5 and pts[2].match_tol is None
+    assert pts[2].params == () and math.isnan(pts[2].eps)
+    assert pts[5].params_dict == {"steps": 2} and pts[5].match_tol == 0.01
+    assert pts[1].label == "FGSM at PSNR 40 dB" and pts[5].label == "i-FGSM steps=2 at SSIM 0.95"
+    # a fixed-ε entry and a matched entry of the same attack are different points
+    both = ST.expand_grid([{"attack": "fgsm", "eps": 0.05}, {"attack": "fgsm", "psnr": 35}])
+    assert [p.key for p in both] == ["none", "fgsm[eps=0.05]", "fgsm[psnr=35]"]
+    for entry, needle in [
+        ({"attack": "fgsm", "psnr": 35, "eps": 0.05}, "psnr sets fgsm's eps"),
+        ({"attack": ["fgsm", "motion"], "psnr": 35, "severity": 0.5}, "has no parameter 'severity'"),
+        ({"attack": "motion", "ssim": 0.9, "severity": [0.2]}, "ssim sets motion's severity"),
+        ({"attack": "fgsm", "psnr": 35, "ssim": 0.9}, "not both"),
+        ({"attack": "fgsm", "tol": 0.2}, "tol is the tolerance of a psnr/ssim target"),
+        ({"attack": "fgsm", "psnr": -3}, "must be a finite PSNR"),
+        ({"attack": "fgsm", "psnr": "high"}, "expected float"),
+        ({"attack": "fgsm", "ssim": 1.5}, r"must be an SSIM in \(-1, 1\]"),
+        ({"attack": "fgsm", "psnr": 30, "tol": 0}, "tol must be a number > 0"),
+        ({"attack": "fgsm", "psnr": []}, "empty list"),
+        ({"attack": []}, "empty list"),
+    ]:
+        with pytest.raises(MedadvError, match=entry and needle):
+            ST.expand_grid([entry])
+    flags = ST.grid_from_flags(["fgsm", "motion"], eps=[0.02], psnr=[40, 30], tol=0.2)
+    assert flags == [{"attack": "fgsm", "eps": [0.02]}, {"attack": "fgsm", "psnr": [40, 30], "tol": 0.2},
+                     {"attack": "motion", "psnr": [40, 30], "tol": 0.2}]
+    with pytest.raises(MedadvError, match="--match-tol needs"):
+        ST.grid_from_flags(["fgsm"], tol=0.2)
+
+
+@pytest.fixture(scope="module")
+def matched(small_cases, tmp_path_factory):
+    out = tmp_path_factory.mktemp("matched")
+    cfg = _config(small_cases, models=["tiny:0"], grid=MATCHED_GRID, transfer=False, track_iterations=False)
+    res = ST.Study(cfg, out).run(workers=0, command=["medadv", "study"])
+    return out, cfg, res
+
+
+def test_matched_points_reach_their_target_or_say_so(matched):
+    out, _, res = matched
+    assert res.n_run == 3
+    df, _ = ST.load_rows(out)
+    m = df[df["match_metric"].notna()]
+    assert len(m) == 3 * 6 and set(m["match_knob"]) == {"eps", "severity"}
+    assert (m["match_metric"] == "psnr").all() and set(m["match_target"]) == {40.0, 30.0}
+    # the row's PSNR is that of the image the search settled on
+    assert np.allclose(m["psnr"], m["match_achieved"], atol=1e-6)
+    hit = m[m["match_reached"].astype(bool)]
+    assert (abs(hit["match_achieved"] - hit["match_target"]) <= 0.25).all() and (hit["match_tol"] == 0.25).all()
+    # FGSM and random noise reach 30 dB everywhere; ghosting's strongest setting stays above 30 dB
+    # on some of these crops: recorded as not reached, with the closest (highest-severity) value
+    assert m[m["attack"].isin(["fgsm", "noise"])]["match_reached"].all()
+    miss = m[~m["match_reached"].astype(bool)]
+    assert len(miss) >= 1 and (miss["attack"] == "ghosting").all()
+    assert (miss["match_achieved"] > 30.25).all() and (miss["match_value"] == 1.0).all()
+    # an attack's ε column holds the ε found; a fixed-ε point has no match columns
+    f = m[m["attack"] == "fgsm"]
+    assert np.allclose(f["eps"], f["match_value"]) and (f[f["match_target"] == 30]["eps"] > f[f["match_target"] == 40]["eps"].max()).all()
+    fixed = df[df["grid_key"] == "fgsm[eps=0.05]"]
+    assert fixed["match_metric"].isna().all() and (fixed["eps"] == 0.05).all()
+
+
+def test_matched_point_is_deterministic(small_cases):
+    cfg = _config(small_cases, models=["tiny:0"], grid=[{"attack": "gaussnoise", "psnr": 33}], transfer=False)
+    case = ST.Case("glioma_001", str(small_cases / "glioma_001"))
+    a, b = (ST.run_case(case, asdict(cfg))["rows"][1] for _ in range(2))
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b and a["match_reached"] and a["match_evaluations"] >= 2
+
+
+def test_matched_report_tables_and_statistics(matched):
+    import pandas as pd
+
+    out = matched[0]
+    for name in ("figures/dice_vs_psnr.png", "figures/dice_vs_psnr.svg", "summary_matched_quality.csv",
+                 "comparison_matched_quality.csv", "figures/dice_vs_eps.png"):
+        assert (out / name).is_file(), name
+    md = (out / "report.md").read_text()
+    assert "at matched image quality" in md and "figures/dice_vs_psnr.png" in md
+    assert "[summary_matched_quality.csv](summary_matched_quality.csv)" in md and "FGSM vs" in md
+    assert "dice_vs_psnr.svg" in (out / "report.html").read_text()
+    df, _ = ST.load_rows(out)
+    summ = pd.read_csv(out / "summary_matched_quality.csv")
+    assert len(summ) == 6 and list(summ["kind"]) == ["adversarial"] * 2 + ["random"] * 2 + ["natural"] * 2
+    for _, r in summ.iterrows():
+        sub = df[df["grid_key"] == r["grid_key"]]
+        ok = sub[sub["match_reached"].astype(bool)]
+        assert r["n"] == 3 and r["n_reached"] == len(ok)
+        if len(ok):
+            assert r["dice_WT_mean"] == pytest.approx(ok["dice_WT"].mean())
+            assert r["achieved_mean"] == pytest.approx(ok["match_achieved"].mean())
+            assert r["knob_mean"] == pytest.approx(ok["match_value"].mean())
+    # the fixed-ε table and its tests do not mix with the matched ones
+    assert list(pd.read_csv(out / "summary_segmentation.csv")["grid_key"]) == ["none", "fgsm[eps=0.05]"]
+    tests = pd.read_csv(out / "stats.csv", keep_default_na=False, na_values=[""])
+    vs_clean = tests[tests["comparison"] == "matched quality vs no attack"]
+    assert len(vs_clean) == 6 * 3 and (vs_clean["m"] <= 6).all()
+    # adversarial vs natural at the same target: paired over the cases where both reached it
+    comp = tests[tests["comparison"] == "adversarial vs other source at equal psnr"]
+    assert len(comp) == 2 * 2 * 3  # (noise, ghosting) x 2 targets x 3 regions
+    row = comp[(comp["reference_grid_key"] == "noise[psnr=30,tol=0.25]") & (comp["region"] == "ET")].iloc[0]
+    a = df[df["grid_key"] == "fgsm[psnr=30,tol=0.25]"].set_index("case")["dice_ET"].sort_index()
+    b = df[df["grid_key"] == "noise[psnr=30,tol=0.25]"].set_index("case")["dice_ET"].sort_index()
+    assert row["n"] == 3 and row["mean"] == pytest.approx(a.mean()) and row["reference_mean"] == pytest.approx(b.mean())
+    if np.all(a.to_numpy() == b.to_numpy()):
+        assert row["p"] == 1.0
+    else:
+        assert row["p"] == pytest.approx(scipy.stats.wilcoxon(a.to_numpy(), b.to_numpy()).pvalue)
+    assert row["m"] == len(comp[comp["region"] == "ET"].dropna(subset=["p"]))
+    assert row["p_adj"] == pytest.approx(min(1.0, row["p"] * row["m"]))
+
+
+def test_matched_study_resumes_and_fingerprints_the_target(small_cases, matched):
+    out, cfg, _ = matched
+    again = ST.Study(cfg, out).run(workers=0, report=False)
+    assert again.n_run == 0 and again.n_skipped == 3
+    case = ST.discover_dataset(small_cases).cases[0]
+    fp = ST.Study(cfg, out).fingerprint(case)
+    for grid in ([{"attack": "fgsm", "eps": 0.05}, {"attack": ["fgsm", "noise", "ghosting"], "psnr": [40, 31],
+                                                     "tol": 0.25}],
+                 [{"attack": "fgsm", "eps": 0.05}, {"attack": ["fgsm", "noise", "ghosting"], "psnr": [40, 30]}],
+                 [{"attack": "fgsm", "eps": 0.05}, {"attack": ["fgsm", "noise", "ghosting"], "ssim": [0.9]}]):
+        other = _config(small_cases, models=["tiny:0"], grid=grid, transfer=False, track_iterations=False)
+        assert ST.Study(other, out).fingerprint(case) != fp
