@@ -42,7 +42,9 @@ unmatched points) runs per case inside :func:`run_case`; every row records the t
 quality reached, the knob and its value, and whether the target was reached within the
 tolerance (a source whose strongest setting stays above the target, like ghosting at low PSNR,
 gives its closest value with ``match_reached = False``). Such an entry must not also fix the
-knob (``eps``/``severity``): the search sets it.
+knob (``eps``/``severity``): the search sets it. All targets of one source on one case share
+its seed (:attr:`GridPoint.seed_key`): the same motion trajectory, bias field or noise field,
+scaled to each target, so a curve follows one event as it grows.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ class GridPoint:
         if not items:
             return self.attack
         return f"{self.attack}[{','.join(f'{k}={_fmt_value(v)}' for k, v in items)}]"
+
+    @property
+    def seed_key(self) -> str:
+        """What the point's seed derives from: its key, except that the targets of a matched
+        point share their source's seed — one case meets the same random event (motion
+        trajectory, bias field, noise field, random start) at every target, only scaled."""
+        return GridPoint(self.attack, self.params).key if self.match else self.key
 
     @property
     def match_metric(self) -> str | None:
@@ -642,7 +651,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
 
             iterative = any(p.name == "steps" for p in ATTACKS[gp.attack].params)
             track = cfg.track_iterations and iterative and not ATTACKS[gp.attack].gradient_free
-            seed = case_seed(cfg.seed, case.case_id, src, gp.key)
+            seed = case_seed(cfg.seed, case.case_id, src, gp.seed_key)
             if gp.match:
                 adv, clean_out, adv_out, result, seconds, matched = _matched_attack(
                     image, m, gp, params, labels, cfg.roi, seed, clean_output(src), track)

@@ -380,6 +380,9 @@ def test_matched_quality_grid_axis():
     assert pts[2].params == () and math.isnan(pts[2].eps)
     assert pts[5].params_dict == {"steps": 2} and pts[5].match_tol == 0.01
     assert pts[1].label == "FGSM at PSNR 40 dB" and pts[5].label == "i-FGSM steps=2 at SSIM 0.95"
+    # every target of a source shares its seed (the same random event, scaled); fixed points keep their key
+    assert pts[3].seed_key == pts[4].seed_key == "motion" and pts[5].seed_key == "ifgsm[steps=2]"
+    assert ST.GridPoint("fgsm", (("eps", 0.05),)).seed_key == "fgsm[eps=0.05]"
     # a fixed-ε entry and a matched entry of the same attack are different points
     both = ST.expand_grid([{"attack": "fgsm", "eps": 0.05}, {"attack": "fgsm", "psnr": 35}])
     assert [p.key for p in both] == ["none", "fgsm[eps=0.05]", "fgsm[psnr=35]"]
@@ -420,6 +423,7 @@ def test_matched_points_reach_their_target_or_say_so(matched):
     m = df[df["match_metric"].notna()]
     assert len(m) == 3 * 6 and set(m["match_knob"]) == {"eps", "severity"}
     assert (m["match_metric"] == "psnr").all() and set(m["match_target"]) == {40.0, 30.0}
+    assert (m.groupby(["case", "attack"])["seed"].nunique() == 1).all()  # one seed per source and case
     # the row's PSNR is that of the image the search settled on
     assert np.allclose(m["psnr"], m["match_achieved"], atol=1e-6)
     hit = m[m["match_reached"].astype(bool)]
