@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -305,15 +306,33 @@ def _summary_line(o) -> str:
     return "  ".join(parts)
 
 
+def _no_display_reason() -> str | None:
+    """Why a Qt window cannot open here (Linux without X/Wayland), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return "no display (DISPLAY and WAYLAND_DISPLAY are not set)"
+
+
 def cmd_demo(args) -> int:
     if not args.headless:
-        try:
-            from napari_medadv._qt.demo import launch_demo  # the napari demo (GUI plugin)
-        except ImportError:
-            print("medadv: the napari demo window is not available in this version; "
-                  "running the headless demo instead (see --headless)", file=sys.stderr)
+        # Qt aborts the whole process when it finds no display: check first, and run the
+        # headless demo (same data, models and attacks) rather than crash on a server.
+        reason = _no_display_reason()
+        if reason is not None:
+            print(f"medadv demo: {reason}; running the headless demo instead "
+                  "(for the napari window use a desktop session or `xvfb-run -a medadv demo`)", file=sys.stderr)
         else:
-            return launch_demo(device=args.device, sample=args.sample)
+            try:
+                from napari_medadv._qt.demo import launch_demo  # the napari demo (GUI plugin)
+            except ImportError as exc:
+                print(f"medadv demo: napari/Qt cannot be imported ({exc}); running the headless demo instead",
+                      file=sys.stderr)
+            else:
+                return launch_demo(device=args.device, sample=args.sample)
     from napari_medadv.core.demo_run import run_headless_demo
 
     summary = run_headless_demo(args.out, device=args.device, quick=args.quick, log=lambda s: print(s, file=sys.stderr))
