@@ -202,3 +202,29 @@ def test_headless_demo(tmp_path, capsys):
 
     img = iio.imread(fig)
     assert img.std() > 20  # not blank
+
+
+def test_demo_without_display_falls_back_to_headless(monkeypatch):
+    """Qt aborts the process when it finds no display: `medadv demo` must notice first."""
+    import sys as _sys
+
+    from napari_medadv import cli
+
+    monkeypatch.setattr(_sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    assert "no display" in cli._no_display_reason()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert cli._no_display_reason() is None
+    monkeypatch.delenv("QT_QPA_PLATFORM")
+    monkeypatch.setenv("DISPLAY", ":99")
+    assert cli._no_display_reason() is None
+
+
+def test_demo_dgde_hides_the_least_confident_positive_finding():
+    from napari_medadv.core.demo_run import dgde_class
+
+    assert dgde_class([0.966, 0.998]) == 0
+    assert dgde_class([0.2, 0.7]) == 1
+    assert dgde_class([0.1, 0.3]) == 1  # none positive: the most probable
