@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,26 +44,37 @@ class Job:
     """A napari generator worker with a progress bar in the activity dock and a Cancel.
 
     ``func`` is a generator function yielding ``(done, total, payload)``; ``on_yield`` gets the
-    payload, ``on_done`` the generator's return value (not called when cancelled or failed).
+    payload, ``on_done`` the generator's return value (not called when cancelled or failed:
+    a Cancel pressed while the generator was returning still counts as a cancel, so a
+    cancelled job never touches the layers).
+
+    ``hooks=True`` also passes ``should_stop`` (true once Cancel is pressed) and ``report(done,
+    total, payload)`` (progress from inside a blocking core call, thread-safe) as keyword
+    arguments, for core functions that take ``callback``/``should_stop`` rather than yield.
     """
 
     def __init__(self, func: Callable, *args, desc: str, on_yield: Callable | None = None,
                  on_done: Callable | None = None, on_finish: Callable | None = None,
-                 on_cancel: Callable | None = None, on_oom: Callable | None = None, total: int = 0, **kwargs):
+                 on_cancel: Callable | None = None, on_oom: Callable | None = None, total: int = 0,
+                 hooks: bool = False, **kwargs):
         self.desc = desc
         self.pbar = progress(total=total, desc=desc)
         self.cancelled = False
         self.finished = False
+        self._stop = threading.Event()
+        self._on_done = on_done
+        self._on_cancel = on_cancel
+        self._cancel_reported = False
+        if hooks:
+            kwargs["should_stop"] = self._stop.is_set
+            kwargs["report"] = self.report
         self.worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         self.worker.yielded.connect(self._yielded)
         if on_yield is not None:
             self.worker.yielded.connect(lambda item: on_yield(item[2]))
-        if on_done is not None:
-            self.worker.returned.connect(on_done)
+        self.worker.returned.connect(self._returned)
         self.worker.errored.connect(lambda exc: report_error(exc, desc, on_oom))
         self.worker.aborted.connect(self._aborted)
-        if on_cancel is not None:
-            self.worker.aborted.connect(on_cancel)
         self.worker.finished.connect(self._finished)
         if on_finish is not None:
             self.worker.finished.connect(on_finish)
@@ -73,7 +85,12 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self._stop.set()
         self.worker.quit()
+
+    def report(self, done: int, total: int, payload=None) -> None:
+        """Progress from the worker thread while it is inside a blocking call (queued to Qt)."""
+        self.worker.yielded.emit((done, total, payload))
 
     @property
     def running(self) -> bool:
@@ -87,10 +104,21 @@ class Job:
         self.pbar.n = min(int(done), int(total or done))
         self.pbar.refresh()
 
+    def _returned(self, value) -> None:
+        if self.cancelled:  # cancelled while returning: drop the result, like an abort
+            self._aborted()
+        elif self._on_done is not None:
+            self._on_done(value)
+
     def _aborted(self) -> None:
         self.pbar.set_description(f"{self.desc} (cancelled)")
+        if self._on_cancel is not None and not self._cancel_reported:
+            self._cancel_reported = True
+            self._on_cancel()
 
     def _finished(self) -> None:
+        if self.cancelled and not self._cancel_reported:
+            self._aborted()  # superqt emits neither 'returned' nor 'aborted' when the generator returned
         self.finished = True
         self.pbar.close()
 
