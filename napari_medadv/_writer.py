@@ -44,7 +44,10 @@ def write_image(path: str, data, meta: dict) -> list[str]:
     if not derived and not np.array_equal(np.asarray(data, np.float32), like.array[0]):
         derived = True  # edited pixels are no longer the original
     desc = info.get("note") or ("napari-medadv: " + str(meta.get("name", "image")))
-    if derived and info.get("attack"):
+    if derived and info.get("attack") and "severity" in info:  # a simulated MR artifact, not an attack
+        desc = (f"{info.get('role', 'derived')} ({info['attack']}, severity={info['severity']:g}) - napari-medadv; "
+                "NOT the original")
+    elif derived and info.get("attack"):
         desc = f"{info.get('role', 'derived')} ({info['attack']}, eps={info.get('eps', 0):g}) - napari-medadv; NOT the original"
     return [str(core_write(data, path, like=like, description=desc, derived=derived))]
 

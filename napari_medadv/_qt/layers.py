@@ -10,7 +10,13 @@ Conventions (the reader sets them, the docks read them, the writer uses them):
   all of them;
 * results are named after the source layer and replaced in place on re-runs:
   ``"… adversarial"``, ``"… perturbation"``, ``"<case> segmentation (clean)"``,
-  ``"<case> segmentation (adversarial)"``, ``"<case> diff"``, ``"<case> perturbed pixels"``.
+  ``"<case> segmentation (adversarial)"``, ``"<case> diff"``, ``"<case> perturbed pixels"``;
+* an MR artifact (registry entries that are :class:`~napari_medadv.core.attacks.MRArtifact`)
+  is not adversarial: its layers carry the artifact's name instead, so they sit beside an
+  attack's rather than over them: ``"… motion"``, ``"… perturbation (motion)"``,
+  ``"<case> segmentation (motion)"``, ``"<case> diff (motion)"`` (see :func:`result_tag`).
+  When a result is shown while another family's layers are on screen, the two swap
+  visibility (the newest result is what the readouts describe; the other is a click away).
 """
 
 from __future__ import annotations
@@ -301,12 +307,71 @@ def flush_deferred(viewer: napari.Viewer) -> int:
     return n
 
 
+def is_artifact(attack: str) -> bool:
+    """True for registry entries that simulate an MR artifact (a severity, no ε)."""
+    from napari_medadv.core.attacks import ATTACKS, MRArtifact
+
+    spec = ATTACKS.get(attack)
+    return spec is not None and issubclass(spec.cls, MRArtifact)
+
+
+def result_tag(attack: str) -> str:
+    """What a result's layers are called after: ``"adversarial"`` for attacks, the artifact's
+    registry name (``"motion"``) for MR artifacts."""
+    return attack if is_artifact(attack) else "adversarial"
+
+
+def result_layer_names(source: Source, attack: str) -> dict:
+    """Layer names of one result: ``image``/``perturbation`` (lists, one per channel),
+    ``segmentation``, ``diff`` (see the module docstring)."""
+    tag = result_tag(attack)
+    suffix = "" if tag == "adversarial" else f" ({tag})"
+    n = len(source.channel_layers)
+    return {"image": [source.result_name(tag, c) for c in range(n)],
+            "perturbation": [source.result_name("perturbation" + suffix, c) for c in range(n)],
+            "segmentation": source.result_name(f"segmentation ({tag})"),
+            "diff": source.result_name("diff" + suffix)}
+
+
 def result_metadata(source: Source, outcome: AttackOutcome, role: str, live: bool) -> dict:
-    return {META: {"case": source.case, "role": role, "derived": True, "attack": outcome.attack,
-                   "eps": float(outcome.result.eps), "model": outcome.model.spec, "live": live,
-                   "params": outcome.params, "seed": outcome.seed,
-                   "note": "derived by napari-medadv: adversarially perturbed, NOT the original"},
-            IMAGE_META: source.image}
+    tag = result_tag(outcome.attack)
+    meta = {"case": source.case, "role": role, "derived": True, "attack": outcome.attack, "result": tag,
+            "eps": float(outcome.result.eps), "model": outcome.model.spec, "live": live,
+            "params": outcome.params, "seed": outcome.seed,
+            "note": "derived by napari-medadv: adversarially perturbed, NOT the original"}
+    if tag != "adversarial":
+        sev = float(outcome.result.extra.get("severity", outcome.params.get("severity", 0.0)))
+        meta.pop("eps")
+        meta["severity"] = sev
+        meta["note"] = (f"derived by napari-medadv: simulated MR artifact ({outcome.attack} severity={sev:g}), "
+                        "NOT the original")
+    return {META: meta, IMAGE_META: source.image}
+
+
+def _slot(meta: dict):
+    """Which on-screen place a derived layer takes, across result families (None: not swapped)."""
+    role = meta.get("role", "")
+    if role in ("adversarial", "artifact", "perturbation"):
+        return (role if role == "perturbation" else "image", meta.get("channel_index"))
+    if role.startswith("segmentation (") and role != "segmentation (clean)":
+        return ("segmentation", None)
+    if role == "diff":
+        return ("diff", None)
+    return None
+
+
+def _swap_out_other_results(viewer, source: Source, tag: str) -> set:
+    """Hide the visible layers of the case's *other* result families; return their slots, which
+    this result's layers then take on screen."""
+    slots = set()
+    for lyr in viewer.layers:
+        m = lyr.metadata.get(META, {})
+        if m.get("case") == source.case and m.get("derived") and m.get("result", tag) != tag and lyr.visible:
+            slot = _slot(m)
+            if slot is not None:
+                lyr.visible = False
+                slots.add(slot)
+    return slots
 
 
 def show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutcome, *, live: bool = False,
@@ -327,37 +392,43 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
     image = source.image
     common = {"scale": source.scale, "translate": source.translate}
     adv = outcome.adversarial
+    tag = result_tag(outcome.attack)
+    names = result_layer_names(source, outcome.attack)
+    image_role = "adversarial" if tag == "adversarial" else "artifact"
     layers = {}
     ranges = source.extra.get("ranges")
     if ranges is None:  # per-channel intensity range, once per source (live ε calls this a lot)
         flat = image.array.reshape(image.n_channels, -1)
         ranges = source.extra["ranges"] = [float(r) or 1.0 for r in flat.max(1) - flat.min(1)]
     if visible_channel is None:
-        names = image.channel_names
-        visible_channel = names.index("flair") if "flair" in names else 0
+        cnames = image.channel_names
+        visible_channel = cnames.index("flair") if "flair" in cnames else 0
+    swapped = _swap_out_other_results(viewer, source, tag)
     for c in range(image.n_channels):
         src_name = source.channel_layers[c]
         src_layer = viewer.layers[src_name] if src_name in viewer.layers else None
         limits = tuple(src_layer.contrast_limits) if src_layer is not None else display_limits(image.array[c])
-        name = source.result_name("adversarial", c)
+        name = names["image"][c]
         existed = name in viewer.layers
-        meta = result_metadata(source, outcome, "adversarial", live)
+        meta = result_metadata(source, outcome, image_role, live)
         meta[META]["channel_index"] = c
         lyr = _set_layer(viewer, name, "image", adv[c], contrast_limits=limits, colormap="gray",
                          metadata=meta, defer_hidden=live, **common)
-        if not existed:
+        if ("image", c) in swapped:
+            lyr.visible = True
+        elif not existed:
             lyr.visible = c == visible_channel
             if src_layer is not None and c == visible_channel:
                 src_layer.visible = False  # the adversarial replaces it on screen; toggle to compare
         layers[name] = lyr
         yield name
         rng = ranges[c]
-        eps = float(outcome.result.eps or 0.0)
+        eps = float(outcome.result.eps or 0.0) if tag == "adversarial" else 0.0  # artifacts: no ε budget
         if eps > 0:  # full colour at ±ε: the budget, not the (clamped) peak
             lim = eps * rng
         else:
             lim = float(np.abs(adv[c] - image.array[c]).max()) or 1e-6
-        pname = source.result_name("perturbation", c)
+        pname = names["perturbation"][c]
         existed = pname in viewer.layers
         meta = result_metadata(source, outcome, "perturbation", live)
         meta[META]["channel_index"] = c
@@ -365,7 +436,9 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         lyr = _set_layer(viewer, pname, "image", lambda c=c: adv[c] - image.array[c], contrast_limits=(-lim, lim),
                          colormap=perturbation_colormap(), blending="additive", metadata=meta,
                          defer_hidden=live, **common)
-        if not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
+        if ("perturbation", c) in swapped:
+            lyr.visible = True
+        elif not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
             lyr.visible = False
         layers[pname] = lyr
         yield pname
@@ -375,27 +448,30 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
                         | set(np.unique(outcome.seg_adv).tolist()))
         cmap = brats_colormap(values) if set(values) <= {0, 1, 2, 4} else None
         extra = {"colormap": cmap} if cmap is not None else {}
-        for tag, seg, vis in (("segmentation (clean)", outcome.seg_clean, False),
-                              ("segmentation (adversarial)", outcome.seg_adv, True)):
-            name = source.result_name(tag)
+        for name, role, seg, vis in (
+                (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
+                (names["segmentation"], f"segmentation ({tag})", outcome.seg_adv, True)):
             existed = name in viewer.layers
-            role = "segmentation (clean)" if "clean" in tag else "segmentation (adversarial)"
             lyr = _set_layer(viewer, name, "labels", seg, opacity=0.55, defer_hidden=live,
                              metadata=result_metadata(source, outcome, role, live), **extra, **common)
-            if not existed:
+            if role != "segmentation (clean)" and ("segmentation", None) in swapped:
+                lyr.visible = True
+            elif not existed:
                 lyr.visible = vis
             layers[name] = lyr
             yield name
         def diff():
             return diff_map(outcome.seg_clean, outcome.seg_adv)
 
-        name = source.result_name("diff")
+        name = names["diff"]
         existed = name in viewer.layers
         lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8, defer_hidden=live,
                          metadata=result_metadata(source, outcome, "diff", live), **common)
         if not existed:
             lyr.visible = False
             lyr.features = {"index": [0, 1, 2, 3], "change": ["unchanged", *DIFF_VALUES.values()]}
+        if ("diff", None) in swapped:
+            lyr.visible = True
         layers[name] = lyr
         yield name
     pts_name = source.result_name("perturbed pixels")
@@ -407,8 +483,8 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
                          metadata=result_metadata(source, outcome, "perturbed pixels", live), **common)
         layers[pts_name] = lyr
         yield pts_name
-    elif pts_name in viewer.layers:
-        viewer.layers.remove(pts_name)  # a newer non-DGDE run: the pixel markers no longer apply
+    elif pts_name in viewer.layers and tag == "adversarial":
+        viewer.layers.remove(pts_name)  # a newer non-DGDE attack: the pixel markers no longer apply
     return layers
 
 

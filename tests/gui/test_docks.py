@@ -153,7 +153,10 @@ def test_registry_entries_without_eps_run_through_the_dock(docks, qtbot, glioma_
     assert "eps" not in aw.params() and not aw.eps_slider.isEnabled()
     _wait_job(qtbot, aw.run(), aw)
     assert aw.session.shown is not None and aw.session.shown.outcome.attack == name
-    assert viewer.layers["case flair adversarial"].data.shape == glioma_small.spatial_shape
+    # an artifact is not adversarial: its layers carry its name (beside an attack's, not over them)
+    assert viewer.layers[f"case flair {name}"].data.shape == glioma_small.spatial_shape
+    assert f"case segmentation ({name})" in viewer.layers and "case flair adversarial" not in viewer.layers
+    assert viewer.layers[f"case flair {name}"].metadata["medadv"]["role"] == "artifact"
 
 
 def test_attack_dock_builds_parameters_from_the_registry(docks):
