@@ -1,6 +1,7 @@
 """Attack dock: method (from the engine's registry), ε in % of range with native units, the
 method's own parameters (built generically from ``AttackSpec.params``), target, ROI, seed,
-Run/Cancel, live ε (FGSM's cached gradient sign) and Save attack."""
+Run/Cancel, live ε (FGSM's cached gradient sign), Save attack, and "Matched quality": an MR
+artifact at the PSNR/SSIM of the current attack, with a side-by-side view (:mod:`.matched`)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from .layers import (
     show_outcome,
     source_from_layer,
 )
+from .matched import MAX_EVALS, METRIC_LABELS, METRIC_UNITS, Matched, SideBySide, artifact_choices, match_job
 from .session import Session, Shown
 from .workers import Job, LatestWins, report_error
 
@@ -255,12 +257,47 @@ class AttackWidget(QWidget):
         rrow.addWidget(self.cancel_btn)
         rrow.addWidget(self.save_btn)
 
+        # matched quality: an MR artifact at the current attack's PSNR/SSIM, side by side
+        self.match_artifact = QComboBox()
+        for label, name in artifact_choices():
+            self.match_artifact.addItem(label, name)
+        # bias field by default: it reaches most attack PSNRs in a few evaluations (motion is
+        # step-wise in k-space lines and ghosting has a PSNR floor around 33 dB)
+        self.match_artifact.setCurrentIndex(max(0, self.match_artifact.findData("biasfield")))
+        self.match_artifact.setToolTip("The MR artifact (torchio) whose severity is searched")
+        self.match_metric = QComboBox()
+        for m in ("psnr", "ssim"):
+            self.match_metric.addItem(METRIC_LABELS[m], m)
+        self.match_metric.setToolTip("Image quality to match (mean over contrasts, on each contrast's range)")
+        self.match_btn = QPushButton("Match PSNR of current attack")
+        self.match_btn.setToolTip("Find the artifact severity whose image quality equals the current attack's "
+                                  "on the same image, then show the artifact's layers beside the attack's")
+        self.side_btn = QPushButton("Side by side")
+        self.side_btn.setCheckable(True)
+        self.side_btn.setToolTip("Grid view: the attack and the matched artifact, each with its segmentation "
+                                 "and a caption (PSNR, Dice); press again to restore the layers")
+        self.match_info = QLabel("run an attack first; then match an artifact to its image quality")
+        self.match_info.setWordWrap(True)
+        match_box = QGroupBox("Matched quality (MR artifact vs attack)")
+        fm = QFormLayout(match_box)
+        mrow = QHBoxLayout()
+        mrow.addWidget(self.match_artifact, 1)
+        mrow.addWidget(self.match_metric)
+        fm.addRow("artifact", mrow)
+        brow = QHBoxLayout()
+        brow.addWidget(self.match_btn, 1)
+        brow.addWidget(self.side_btn)
+        fm.addRow(brow)
+        fm.addRow(self.match_info)
+        self._side = SideBySide(napari_viewer)
+
         lay = QVBoxLayout(self)
         for w in (inputs, attack_box, self.params_box, opts):
             lay.addWidget(w)
         lay.addLayout(rrow)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
+        lay.addWidget(match_box)
         lay.addStretch(1)
 
         self._debounce = QTimer(self)
@@ -277,6 +314,7 @@ class AttackWidget(QWidget):
         self._refresh_layer_combos()
         self._method_changed()
         self.set_eps(0.05)
+        self._update_match_controls()
 
     # ------------------------------------------------------------------ wiring
     def _add_callbacks(self) -> None:
@@ -299,9 +337,18 @@ class AttackWidget(QWidget):
         self._flush.timeout.connect(lambda: flush_deferred(self.viewer))
         self.session.model_changed.connect(self._model_changed)
         self.session.result_changed.connect(lambda shown: self.save_btn.setEnabled(shown is not None))
+        self.session.result_changed.connect(self._update_match_controls)
+        self.session.matched_changed.connect(self._matched_changed)
+        self.image_combo.currentIndexChanged.connect(self._update_match_controls)
+        self.match_metric.currentIndexChanged.connect(self._update_match_controls)
+        self.match_btn.clicked.connect(lambda: self.match())
+        self.side_btn.toggled.connect(self.side_by_side)
 
     def closeEvent(self, event) -> None:
         self.cancel()
+        self.side_by_side(False)
+        self.session.result_changed.disconnect(self._update_match_controls)
+        self.session.matched_changed.disconnect(self._matched_changed)
         self._live_images.shutdown()
         self._live_metrics.shutdown()
         for sig, slot in ((self.viewer.layers.events.inserted, self._refresh_layer_combos),
@@ -581,11 +628,13 @@ class AttackWidget(QWidget):
             return None
         seed = None if self.seed.value() < 0 else self.seed.value()
         model_b = self.session.transfer_model
+        self.side_by_side(False)  # a new attack result ends the match: restore the layers first
         total = self._expected_steps(spec, params)
         self.progress.setRange(0, total)
         self.progress.setValue(0)
         self.status.setText(f"running {spec.label} on {src.case} …")
         self.run_btn.setEnabled(False)
+        self.match_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.session.run_started.emit(name)
         history: list[dict] = []
@@ -601,7 +650,8 @@ class AttackWidget(QWidget):
             outcome, transfer = res
 
             def shown():
-                self.session.set_shown(Shown(src, outcome, live=False, transfer=transfer, history=history))
+                self.session.set_shown(Shown(src, outcome, live=False, transfer=transfer, history=history,
+                                             roi=roi))
                 self.status.setText(f"{spec.label} on {src.case}: done in {time.perf_counter() - t0:.1f} s — "
                                     f"{_headline(outcome)}")
 
@@ -613,6 +663,7 @@ class AttackWidget(QWidget):
         def on_finish():
             self.run_btn.setEnabled(True)
             self.cancel_btn.setEnabled(False)
+            self._update_match_controls()
             if not self._job.cancelled and self.status.text().startswith("running"):
                 self.status.setText(f"{spec.label} failed (see the notification)")
 
@@ -747,12 +798,14 @@ class AttackWidget(QWidget):
         src, live, outcome = res
         if self._live is None or self._live[2] is not live:
             return  # the inputs changed meanwhile: drop the stale frame
+        if self._side.active:
+            self.side_by_side(False)  # a new ε ends the match: restore the layers first
         show_outcome(self.viewer, src, outcome, live=True)
         self._flush.start()
         t0 = self._live_t0.pop(job[2], None)
         if t0 is not None:
             self.last_live_latency = time.perf_counter() - t0
-        shown = Shown(src, outcome, live=True)
+        shown = Shown(src, outcome, live=True, roi=live.roi)
         self.session.set_shown(shown)
         self._live_metrics.submit((shown, live))
 
@@ -771,6 +824,157 @@ class AttackWidget(QWidget):
             self.session.metrics_changed.emit(shown)
             self.status.setText(f"live ε = {100 * shown.outcome.result.eps:.1f} % on {shown.source.case} — "
                                 f"{_headline(shown.outcome)}")
+
+    # ------------------------------------------------------------------ matched quality
+    def current_attack(self) -> Shown | None:
+        """The latest attack result, if it was made on the image selected in the dock."""
+        shown = self.session.last_attack
+        if shown is None or self.image_combo.currentData() not in shown.source.channel_layers:
+            return None
+        return shown
+
+    def _update_match_controls(self, *_) -> None:
+        metric = METRIC_LABELS[self.match_metric.currentData()]
+        self.match_btn.setText(f"Match {metric} of current attack")
+        attack = self.current_attack()
+        busy = self._job is not None and self._job.running
+        self.match_btn.setEnabled(attack is not None and not busy)
+        self.side_btn.setEnabled(self.session.matched is not None or self.side_btn.isChecked())
+        if self.session.matched is None and not busy:
+            if attack is None:
+                self.match_info.setText("run an attack on this image first; then match an artifact to its "
+                                        "image quality")
+            else:
+                iq = (attack.outcome.metrics or {}).get("image_quality") or {}
+                psnr = f" (PSNR {iq['psnr']:.2f} dB)" if "psnr" in iq else ""
+                self.match_info.setText(f"current attack: {attack.outcome.attack} on {attack.source.case}{psnr}")
+
+    def match(self, artifact: str | None = None, metric: str | None = None) -> Job | None:
+        """Search the severity of ``artifact`` (default: the dock's choice) whose ``metric``
+        (``"psnr"``/``"ssim"``) equals the current attack's, in a worker with progress and
+        Cancel; then show the artifact's layers beside the attack's and both in the readouts."""
+        from napari.utils.notifications import show_error, show_warning
+
+        if artifact is not None:
+            idx = self.match_artifact.findData(artifact)
+            if idx < 0:
+                raise ValueError(f"{artifact!r} is not an MR artifact; choose one of "
+                                 f"{', '.join(n for _, n in artifact_choices())}")
+            self.match_artifact.setCurrentIndex(idx)
+        if metric is not None:
+            idx = self.match_metric.findData(metric)
+            if idx < 0:
+                raise ValueError(f"metric must be 'psnr' or 'ssim', got {metric!r}")
+            self.match_metric.setCurrentIndex(idx)
+        artifact, metric = self.match_artifact.currentData(), self.match_metric.currentData()
+        if self._job is not None and self._job.running:
+            show_error("a job is already running: wait or press Cancel")
+            return None
+        attack = self.current_attack()
+        if attack is None:
+            show_error("run an attack on this image first (Run), then match an artifact to it")
+            return None
+        src, outcome = attack.source, attack.outcome
+        model = outcome.model  # the attack's model: its Dice is what the artifact is compared with
+        seed = self.seed.value() if self.seed.value() >= 0 else int(np.random.default_rng().integers(2**31))
+        label, unit = METRIC_LABELS[metric], METRIC_UNITS[metric]
+        art_label = self.match_artifact.currentText()
+        was_side_by_side = self._side.active
+        self.side_by_side(False)  # the new layers go onto the layers as the user left them
+        total = MAX_EVALS + 1
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.status.setText(f"matching {label}: {art_label} vs {outcome.attack} on {src.case} …")
+        self.match_info.setText(f"searching the {art_label} severity …")
+        self.run_btn.setEnabled(False)
+        self.match_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        t0 = time.perf_counter()
+
+        def on_step(record):
+            if record is None:
+                return
+            if "n" in record:
+                self.progress.setValue(int(record["n"]))
+                self.status.setText(f"matching {label} {record['target']:.4g}{unit}: evaluation {record['n']}, "
+                                    f"severity {record['value']:.4f} → {record['quality']:.4g}{unit}")
+            elif "running" in record:
+                self.progress.setValue(total - 1)
+                self.status.setText(f"{art_label} at severity {record['running']:.4f}: segmenting …")
+
+        def on_done(res):
+            m, art_outcome = res
+            shown = Shown(src, art_outcome, live=False, roi=attack.roi)
+
+            def then():
+                self.progress.setValue(total)
+                changed = self.session.last_attack is not attack
+                self.session.set_shown(shown)
+                if changed:  # live ε moved on during the search: the match no longer holds
+                    show_warning(f"the attack changed during the match: press 'Match {label} of current "
+                                 "attack' again")
+                    self.status.setText(f"{art_label} shown; the attack changed meanwhile (not matched)")
+                    return
+                matched = Matched(attack, shown, m)
+                self.session.set_matched(matched)
+                self.status.setText(f"matched in {time.perf_counter() - t0:.1f} s — {_headline(art_outcome)}")
+                if was_side_by_side:
+                    self.side_by_side(True)
+                if not m.reached:
+                    show_warning(f"{art_label} did not reach {label} {m.target:.4g}{unit}: closest "
+                                 f"{m.achieved:.4g}{unit} at severity {m.value:.3f} ({m.note})")
+
+            self._apply_gradually(iter_show_outcome(self.viewer, src, art_outcome), then)
+
+        def on_cancel():
+            self.status.setText("match cancelled — layers unchanged")
+            previous = self.session.matched  # an earlier match still holds
+            self.match_info.setText(previous.summary() if previous is not None else "match cancelled")
+            if was_side_by_side and previous is not None:
+                self.side_by_side(True)
+
+        def on_finish():
+            self.run_btn.setEnabled(True)
+            self.cancel_btn.setEnabled(False)
+            self._update_match_controls()
+
+        self._job = Job(match_job, src, model, artifact, metric, outcome.adversarial, outcome.labels, attack.roi,
+                        seed, desc=f"matching {label}: {art_label} on {src.case}", total=total, hooks=True,
+                        on_yield=on_step, on_done=on_done, on_cancel=on_cancel, on_finish=on_finish,
+                        on_oom=self.use_cpu).start()
+        return self._job
+
+    def _matched_changed(self, matched) -> None:
+        if matched is None:
+            if self._side.active:
+                self.side_btn.setChecked(False)  # restores the layers
+        else:
+            self.match_info.setText(matched.summary())
+        self._update_match_controls()
+
+    def side_by_side(self, on: bool = True) -> None:
+        """Grid view of the attack and the matched artifact (on), or the layers as before (off)."""
+        from napari.utils.notifications import show_error
+
+        from napari_medadv.core.errors import MedadvError
+
+        if not on:
+            self._side.disable()
+        else:
+            matched = self.session.matched
+            try:
+                if matched is None:
+                    raise ValueError("match an artifact first ('Match PSNR of current attack')")
+                self._side.show(matched)
+            except (MedadvError, ValueError) as e:  # a notification; the view stays as it was
+                self._side.disable()
+                show_error(f"side by side: {e}")
+                on = False
+        if self.side_btn.isChecked() != on:
+            self.side_btn.blockSignals(True)
+            self.side_btn.setChecked(on)
+            self.side_btn.blockSignals(False)
+        self._update_match_controls()
 
     # ------------------------------------------------------------------ export
     def save_attack(self, folder: str | None = None) -> Job | None:

@@ -1,6 +1,9 @@
 """Readouts dock: Dice per label/region (ground truth vs clean, ground truth vs adversarial,
 clean vs adversarial), image quality (PSNR, SSIM, RMSE, L0, L∞), classifier probabilities —
-all straight from :func:`napari_medadv.core.pipeline.outcome_metrics` — and Copy as CSV."""
+all straight from :func:`napari_medadv.core.pipeline.outcome_metrics` — and Copy as CSV.
+
+After "Match PSNR of current attack" (Attack dock) a second table puts the attack and the MR
+artifact at the same image quality side by side (:func:`.matched.comparison_rows`)."""
 
 from __future__ import annotations
 
@@ -31,12 +34,17 @@ DICE_COLUMNS = (("ground_truth_vs_clean", "GT·clean"), ("ground_truth_vs_advers
 REGION_HELP = {"WT": "whole tumour (1+2+4)", "TC": "tumour core (1+4)", "ET": "enhancing tumour (4)"}
 
 
-def readout_rows(metrics: dict, transfer: dict | None = None) -> tuple[list[str], list[list[str]]]:
-    """``(header, rows)`` of the readouts table for one metrics.json dict (strings, formatted)."""
+def readout_rows(metrics: dict, transfer: dict | None = None, *,
+                 severity: float | None = None) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of the readouts table for one metrics.json dict (strings, formatted).
+
+    ``severity``: the result is an MR artifact: its severity replaces the ε row (an artifact
+    has no ε budget; the engine records ε = 1, the whole range)."""
     rows: list[list[str]] = []
     if "dice" in metrics:
         d = metrics["dice"]
-        cols = [(k, label) for k, label in DICE_COLUMNS if k in d]
+        cols = [(k, label if severity is None else label.replace("adv", "artifact"))
+                for k, label in DICE_COLUMNS if k in d]
         header = ["Dice / metric"] + [label for _, label in cols]
 
         def add(label, getter):
@@ -60,7 +68,7 @@ def readout_rows(metrics: dict, transfer: dict | None = None) -> tuple[list[str]
                 rows.append([f"B: Dice {r}"] + [f"{td[k]['regions'][r]:.4f}" if k in td else "" for k, _ in cols])
         ncol = len(cols)
     elif "probabilities" in metrics:
-        header = ["metric", "clean", "adversarial", "change"]
+        header = ["metric", "clean", "adversarial" if severity is None else "artifact", "change"]
         for n, p in metrics["probabilities"].items():
             flag = " (flipped)" if p["decision_flipped"] else ""
             rows.append([f"P({n}){flag}", f"{p['clean']:.4f}", f"{p['adversarial']:.4f}", f"{p['change']:+.4f}"])
@@ -82,7 +90,9 @@ def readout_rows(metrics: dict, transfer: dict | None = None) -> tuple[list[str]
         one("L0 (changed voxels)", f"{int(iq['l0'])}")
         one("L∞ (native)", f"{iq['linf']:.4g}")
         one("L2 (native)", f"{iq['l2']:.4g}")
-    if "eps" in metrics:
+    if severity is not None:
+        one("severity (0-1)", f"{severity:.4f}")
+    elif "eps" in metrics:
         one("ε (% of range)", f"{100 * metrics['eps']:.2f}")
     if "segmentation_changed_voxels" in metrics:
         one("segmentation voxels changed", str(metrics["segmentation_changed_voxels"]))
@@ -110,61 +120,106 @@ class ReadoutsWidget(QWidget):
         self.table.horizontalHeader().setMinimumSectionSize(56)
         self.copy_btn = QPushButton("Copy as CSV")
         self.copy_btn.setEnabled(False)
+        self.match_title = QLabel("")
+        self.match_title.setWordWrap(True)
+        self.match_table = QTableWidget(0, 3)
+        self.match_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.match_table.verticalHeader().setVisible(False)
+        self.match_table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        for w in (self.match_title, self.match_table):
+            w.setVisible(False)
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(self.table, 1)
+        lay.addWidget(self.match_title)
+        lay.addWidget(self.match_table, 2)
         row = QHBoxLayout()
         row.addStretch(1)
         row.addWidget(self.copy_btn)
         lay.addLayout(row)
         self.header: list[str] = []
         self.rows: list[list[str]] = []
+        self.match_header: list[str] = []
+        self.match_rows: list[list[str]] = []
         self._add_callbacks()
         if self.session.shown is not None:
             self.update_from(self.session.shown)
+        self.update_matched(self.session.matched)
 
     def _add_callbacks(self) -> None:
         self.session.result_changed.connect(self.update_from)
         self.session.metrics_changed.connect(self.update_from)
+        self.session.matched_changed.connect(self.update_matched)
         self.copy_btn.clicked.connect(self.copy_csv)
 
     def closeEvent(self, event) -> None:
         self.session.result_changed.disconnect(self.update_from)
         self.session.metrics_changed.disconnect(self.update_from)
+        self.session.matched_changed.disconnect(self.update_matched)
         super().closeEvent(event)
 
+    def update_matched(self, matched) -> None:
+        """The attack and the matched artifact side by side (hidden when there is no match)."""
+        from .matched import comparison_rows
+
+        on = matched is not None
+        for w in (self.match_title, self.match_table):
+            w.setVisible(on)
+        if not on:
+            self.match_header, self.match_rows = [], []
+            return
+        self.match_title.setText(f"<b>Matched quality</b> · {matched.summary()}")
+        self.match_header, self.match_rows = comparison_rows(matched)
+        _fill(self.match_table, self.match_header, self.match_rows)
+
     def update_from(self, shown: Shown) -> None:
+        from .layers import is_artifact
+        from .matched import knob_text
+
         o = shown.outcome
         where = "live ε" if shown.live else "run"
-        self.title.setText(f"<b>{shown.source.case}</b> · {o.attack} · ε {100 * o.result.eps:.1f} % · "
+        severity = (float(o.result.extra.get("severity", o.params.get("severity", 0.0)))
+                    if is_artifact(o.attack) else None)
+        self.title.setText(f"<b>{shown.source.case}</b> · {o.attack} · {knob_text(o)} · "
                            f"{o.model.spec} ({where})"
                            + (f" · evaluated also on B = {shown.transfer.model.spec}" if shown.transfer else "")
                            + ("" if shown.live else f" · {o.seconds:.1f} s"))
         if not o.metrics:
             self.title.setText(self.title.text() + " · updating readouts …")
             return
-        self.header, self.rows = readout_rows(o.metrics, shown.transfer.metrics if shown.transfer else None)
-        self.table.clear()
-        self.table.setColumnCount(len(self.header))
-        self.table.setRowCount(len(self.rows))
-        self.table.setHorizontalHeaderLabels(self.header)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
-        for i, row in enumerate(self.rows):
-            for j, v in enumerate(row):
-                item = QTableWidgetItem(v)
-                if j == 0 and v.startswith("Dice ") and v[5:] in REGION_HELP:
-                    item.setToolTip(REGION_HELP[v[5:]])
-                self.table.setItem(i, j, item)
+        self.header, self.rows = readout_rows(o.metrics, shown.transfer.metrics if shown.transfer else None,
+                                              severity=severity)
+        _fill(self.table, self.header, self.rows)
         self.copy_btn.setEnabled(True)
 
     def csv_text(self) -> str:
+        """The readouts table; after a match, a blank line and the comparison table."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(self.header)
         w.writerows(self.rows)
+        if self.match_rows:
+            w.writerow([])
+            w.writerow(self.match_header)
+            w.writerows(self.match_rows)
         return buf.getvalue()
 
     def copy_csv(self) -> str:
         text = self.csv_text()
         QApplication.clipboard().setText(text)
         return text
+
+
+def _fill(table: QTableWidget, header: list[str], rows: list[list[str]]) -> None:
+    table.clear()
+    table.setColumnCount(len(header))
+    table.setRowCount(len(rows))
+    table.setHorizontalHeaderLabels(header)
+    table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            item = QTableWidgetItem(v)
+            label = v.split(" (")[0]
+            if j == 0 and label.startswith("Dice ") and label[5:] in REGION_HELP:
+                item.setToolTip(REGION_HELP[label[5:]])
+            table.setItem(i, j, item)

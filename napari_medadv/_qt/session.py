@@ -30,6 +30,7 @@ class Shown:
     live: bool = False
     transfer: AttackOutcome | None = None  # the same adversarial image evaluated on model B
     history: list[dict] = field(default_factory=list)
+    roi: Any = "auto"  # the region the run used (mask, "auto" or None): a matched artifact reuses it
 
 
 class Session:
@@ -42,6 +43,7 @@ class Session:
     step = Signal(str, object)  # attack name, history record (one per iteration, live plots)
     run_started = Signal(str)  # attack name
     sweep_changed = Signal(object)  # dict: eps list + per-ε rows
+    matched_changed = Signal(object)  # Matched | None (an MR artifact at the attack's image quality)
 
     _sessions: dict[int, Session] = {}
 
@@ -50,6 +52,8 @@ class Session:
         self.model: LoadedModel | None = None
         self.transfer_model: LoadedModel | None = None
         self.shown: Shown | None = None
+        self.last_attack: Shown | None = None  # the latest *attack* result (not an MR artifact)
+        self.matched = None  # napari_medadv._qt.matched.Matched | None
         self.sweep: dict | None = None
         self.widgets: dict[str, Any] = {}
 
@@ -76,5 +80,15 @@ class Session:
         self.transfer_model_changed.emit(model)
 
     def set_shown(self, shown: Shown) -> None:
+        from .layers import is_artifact
+
         self.shown = shown
+        if not is_artifact(shown.outcome.attack):
+            self.last_attack = shown
+            if self.matched is not None and self.matched.attack.source.case == shown.source.case:
+                self.set_matched(None)  # the attack changed: the match no longer holds
         self.result_changed.emit(shown)
+
+    def set_matched(self, matched) -> None:
+        self.matched = matched
+        self.matched_changed.emit(matched)
