@@ -184,8 +184,8 @@ def comparison_rows(matched: Matched) -> tuple[list[str], list[list[str]]]:
         tag = "GT" if ref.startswith("ground") else "clean"
         regions = (ma.get("dice", {}).get(ref) or {}).get("regions") or {}
         for r in regions:
-            row(f"Dice {r} ({tag}·perturbed)", lambda m, r=r: m["dice"][ref]["regions"][r], lambda v: f"{v:.4f}")
-        row(f"Dice foreground ({tag}·perturbed)", lambda m: m["dice"][ref]["foreground"], lambda v: f"{v:.4f}")
+            row(f"Dice {r} vs {tag}", lambda m, r=r: m["dice"][ref]["regions"][r], lambda v: f"{v:.4f}")
+        row(f"Dice foreground vs {tag}", lambda m: m["dice"][ref]["foreground"], lambda v: f"{v:.4f}")
         row("segmentation voxels changed", lambda m: m["segmentation_changed_voxels"], str)
     for name in (ma.get("probabilities") or {}):
         row(f"P({name}) perturbed", lambda m, n=name: m["probabilities"][n]["adversarial"], lambda v: f"{v:.4f}")

@@ -219,7 +219,7 @@ def _fill(table: QTableWidget, header: list[str], rows: list[list[str]]) -> None
     for i, row in enumerate(rows):
         for j, v in enumerate(row):
             item = QTableWidgetItem(v)
-            label = v.split(" (")[0]
-            if j == 0 and label.startswith("Dice ") and label[5:] in REGION_HELP:
-                item.setToolTip(REGION_HELP[label[5:]])
+            region = v[5:].split(" ")[0] if v.startswith("Dice ") else ""
+            if j == 0 and region in REGION_HELP:
+                item.setToolTip(REGION_HELP[region])
             table.setItem(i, j, item)
