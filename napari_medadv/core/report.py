@@ -422,7 +422,7 @@ def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[st
             ax.invert_xaxis()  # from mild (left) to severe (right), like Dice vs ε
             ax.grid(alpha=0.3)
         row[0].set_ylabel("Dice vs ground truth (mean ± sd)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no line hidden
     return _save(fig, folder, f"dice_vs_{metric}")
 
 
@@ -750,6 +750,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
         sources = list(dict.fromkeys(zip(g["source"], g["kind"])))
         head = [f"{m.upper()} {t:g}" + (" dB" if m == "psnr" else "") for m, t in targets]
         for r in REGIONS:
+            fam = max((t["m"] for t in tests if t["model"] == model and t["region"] == r), default=0)
             rows = []
             for src, kind in sources:
                 cells = []
@@ -765,7 +766,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
                 rows.append([src, SOURCE_KINDS[kind]] + cells)
             doc.table(["source", "type"] + head, rows,
                       caption=f"model {model}: Dice {r}, mean ± sd (no attack: {S.fmt_mean_sd(base[f'dice_{r}'])}); "
-                              f"stars: Wilcoxon vs no attack, Bonferroni over the {len(g)} matched conditions; "
+                              f"stars: Wilcoxon vs no attack, Bonferroni over the {fam} matched conditions with cases; "
                               "(k/n): only k of the n cases reached the target")
         rows = []
         for src, kind in sources:
