@@ -67,8 +67,8 @@ def compute_range(images: torch.Tensor, data_range: DataRangeSpec = None) -> Int
     dtype, device = images.dtype, images.device
     if data_range is None:
         flat = images.detach().reshape(b, c, -1)
-        lo = flat.amin(dim=2).reshape(view)
-        hi = flat.amax(dim=2).reshape(view)
+        lo, hi = torch.aminmax(flat, dim=2)  # one pass over the images
+        lo, hi = lo.reshape(view), hi.reshape(view)
         return IntensityRange(lo, hi)
     pairs = _as_pairs(data_range, c)
     lo = torch.tensor([p[0] for p in pairs], dtype=dtype, device=device)

@@ -148,13 +148,16 @@ def model_device(model: nn.Module) -> torch.device:
 @contextmanager
 def eval_mode(model: nn.Module):
     """Put every module in eval mode and restore each one's previous mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
+    training = [m for m in model.modules() if m.training]
+    if not training:  # the usual case (already in eval mode): nothing to switch or restore
+        yield model
+        return
     model.eval()
     try:
         yield model
     finally:
-        for m, was_training in modes:
-            m.training = was_training
+        for m in training:
+            m.training = True
 
 
 class _Context:
@@ -428,7 +431,9 @@ class Attack:
             raise ValueError(f"images has an empty axis: shape {tuple(images.shape)}")
         if not images.is_floating_point():
             images = images.float()
-        if not torch.isfinite(images).all():
+        # one reduction instead of an elementwise mask: NaN/Inf propagate into the sum (a finite
+        # sum that overflows only triggers the exact check)
+        if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
             n = int((~torch.isfinite(images)).sum())
             raise ValueError(f"images contain {n} NaN/Inf values; clean or mask them before attacking")
         expected = expected_in_channels(self.model)

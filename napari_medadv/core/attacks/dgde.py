@@ -55,10 +55,11 @@ class DGDE(Attack):
 
     Batching: candidates are stacked and evaluated together. On a GPU the whole population goes
     in one forward pass. On a CPU a forward carries at most ``CPU_VOXELS_PER_FORWARD`` input
-    voxels (the population of 16 at 512², 3 volumes of 4 x 64 x 80 x 64) to bound memory. A
-    smaller cap (2 images at 224²) was tried first and made DGDE on the demo classifier 3.3x
-    slower (same queries, same result: 600 queries in 245 s at 2 per forward, 71-81 s at 16, on
-    2 CPU cores). Results do not depend on the batch size (tested).
+    voxels (the population of 16 at 512², 3 volumes of 4 x 64 x 80 x 64) to bound memory. On 2
+    idle CPU cores, 600 queries on the demo classifier (512² radiograph) took 7.0 s one candidate
+    per forward, 4.3-5.6 s two per forward and 3.6-4.8 s sixteen per forward; for a tiny CNN at
+    224² batching is slower (see ``benchmarks/bench_engine.py``), so the gain on CPU depends on
+    the model. Results do not depend on the batch size (tested).
 
     The result's ``extra`` has ``l0`` per sample and ``l0_history``; the step history has
     ``l0``, ``fitness``, ``queries`` and ``phase`` per generation.
