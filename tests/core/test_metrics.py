@@ -83,6 +83,24 @@ def test_ssim_against_skimage_2d_and_3d(shape):
     assert M.ssim(clean, clean, data_range=1.0) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("shape, dims", [((3, 40, 36), 2), ((2, 24, 20, 18), 3), ((1, 9, 12, 30), 3)])
+def test_ssim_equals_monai_ssim_metric(shape, dims):
+    """The separable filtering gives MONAI's SSIMMetric values (full kernel) to float32 rounding."""
+    import torch
+    from monai.metrics import SSIMMetric
+
+    rng = np.random.default_rng(2)
+    clean = rng.normal(size=shape).astype(np.float32) * 3 + 1  # z-scored-like, not in [0, 1]
+    noisy = clean + rng.normal(scale=0.2, size=shape).astype(np.float32)
+    ours = M.ssim(clean, noisy, spatial_dims=dims)
+    c = torch.from_numpy(clean).reshape(-1, 1, *shape[-dims:])
+    n = torch.from_numpy(noisy).reshape(-1, 1, *shape[-dims:])
+    smallest = min(shape[-dims:])
+    win = min(11, smallest if smallest % 2 else smallest - 1)
+    ref = float(SSIMMetric(spatial_dims=dims, data_range=float(clean.max() - clean.min()), win_size=win)(n, c).mean())
+    assert ours == pytest.approx(ref, abs=1e-6)
+
+
 def test_perturbation_norms():
     clean = np.zeros((2, 3, 3))
     adv = clean.copy()
