@@ -21,7 +21,9 @@ def axial_view(viewer: napari.Viewer, layer) -> None:
         return
     viewer.dims.order = (2, 1, 0)  # slider over I-S; rows = P-A, columns = R-L
     viewer.dims.axis_labels = ("x (R-L)", "y (P-A)", "z (I-S)")
-    viewer.camera.orientation = ("towards", "up", "left")
+    from .compat import camera
+
+    camera(viewer).orientation = ("towards", "up", "left")
     data = np.asarray(layer.data)
     z = int(np.argmax((data != 0).sum(axis=(0, 1)))) if layer.__class__.__name__ == "Labels" else data.shape[2] // 2
     viewer.dims.set_point(2, float(z * layer.scale[2] + layer.translate[2]))

@@ -22,6 +22,7 @@ Conventions (the reader sets them, the docks read them, the writer uses them):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -478,9 +479,14 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
     if outcome.attack == "dgde":
         coords = np.argwhere(np.any(adv != image.array, axis=0)).astype(float)
         size = 3 * float(np.mean(source.scale))
-        lyr = _set_layer(viewer, pts_name, "points", coords, size=size, face_color="transparent",
-                         border_color="red", border_width=0.15, out_of_slice_display=True,
-                         metadata=result_metadata(source, outcome, "perturbed pixels", live), **common)
+        # 3-D: show the few perturbed voxels on every slice, or they are hard to find. napari 0.9
+        # deprecates out_of_slice_display for thick slicing, which has no per-layer equivalent.
+        extra = {"out_of_slice_display": True} if coords.shape[1] == 3 else {}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*out_of_slice_display.*", category=FutureWarning)
+            lyr = _set_layer(viewer, pts_name, "points", coords, size=size, face_color="transparent",
+                             border_color="red", border_width=0.15, **extra,
+                             metadata=result_metadata(source, outcome, "perturbed pixels", live), **common)
         layers[pts_name] = lyr
         yield pts_name
     elif pts_name in viewer.layers and tag == "adversarial":

@@ -13,6 +13,9 @@ severity found with :func:`napari_medadv.core.pipeline.run_attack`, so its layer
 
 from __future__ import annotations
 
+from .compat import camera as _camera
+from .compat import grid as _grid
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -281,8 +284,8 @@ class SideBySide:
         v = self.viewer
         self._saved = _Saved(
             order=list(v.layers), visible={lyr: lyr.visible for lyr in v.layers},
-            grid={k: getattr(v.grid, k) for k in ("enabled", "stride", "shape", "spacing")},
-            camera={"center": tuple(v.camera.center), "zoom": float(v.camera.zoom)},
+            grid={k: getattr(_grid(v), k) for k in ("enabled", "stride", "shape", "spacing")},
+            camera={"center": tuple(_camera(v).center), "zoom": float(_camera(v).zoom)},
             selected=v.layers.selection.active)
         outline = outline if outline is not None and outline in v.layers else None
         stride = max(len(layers) for layers, _ in cells) + 1 + (outline is not None)
@@ -325,10 +328,10 @@ class SideBySide:
             shown = {id(x) for layers, _ in cells for x in layers} | {id(x) for x in self._added}
             for lyr in v.layers:
                 lyr.visible = id(lyr) in shown
-            v.grid.stride = stride
-            v.grid.shape = (1, len(cells))
-            v.grid.spacing = 0.02
-            v.grid.enabled = True
+            _grid(v).stride = stride
+            _grid(v).shape = (1, len(cells))
+            _grid(v).spacing = 0.02
+            _grid(v).enabled = True
         v.reset_view()
         v.layers.selection.active = cells[0][0][0]  # layer controls of the attack's image, not a caption
 
@@ -339,13 +342,13 @@ class SideBySide:
             return
         v = self.viewer
         g = saved.grid
-        v.grid.enabled = False
+        _grid(v).enabled = False
         with v.layers.batched_update():  # one scene-graph update for all the moves and toggles
             for cap in self._added:
                 if cap in v.layers:
                     v.layers.remove(cap)
             self._added = []
-            v.grid.stride, v.grid.shape, v.grid.spacing = g["stride"], g["shape"], g["spacing"]
+            _grid(v).stride, _grid(v).shape, _grid(v).spacing = g["stride"], g["shape"], g["spacing"]
             present = [lyr for lyr in saved.order if lyr in v.layers]
             newer = [lyr for lyr in v.layers if lyr not in saved.visible]  # added meanwhile: on top
             for i, lyr in enumerate(present + newer):
@@ -354,9 +357,9 @@ class SideBySide:
                     v.layers.move(j, i)
             for lyr in present:
                 lyr.visible = saved.visible[lyr]
-        v.grid.enabled = g["enabled"]
-        v.camera.center = saved.camera["center"]
-        v.camera.zoom = saved.camera["zoom"]
+        _grid(v).enabled = g["enabled"]
+        _camera(v).center = saved.camera["center"]
+        _camera(v).zoom = saved.camera["zoom"]
         if saved.selected is not None and saved.selected in v.layers:
             v.layers.selection.active = saved.selected
 

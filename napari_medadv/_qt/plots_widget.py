@@ -239,7 +239,9 @@ class PlotsWidget(QWidget):
             if not path:
                 return None
         frames: list[np.ndarray] = []
-        overlay = self.viewer.text_overlay
+        from .compat import text_overlay
+
+        overlay = text_overlay(self.viewer)
         was_visible, old_text = overlay.visible, overlay.text
 
         def frame(src, row, outcome):
@@ -329,8 +331,10 @@ class PlotsWidget(QWidget):
         c = self._colors()
         h = self.history
         if h and any("l0" in r for r in h):
-            ax.plot([r["step"] for r in h if "l0" in r], [r["l0"] for r in h if "l0" in r], marker=".", color="tab:red")
-            ax.set_yscale("log")
+            l0 = [r["l0"] for r in h if "l0" in r]
+            ax.plot([r["step"] for r in h if "l0" in r], l0, marker=".", color="tab:red")
+            if min(l0) > 0:  # an attack that changed nothing has L0 = 0: no log scale then
+                ax.set_yscale("log")
             ax.set_ylabel("perturbed pixels (L0)", fontsize=8)
             ax.set_xlabel("model queries", fontsize=8)
             ax.set_title(f"{self.history_attack}: L0 vs iteration", fontsize=9)

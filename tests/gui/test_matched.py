@@ -8,6 +8,8 @@ import threading
 import numpy as np
 import pytest
 
+from napari_medadv._qt.compat import grid
+
 from napari_medadv.core import metrics as M
 from napari_medadv.core.matching import DEFAULT_TOL, image_quality
 
@@ -142,11 +144,11 @@ def test_match_psnr_of_current_attack(docks, qtbot, glioma_small, monkeypatch):
 def test_side_by_side_toggles_the_grid_and_restores(docks, qtbot):
     viewer, aw, _ = docks
     _wait(qtbot, aw.match("gaussnoise"), aw)
-    viewer.grid.spacing = 0.1  # the user's own grid settings come back too
+    grid(viewer).spacing = 0.1  # the user's own grid settings come back too
     before = [(lyr.name, lyr.visible) for lyr in viewer.layers]
-    grid_before = (viewer.grid.enabled, viewer.grid.stride, viewer.grid.shape, viewer.grid.spacing)
+    grid_before = (grid(viewer).enabled, grid(viewer).stride, grid(viewer).shape, grid(viewer).spacing)
     aw.side_btn.setChecked(True)
-    assert viewer.grid.enabled and viewer.grid.shape == (1, 2)
+    assert grid(viewer).enabled and grid(viewer).shape == (1, 2)
     on = [lyr for lyr in viewer.layers if lyr.visible]
     captions = [lyr for lyr in on if lyr.metadata["medadv"]["role"] == "side-by-side caption"]
     assert len(captions) == 2 and all(c.name_overlay.visible for c in captions)
@@ -154,19 +156,19 @@ def test_side_by_side_toggles_the_grid_and_restores(docks, qtbot):
     assert captions[1].name.startswith("MR Gaussian noise severity")
     psnr = aw.session.matched.attack.outcome.metrics["image_quality"]["psnr"]
     assert f"PSNR {psnr:.1f} dB" in captions[0].name
-    cell = {lyr.name: viewer.grid.position(viewer.layers.index(lyr), viewer.layers) for lyr in on}
+    cell = {lyr.name: grid(viewer).position(viewer.layers.index(lyr), viewer.layers) for lyr in on}
     assert cell["case flair adversarial"] == cell["case segmentation (adversarial)"] == (0, 0)
     assert cell["case flair gaussnoise"] == cell["case segmentation (gaussnoise)"] == (0, 1)
     assert cell["case labels (outline 1)"] == (0, 0) and viewer.layers["case labels (outline 2)"].contour == 1
     assert viewer.layers["case flair gaussnoise"].contrast_limits == viewer.layers["case flair"].contrast_limits
     aw.side_btn.setChecked(False)
     assert [(lyr.name, lyr.visible) for lyr in viewer.layers] == before
-    assert (viewer.grid.enabled, viewer.grid.stride, viewer.grid.shape, viewer.grid.spacing) == grid_before
+    assert (grid(viewer).enabled, grid(viewer).stride, grid(viewer).shape, grid(viewer).spacing) == grid_before
     # on again, then a new attack run: the match no longer holds, the view switches itself off
     aw.side_btn.setChecked(True)
     _wait(qtbot, aw.run(), aw)
     assert aw.session.matched is None and not aw.side_btn.isChecked() and not aw.side_btn.isEnabled()
-    assert not viewer.grid.enabled
+    assert not grid(viewer).enabled
     assert not any(lyr.metadata["medadv"]["role"].startswith("side-by-side") for lyr in viewer.layers)
     assert viewer.layers["case flair adversarial"].visible and not viewer.layers["case flair gaussnoise"].visible
 
