@@ -377,6 +377,19 @@ def matched_comparison_tests(reached) -> list[dict]:
     return out
 
 
+
+def _matched_cells(g, sources, targets, cell):
+    """Table cells of a matched-quality summary ``g``: one list per source, one cell per
+    (metric, target) — ``cell(row, metric, target)``, or "" where the grid has no such point."""
+    out = []
+    for src, _kind in sources:
+        cells = []
+        for m, t in targets:
+            hit = g[(g["source"] == src) & (g["metric"] == m) & (g["target"] == t)]
+            cells.append("" if hit.empty else cell(hit.iloc[0], m, t))
+        out.append(cells)
+    return out
+
 def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[str]:
     """Dice (mean ± sd over the cases that reached each target) vs the input quality reached
     (mean), one line per perturbation source; adversarial solid with filled markers, natural MR
@@ -751,41 +764,27 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
         head = [f"{m.upper()} {t:g}" + (" dB" if m == "psnr" else "") for m, t in targets]
         for r in REGIONS:
             fam = max((t["m"] for t in tests if t["model"] == model and t["region"] == r), default=0)
-            rows = []
-            for src, kind in sources:
-                cells = []
-                for m, t in targets:
-                    hit = g[(g["source"] == src) & (g["metric"] == m) & (g["target"] == t)]
-                    if hit.empty:
-                        cells.append("")
-                        continue
-                    x = hit.iloc[0]
-                    cells.append("not reached" if x["n_reached"] == 0 else
-                                 _ms(x[f"dice_{r}_mean"], x[f"dice_{r}_sd"]) + x[f"stars_{r}"]
-                                 + ("" if x["n_reached"] == x["n"] else f" ({x['n_reached']}/{x['n']})"))
-                rows.append([src, SOURCE_KINDS[kind]] + cells)
+            def dice_cell(x, m, t, r=r):
+                if x["n_reached"] == 0:
+                    return "not reached"
+                return (_ms(x[f"dice_{r}_mean"], x[f"dice_{r}_sd"]) + x[f"stars_{r}"]
+                        + ("" if x["n_reached"] == x["n"] else f" ({x['n_reached']}/{x['n']})"))
+
+            rows = [[src, SOURCE_KINDS[kind]] + cells for (src, kind), cells in
+                    zip(sources, _matched_cells(g, sources, targets, dice_cell))]
             doc.table(["source", "type"] + head, rows,
                       caption=f"model {model}: Dice {r}, mean ± sd (no attack: {S.fmt_mean_sd(base[f'dice_{r}'])}); "
                               f"stars: Wilcoxon vs no attack, Bonferroni over the {fam} matched conditions with cases; "
                               "(k/n): only k of the n cases reached the target")
-        rows = []
-        for src, kind in sources:
-            cells = []
-            for m, t in targets:
-                hit = g[(g["source"] == src) & (g["metric"] == m) & (g["target"] == t)]
-                if hit.empty:
-                    cells.append("")
-                    continue
-                x = hit.iloc[0]
-                digits = 2 if m == "psnr" else 4
-                reach = f"{x['n_reached']}/{x['n']}"
-                if x["n_reached"] == 0:
-                    cells.append(f"0/{x['n']} (closest {_num(x['unreached_achieved_mean'], digits)})")
-                    continue
-                more = "" if x["n_reached"] == x["n"] else f" (others {_num(x['unreached_achieved_mean'], digits)})"
-                cells.append(f"{reach} · {'ε' if x['knob'] == 'eps' else x['knob']} "
-                             f"{_ms(x['knob_mean'], x['knob_sd'], 3)} · {_num(x['achieved_mean'], digits)}{more}")
-            rows.append([src] + cells)
+        def knob_cell(x, m, t):
+            digits = 2 if m == "psnr" else 4
+            if x["n_reached"] == 0:
+                return f"0/{x['n']} (closest {_num(x['unreached_achieved_mean'], digits)})"
+            more = "" if x["n_reached"] == x["n"] else f" (others {_num(x['unreached_achieved_mean'], digits)})"
+            return (f"{x['n_reached']}/{x['n']} · {'ε' if x['knob'] == 'eps' else x['knob']} "
+                    f"{_ms(x['knob_mean'], x['knob_sd'], 3)} · {_num(x['achieved_mean'], digits)}{more}")
+
+        rows = [[src] + cells for (src, _), cells in zip(sources, _matched_cells(g, sources, targets, knob_cell))]
         doc.table(["source"] + head, rows,
                   caption=f"model {model}: reached / cases · knob found (mean ± sd) · quality reached (mean)")
     if comp:
