@@ -446,7 +446,18 @@ def _save(fig, folder: Path, stem: str) -> list[str]:
     names = []
     for fmt in ("png", "svg"):
         path = folder / f"{stem}.{fmt}"
-        _atomic_write(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"))
+        # no creation date / software stamp in the files: a re-run that changes nothing rewrites
+        # identical figures (committed reports stay clean in git)
+        # (and a fixed salt for the SVG element ids, random by default)
+        meta = {"svg": {"Date": None, "Creator": None}, "png": {"Software": None}}.get(fmt)
+
+        def write(f, fmt=fmt, meta=meta):
+            import matplotlib
+
+            with matplotlib.rc_context({"svg.hashsalt": "napari-medadv"}):
+                fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
+
+        _atomic_write(path, write)
         names.append(f"figures/{path.name}")
     return names
 
