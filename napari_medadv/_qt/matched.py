@@ -13,14 +13,13 @@ severity found with :func:`napari_medadv.core.pipeline.run_attack`, so its layer
 
 from __future__ import annotations
 
-from .compat import camera as _camera
-from .compat import grid as _grid
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compat import camera as _camera
+from .compat import grid as _grid
 from .layers import META, result_layer_names
 
 if TYPE_CHECKING:
