@@ -130,6 +130,23 @@ def whitebox(df):
     return df[df["source"] == df["target"]]
 
 
+
+def _paired_test(a, b, col: str) -> dict:
+    """Wilcoxon of column ``col`` between two per-case tables (index ``case``) on their common
+    cases: ``n``, both means over the pairs tested (NaN when none), ``statistic``, ``p``."""
+    common = [c for c in a.index if c in b.index]
+    stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), b.loc[common, col].to_numpy())
+    return {"n": n, "mean": float(a.loc[common, col].mean()) if n else math.nan,
+            "reference_mean": float(b.loc[common, col].mean()) if n else math.nan, "statistic": stat, "p": p}
+
+
+def _bonferroni_family(fam: list[dict]) -> list[dict]:
+    """Bonferroni-adjust one family of tests in place (``p_adj``, family size ``m``, ``stars``)."""
+    m = len([f for f in fam if not math.isnan(f["p"])])
+    for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
+        row.update(p_adj=padj, m=m, stars=S.stars(padj))
+    return fam
+
 def attack_tests(seg, comparison: str = "attack vs no attack") -> list[dict]:
     """Wilcoxon of Dice under each attack vs no attack, per model and region, paired by case.
     Family for Bonferroni: the attack conditions of one model and region."""
@@ -143,16 +160,10 @@ def attack_tests(seg, comparison: str = "attack vs no attack") -> list[dict]:
             fam = []
             for k in keys:
                 a = g[g["grid_key"] == k].set_index("case")
-                common = [c for c in a.index if c in base.index]
-                stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), base.loc[common, col].to_numpy())
                 fam.append({"comparison": comparison, "model": model, "reference_model": model,
-                            "grid_key": k, "reference_grid_key": NO_ATTACK, "region": r, "n": n,
-                            "mean": float(a.loc[common, col].mean()) if n else math.nan,
-                            "reference_mean": float(base.loc[common, col].mean()) if n else math.nan,
-                            "statistic": stat, "p": p})
-            for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
-                row.update(p_adj=padj, m=len([f for f in fam if not math.isnan(f["p"])]), stars=S.stars(padj))
-            out.extend(fam)
+                            "grid_key": k, "reference_grid_key": NO_ATTACK, "region": r,
+                            **_paired_test(a, base, col)})
+            out.extend(_bonferroni_family(fam))
     return out
 
 
@@ -173,17 +184,11 @@ def model_tests(seg, baseline: str) -> list[dict]:
             for k in keys:
                 a = wb[(wb["target"] == m) & (wb["grid_key"] == k)].set_index("case")
                 b = wb[(wb["target"] == baseline) & (wb["grid_key"] == k)].set_index("case")
-                common = [c for c in a.index if c in b.index]
-                if not common:
+                if not a.index.isin(b.index).any():
                     continue
-                stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), b.loc[common, col].to_numpy())
                 fam.append({"comparison": "model vs baseline model", "model": m, "reference_model": baseline,
-                            "grid_key": k, "reference_grid_key": k, "region": r, "n": n,
-                            "mean": float(a.loc[common, col].mean()), "reference_mean": float(b.loc[common, col].mean()),
-                            "statistic": stat, "p": p})
-        for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
-            row.update(p_adj=padj, m=len([f for f in fam if not math.isnan(f["p"])]), stars=S.stars(padj))
-        out.extend(fam)
+                            "grid_key": k, "reference_grid_key": k, "region": r, **_paired_test(a, b, col)})
+        out.extend(_bonferroni_family(fam))
     return out
 
 
@@ -362,18 +367,11 @@ def matched_comparison_tests(reached) -> list[dict]:
             for key_a, key_b, metric, target in pairs:
                 a = g[g["grid_key"] == key_a].set_index("case")
                 b = g[g["grid_key"] == key_b].set_index("case")
-                common = [c for c in a.index if c in b.index]
-                stat, p, n = S.wilcoxon_paired(a.loc[common, col].to_numpy(), b.loc[common, col].to_numpy())
                 fam.append({"comparison": f"adversarial vs other source at equal {metric}", "model": model,
                             "reference_model": model, "grid_key": key_a, "reference_grid_key": key_b,
                             "source": names[key_a], "reference_source": names[key_b],
-                            "metric": metric, "target": target, "region": r, "n": n,
-                            "mean": float(a.loc[common, col].mean()) if n else math.nan,
-                            "reference_mean": float(b.loc[common, col].mean()) if n else math.nan,
-                            "statistic": stat, "p": p})
-            for row, padj in zip(fam, S.bonferroni([f["p"] for f in fam])):
-                row.update(p_adj=padj, m=len([f for f in fam if not math.isnan(f["p"])]), stars=S.stars(padj))
-            out.extend(fam)
+                            "metric": metric, "target": target, "region": r, **_paired_test(a, b, col)})
+            out.extend(_bonferroni_family(fam))
     return out
 
 
