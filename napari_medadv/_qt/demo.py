@@ -41,25 +41,47 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     from .readouts_widget import ReadoutsWidget
 
     from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QScrollArea
 
     widgets, docks = {}, {}
+
+    qwin = viewer.window._qt_window
+    screen = qwin.screen() if hasattr(qwin, "screen") else None
+    avail = screen.availableGeometry().height() if screen is not None else 1080
     for name, cls in (("Model", ModelWidget), ("Attack", AttackWidget), ("Readouts", ReadoutsWidget),
                       ("Plots", PlotsWidget)):
         w = cls(viewer)
-        docks[name] = viewer.window.add_dock_widget(w, name=f"{name} (napari-medadv)", area="right",
+        shown = w
+        if name == "Attack":
+            # the form is tall (~700 px): on a short screen it scrolls instead of being squeezed
+            # or pushing the window past the screen's bottom
+            shown = QScrollArea()
+            shown.setWidget(w)
+            shown.setWidgetResizable(True)
+            shown.setFrameShape(QScrollArea.NoFrame)
+            shown.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+            shown.setMinimumHeight(min(w.sizeHint().height() + 20, int(0.55 * avail)))
+        docks[name] = viewer.window.add_dock_widget(shown, name=f"{name} (napari-medadv)", area="right",
                                                     add_vertical_stretch=False)
         widgets[name] = w
     # right: Model | Readouts | Plots as tabs over the Attack dock (the model is picked once)
-    qwin = viewer.window._qt_window
     qwin.tabifyDockWidget(docks["Model"], docks["Readouts"])
     qwin.tabifyDockWidget(docks["Readouts"], docks["Plots"])
     docks["Model"].raise_()
     from qtpy.QtCore import QTimer
 
-    widgets["Attack"].setMinimumHeight(widgets["Attack"].sizeHint().height() + 20)  # never squeeze the form
-
     # once the window has its size: give the Attack dock the room its form needs
-    QTimer.singleShot(0, lambda: qwin.resizeDocks([docks["Model"], docks["Attack"]], [36, 64], Qt.Vertical))
+    scroll = docks["Attack"].widget()
+    scroll = scroll if isinstance(scroll, QScrollArea) else scroll.findChild(QScrollArea)
+
+    def settle():
+        if scroll is not None:  # once polished, the form's real width: no horizontal clipping
+            scroll.setMinimumWidth(widgets["Attack"].minimumSizeHint().width()
+                                   + scroll.verticalScrollBar().sizeHint().width() + 4)
+        qwin.resizeDocks([docks["Model"], docks["Attack"]], [36, 64], Qt.Vertical)
+        viewer.reset_view()  # the docks took their width: fit the image into the canvas left over
+
+    QTimer.singleShot(0, settle)
     labels = [lyr for lyr in viewer.layers if lyr.__class__.__name__ == "Labels"]
     if labels:
         axial_view(viewer, labels[0])
@@ -79,6 +101,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
         for lyr in labels:  # ground-truth outline on top of the (adversarial) prediction
             viewer.layers.move(viewer.layers.index(lyr), len(viewer.layers))
         viewer.layers.selection.active = viewer.layers[-1]
+        viewer.reset_view()
 
     attack.session.model_changed.connect(ready)
     attack.session.result_changed.connect(first_result)
@@ -86,10 +109,24 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     return widgets
 
 
+def fit_window_to_screen(viewer, fraction: float = 0.92) -> None:
+    """Size the window to most of the screen: the four docks need ~430 px beside the image, and
+    napari's default window left the canvas a narrow strip on a laptop screen."""
+    qwin = viewer.window._qt_window
+    screen = qwin.screen() if hasattr(qwin, "screen") else None
+    if screen is None:
+        return
+    geo = screen.availableGeometry()
+    w, h = int(geo.width() * fraction), int(geo.height() * fraction)
+    qwin.resize(max(w, qwin.width()), max(h, qwin.height()))
+    qwin.move(geo.x() + (geo.width() - qwin.width()) // 2, geo.y() + (geo.height() - qwin.height()) // 2)
+
+
 def launch_demo(device: str = "auto", sample: str = "glioma") -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-medadv demo — drag ε in the Attack dock")
+    fit_window_to_screen(viewer)
     setup_demo(viewer, device=device, sample=sample)
     napari.run()
     return 0
