@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
 
 
 class CLIError(Exception):
@@ -27,6 +28,44 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _channel_list(text: str):
+    from napari_medadv.core.models.channels import parse_channel_list
+
+    try:
+        return parse_channel_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _hint(exc: BaseException) -> str:
+    """What the user can do about a core error, in this front end's terms."""
+    from napari_medadv.core.models.channels import ChannelMismatch
+
+    if isinstance(exc, ChannelMismatch):
+        return " (give them with --channels in the model's input order, e.g. --channels " + ",".join(
+            exc.image_names[: len(exc.model_names or exc.image_names)]) + ")"
+    return ""
+
+
+def _log_internal_error(exc: BaseException) -> Path | None:
+    """Write the traceback of an unexpected failure to a log file; its path, or None if unwritable."""
+    import tempfile
+    import traceback
+
+    from napari_medadv.core.paths import log_dir
+
+    for folder in (log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"medadv-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(f"medadv {' '.join(sys.argv[1:])}\n\n"
+                            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def _bool(s: str) -> bool:
@@ -123,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--weights", help="state dict for factory: models")
     a.add_argument("--trust-model-code", action="store_true",
                    help="allow TorchScript/bundle/factory models, which run code from their files")
+    a.add_argument("--channels", type=_channel_list, metavar="C1,C2,...",
+                   help="image channels (names or 0-based indices) feeding the model's inputs, in the model's "
+                        "order, e.g. t1ce,t1,t2,flair (default: matched by the model's declared channel names)")
     a.add_argument("--attack", required=True, choices=list(ATTACKS), help="attack from the registry")
     a.add_argument("--eps", type=float, help="L∞ budget as a fraction of each channel's intensity range "
                                               "(0.05 = 5%%; the attack's default if omitted)")
@@ -209,7 +251,8 @@ def cmd_attack(args) -> int:
 
     image = read_image(args.image)
     model = load_model(args.model, weights=args.weights, trust_code=args.trust_model_code, device=args.device)
-    model.check_image(image.array, str(image.source))
+    model.channel_map = args.channels
+    model.check_image(image.array, str(image.source), image.channel_names)
     labels = _load_labels(args, image)
     spec = ATTACKS.get_spec(args.attack)
     accepted = {p.name for p in spec.params}
@@ -392,11 +435,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (CLIError, MedadvError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"medadv: error: {msg}", file=sys.stderr)
+        print(f"medadv: error: {msg}{_hint(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("medadv: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("medadv: error: out of memory; retry with a smaller image or on a machine with more memory",
+              file=sys.stderr)
+        return EXIT_USAGE
     except Exception as exc:  # out of memory is a user-fixable problem, not a bug
         import torch
 
@@ -404,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
             print("medadv: error: out of memory on the device; retry with --device cpu or a smaller image",
                   file=sys.stderr)
             return EXIT_USAGE
-        raise
+        # anything else is a bug (ours or the model's): one line, the traceback in a log file;
+        # outputs are written all-or-nothing, so nothing partial is left behind
+        log = _log_internal_error(exc)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        where = f" (details: {log})" if log is not None else ""
+        print(f"medadv: internal error: {type(exc).__name__}: {first}{where}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

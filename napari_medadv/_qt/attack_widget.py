@@ -622,7 +622,7 @@ class AttackWidget(QWidget):
             params = self.params()
             if self.track.isEnabled() and self.track.isChecked():
                 params["track_metrics"] = True
-            model.check_image(src.image.array, src.case)
+            model.check_image(src.image.array, src.case, src.image.channel_names)
         except Exception as e:
             report_error(e, "attack")
             return None
@@ -770,7 +770,7 @@ class AttackWidget(QWidget):
             return  # preparing; the latest ε is submitted when it is ready
         try:
             src, labels, roi, _ = self._context()
-            self.session.model.check_image(src.image.array, src.case)
+            self.session.model.check_image(src.image.array, src.case, src.image.channel_names)
         except Exception as e:
             report_error(e, "live ε")
             self.live.setChecked(False)
@@ -1020,12 +1020,21 @@ def _fmt(v: float) -> str:
     return f"{v:.{digits}f}"
 
 
+def _named_per_label(block: dict) -> dict:
+    """Per-label Dice under the model's label names, and the foreground when there are several."""
+    names = block.get("label_names") or {}
+    out = {names.get(k, f"label {k}"): v for k, v in (block.get("per_label") or {}).items()}
+    if len(out) != 1:
+        out["foreground"] = block["foreground"]
+    return out
+
+
 def _headline(o) -> str:
     m = o.metrics or {}
     if "dice" in m:
         block = m["dice"].get("ground_truth_vs_adversarial") or m["dice"]["clean_vs_adversarial"]
         ref = "vs ground truth" if "ground_truth_vs_adversarial" in m["dice"] else "vs clean"
-        regs = block.get("regions") or {"foreground": block["foreground"]}
+        regs = block.get("regions") or _named_per_label(block)
         return "Dice " + ref + ": " + ", ".join(f"{k} {v:.3f}" for k, v in regs.items())
     if "probabilities" in m:
         return ", ".join(f"{k} {v['clean']:.2f}→{v['adversarial']:.2f}" for k, v in m["probabilities"].items())

@@ -191,7 +191,7 @@ def comparison_rows(matched: Matched) -> tuple[list[str], list[list[str]]]:
         row("segmentation voxels changed", lambda m: m["segmentation_changed_voxels"], str)
     for name in (ma.get("probabilities") or {}):
         row(f"P({name}) perturbed", lambda m, n=name: m["probabilities"][n]["adversarial"], lambda v: f"{v:.4f}")
-    row("PSNR dB (mean of channels)", lambda m: m["image_quality"]["psnr"], lambda v: f"{v:.2f}")
+    row("PSNR dB (all channels)", lambda m: m["image_quality"]["psnr"], lambda v: f"{v:.2f}")
     row("SSIM (mean of channels)", lambda m: m["image_quality"]["ssim"], lambda v: f"{v:.4f}")
     row("RMSE (native)", lambda m: m["image_quality"]["rmse"], lambda v: f"{v:.4g}")
     row("L0 (changed voxels)", lambda m: m["image_quality"]["l0"], lambda v: str(int(v)))

@@ -40,18 +40,19 @@ def sweep_job(src, live, eps_values, with_outcomes: bool = False):
         row = {"eps": float(eps)}
         if o.seg_adv is not None:
             ref = o.labels if o.labels is not None else o.seg_clean
-            values = set(np.unique(ref).tolist()) | set(np.unique(o.seg_adv).tolist())
-            if values <= {0, 1, 2, 4}:
+            if o.model.info.brats_regions(int(o.clean_output.shape[1])):
                 row["dice"] = M.dice_regions(o.seg_adv, ref)
-            else:
-                row["dice"] = {"foreground": M.foreground_dice(o.seg_adv, ref)}
+            else:  # per label, named as the model names them, and the foreground
+                info = o.model.info
+                values = sorted((set(np.unique(ref).tolist()) | set(np.unique(o.seg_clean).tolist())) - {0})
+                row["dice"] = {info.label_name(v): d for v, d in M.dice_per_label(o.seg_adv, ref, values).items()}
+                row["dice"]["foreground"] = M.foreground_dice(o.seg_adv, ref)
             row["reference"] = "ground truth" if o.labels is not None else "clean prediction"
         else:
             names = o.model.info.class_names or [str(k) for k in range(len(o.probs_adv))]
             row["probabilities"] = dict(zip(names, (float(p) for p in o.probs_adv)))
         clean = o.image.array
-        row["psnr"] = float(np.mean([M.psnr(clean[c], o.adversarial[c], float(clean[c].max() - clean[c].min()) or 1.0)
-                                     for c in range(clean.shape[0])]))
+        row["psnr"] = M.psnr_channels(clean, o.adversarial)  # as metrics.json
         rows.append(row)
         yield i + 1, n, (row, o if with_outcomes else None)
     return rows
@@ -176,7 +177,7 @@ class PlotsWidget(QWidget):
         if self.session.model is None:
             raise ValueError("load a model first (Model dock)")
         src, labels, roi, _ = attack._context()
-        self.session.model.check_image(src.image.array, src.case)
+        self.session.model.check_image(src.image.array, src.case, src.image.channel_names)
         return src, labels, roi
 
     def run_sweep(self, *, with_outcomes: bool = False, on_frame=None, on_complete=None) -> Job | None:

@@ -59,8 +59,10 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
         first = d[cols[0][0]]
         for r in (first.get("regions") or {}):
             add(f"Dice {r}", lambda b, r=r: b["regions"][r])
+        names = first.get("label_names") or {}
         for lab in first.get("per_label", {}):
-            add(f"Dice label {lab}", lambda b, lab=lab: b["per_label"][lab])
+            name = names.get(lab, lab)
+            add(f"Dice {name}" if name != lab else f"Dice label {lab}", lambda b, lab=lab: b["per_label"][lab])
         add("Dice foreground", lambda b: b["foreground"])
         if transfer is not None and "dice" in transfer:
             td = transfer["dice"]
@@ -84,7 +86,7 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
         rows.append([label, value] + [""] * (ncol - 1))
 
     if iq:
-        one("PSNR dB (mean of channels)", f"{iq['psnr']:.2f}")
+        one("PSNR dB (all channels)", f"{iq['psnr']:.2f}")
         one("SSIM (mean of channels)", f"{iq['ssim']:.4f}")
         one("RMSE (native)", f"{iq['rmse']:.4g}")
         one("L0 (changed voxels)", f"{int(iq['l0'])}")

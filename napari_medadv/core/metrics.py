@@ -112,6 +112,26 @@ def psnr(clean, perturbed, data_range: float | None = None) -> float:
     return float(20.0 * np.log10(_range(c, data_range) / err))
 
 
+def psnr_channels(clean, perturbed) -> float:
+    """PSNR of a multi-channel image ``C *spatial``, each channel on its own range (max - min of the
+    clean channel; 1 for a constant one): ``10 log10(1 / mean_c(MSE_c / range_c²))``.
+
+    Averaging the normalised MSEs rather than the per-channel PSNRs keeps the figure finite
+    whenever any channel changed (a perturbation that leaves a channel untouched would make the
+    mean of PSNRs infinite); ``inf`` only for identical images.
+    """
+    c = _np(clean).astype(np.float64)
+    p = _np(perturbed).astype(np.float64)
+    if c.shape != p.shape:
+        raise ValueError(f"images differ in shape: {c.shape} vs {p.shape}")
+    nmse = []
+    for ch in range(c.shape[0]):
+        rng = float(c[ch].max() - c[ch].min()) or 1.0
+        nmse.append(float(np.mean((c[ch] - p[ch]) ** 2)) / rng ** 2)
+    mse = float(np.mean(nmse))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+
+
 def ssim(clean, perturbed, data_range: float | None = None, spatial_dims: int | None = None) -> float:
     """Structural similarity (Gaussian window σ = 1.5, 11 wide, K1 = 0.01, K2 = 0.03).
 

@@ -28,3 +28,13 @@ def sample_data_dir() -> Path:
 
 def demo_models_dir() -> Path:
     return sample_data_dir() / "models"
+
+
+def log_dir() -> Path:
+    """Where error logs go: ``$MEDADV_LOG_DIR``, else ``$XDG_STATE_HOME/napari-medadv/logs``
+    (``~/.local/state/napari-medadv/logs``)."""
+    env = os.environ.get("MEDADV_LOG_DIR")
+    if env:
+        return Path(env).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
+    return Path(state) / "napari-medadv" / "logs"

@@ -26,9 +26,10 @@ import torch
 
 from . import metrics as M
 from .attacks import ATTACKS, AttackResult, AttackStep, FGSM, MRArtifact
-from .errors import MedadvError, ModelError
+from .errors import InputFileError, MedadvError, ModelError
 from .io import ImageData, write_image, write_labels
 from .models.base import LoadedModel
+from .models.channels import ChannelMapping
 
 BRATS_VALUES = {0, 1, 2, 4}
 
@@ -47,6 +48,7 @@ class AttackOutcome:
     clean_output: torch.Tensor
     adv_output: torch.Tensor
     labels: np.ndarray | None = None  # ground truth label values, if given
+    channel_mapping: ChannelMapping | None = None  # which image channel fed which model input
     seg_clean: np.ndarray | None = None
     seg_adv: np.ndarray | None = None
     probs_clean: np.ndarray | None = None
@@ -59,11 +61,36 @@ class AttackOutcome:
         return self.adversarial - self.image.array
 
 
-def model_input(image: ImageData, model: LoadedModel) -> torch.Tensor:
-    """The image as a ``1 C *spatial`` tensor on the model's device, after checking it fits."""
-    model.check_image(image.array, str(image.source))
+def prepare_input(image: ImageData, model: LoadedModel) -> tuple[torch.Tensor, ChannelMapping]:
+    """The image as a ``1 C *spatial`` tensor on the model's device (the image's own channels, in
+    its own order), after checking it fits; the wrapped model is set to pick its inputs from
+    those channels by name (:mod:`~napari_medadv.core.models.channels`) and to resample from the
+    image's spacing. Returns the tensor and the channel mapping used."""
+    mapping = model.check_image(image.array, str(image.source), image.channel_names)
+    require_contrast(image, mapping.order)
+    model.module.set_channel_order(mapping.order, image.n_channels)
     model.module.set_input_spacing(tuple(float(s) for s in image.geometry.spacing))
-    return model.to_batch(image.array)
+    return model.to_batch(image.array), mapping
+
+
+def model_input(image: ImageData, model: LoadedModel) -> torch.Tensor:
+    """:func:`prepare_input` without the mapping."""
+    return prepare_input(image, model)[0]
+
+
+def require_contrast(image: ImageData, channels=None) -> None:
+    """Refuse an image whose channels (those the model reads) hold one value everywhere: there is
+    nothing to perturb relative to (ε is a fraction of the range) and every quality figure would
+    be infinite or undefined."""
+    idx = range(image.n_channels) if channels is None else sorted(set(channels))
+    flat = [c for c in idx if not np.any(image.array[c] != image.array[c].flat[0])]
+    if flat:
+        names = [image.channel_names[c] for c in flat]
+        value = float(image.array[flat[0]].flat[0])
+        what = ("the image is constant" if len(flat) == image.n_channels
+                else f"channel{'s' if len(flat) > 1 else ''} {', '.join(names)} {'are' if len(flat) > 1 else 'is'} constant")
+        raise InputFileError(image.source, f"{what} (every voxel {value:g}): an empty or blank image cannot be "
+                                           "attacked or measured")
 
 
 def resolve_target(model: LoadedModel, target, image: ImageData):
@@ -164,16 +191,17 @@ def iter_attack(
         roi_note = "whole image"
     params = dict(params or {})
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
-    x = model_input(image, model)
+    x, mapping = prepare_input(image, model)
     kwargs = dict(params)
     kwargs.setdefault("activation", model.activation())
     atk = spec.create(model.module, seed=seed, roi=roi, **kwargs)
+    clean_out = model.forward(x)  # also tells label_map_to_target how many output channels there are
     engine_labels = None
     if labels is not None:
         engine_labels = (
             torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
             if model.info.task == "classification"
-            else model.label_map_to_target(labels)
+            else model.label_map_to_target(labels, clean_out.shape[1])
         )
     engine_target = resolve_target(model, target, image)
     if engine_target is not None and spec.targeted == "no":
@@ -190,13 +218,12 @@ def iter_attack(
     finally:
         steps.close()
     seconds = time.perf_counter() - t0
-    clean_out = model.forward(x)
     adv_out = model.forward(result.adversarial)
     outcome = AttackOutcome(
         image=image, model=model, attack=attack, params=atk.get_params(), seed=seed,
         adversarial=result.adversarial[0].detach().cpu().numpy().astype(np.float32),
         result=result, clean_output=clean_out, adv_output=adv_out,
-        labels=None if labels is None else np.asarray(labels), seconds=seconds,
+        labels=None if labels is None else np.asarray(labels), channel_mapping=mapping, seconds=seconds,
     )
     if model.info.task == "segmentation":
         outcome.seg_clean = model.to_label_map(clean_out)[0].astype(np.int16)
@@ -212,12 +239,12 @@ def iter_attack(
 def transfer_outcome(o: AttackOutcome, model: LoadedModel) -> AttackOutcome:
     """The same clean and adversarial images (crafted on ``o.model``) evaluated on another model:
     two forward passes, metrics as :func:`run_attack` computes them (transferability)."""
-    x = model_input(o.image, model)
+    x, mapping = prepare_input(o.image, model)
     clean_out = model.forward(x)
     adv_out = model.forward(model.to_batch(o.adversarial))
     t = AttackOutcome(image=o.image, model=model, attack=o.attack, params=o.params, seed=o.seed,
                       adversarial=o.adversarial, result=o.result, clean_output=clean_out, adv_output=adv_out,
-                      labels=o.labels)
+                      labels=o.labels, channel_mapping=mapping)
     if model.info.task == "segmentation":
         t.seg_clean = model.to_label_map(clean_out)[0].astype(np.int16)
         t.seg_adv = model.to_label_map(adv_out)[0].astype(np.int16)
@@ -230,26 +257,57 @@ def transfer_outcome(o: AttackOutcome, model: LoadedModel) -> AttackOutcome:
     return t
 
 
-def _dice_block(pred: np.ndarray, ref: np.ndarray, label_values) -> dict:
+def _dice_block(pred: np.ndarray, ref: np.ndarray, label_values, model: LoadedModel, n_outputs: int) -> dict:
+    """Dice per label (named by the model's ``label_names``), foreground Dice, and the BraTS
+    tumour regions WT/TC/ET only for a model that declares BraTS labels or regions."""
+    info = model.info
     labels = [int(v) for v in label_values if int(v) != 0]
     out = {"per_label": {str(k): v for k, v in M.dice_per_label(pred, ref, labels).items()},
+           "label_names": {str(k): info.label_name(k) for k in labels},
            "foreground": M.foreground_dice(pred, ref)}
-    if set(int(v) for v in label_values) <= BRATS_VALUES:
+    if info.brats_regions(n_outputs):
         out["regions"] = M.dice_regions(pred, ref)
     return out
 
 
+def _label_values(o: AttackOutcome) -> list[int]:
+    """Label values the model can output (with 0), for per-label Dice."""
+    info = o.model.info
+    n_out = int(o.clean_output.shape[1])
+    if info.sigmoid_regions(n_out) is not None:
+        return [0, 1, 2, 4]
+    if info.output == "sigmoid":
+        values = list(info.label_values or range(1, n_out + 1))
+        return sorted({0, *(values[1:] if len(values) == n_out + 1 else values)})
+    if info.label_values is not None:
+        return list(info.label_values)
+    if info.output in ("softmax", "probabilities"):
+        return list(range(n_out))
+    return sorted(set(np.unique(o.seg_clean).tolist()) | {0})
+
+
 def image_quality_per_channel(clean: np.ndarray, adv: np.ndarray, names) -> dict:
-    """PSNR/SSIM/RMSE per channel on that channel's own range, their means, and the norms."""
+    """PSNR/SSIM/RMSE per channel on that channel's own range, the image-level aggregates, and the norms.
+
+    The image-level PSNR is :func:`~napari_medadv.core.metrics.psnr_channels`, from the mean over
+    channels of the range-normalised MSE (``10 log10(1 / mean_c(MSE_c / range_c²))``): finite whenever any channel changed, unlike the
+    mean of per-channel PSNRs, which is infinite as soon as one channel is untouched (a model that
+    reads only some channels). ``psnr_mean_of_channels`` keeps the per-channel mean (finite
+    channels only) for comparison; SSIM and RMSE are channel means.
+    """
     per = {}
     for c, name in enumerate(names):
         rng = float(clean[c].max() - clean[c].min()) or 1.0
         per[name] = {"psnr": M.psnr(clean[c], adv[c], rng), "ssim": M.ssim(clean[c], adv[c], rng),
                      "rmse": M.rmse(clean[c], adv[c]), "linf": float(np.abs(adv[c] - clean[c]).max()),
                      "linf_fraction_of_range": float(np.abs(adv[c] - clean[c]).max() / rng)}
-    mean = {k: float(np.mean([p[k] for p in per.values()])) for k in ("psnr", "ssim", "rmse")}
+    finite = [p["psnr"] for p in per.values() if np.isfinite(p["psnr"])]
+    agg = {"psnr": M.psnr_channels(clean, adv),
+           "psnr_mean_of_channels": float(np.mean(finite)) if finite else float("inf"),
+           "ssim": float(np.mean([p["ssim"] for p in per.values()])),
+           "rmse": float(np.mean([p["rmse"] for p in per.values()]))}
     norms = M.perturbation_norms(clean, adv, channel_axis=0)
-    return {**mean, **norms, "per_channel": per}
+    return {**agg, **norms, "per_channel": per}
 
 
 def outcome_metrics(o: AttackOutcome) -> dict:
@@ -263,18 +321,19 @@ def outcome_metrics(o: AttackOutcome) -> dict:
         "cancelled": o.result.cancelled,
         "seconds": round(o.seconds, 3),
     }
+    if o.channel_mapping is not None:
+        out["channels"] = o.channel_mapping.describe()
     if o.result.success is not None:
         out["success"] = o.result.success[0]
     if "l0" in o.result.extra:
         out["dgde_l0"] = o.result.extra["l0"][0]
     if o.model.info.task == "segmentation":
-        values = o.model.info.label_values or sorted(set(np.unique(o.seg_clean).tolist()) | {0})
-        if o.model.info.output == "sigmoid":
-            values = [0, 1, 2, 4]
-        dice = {"clean_vs_adversarial": _dice_block(o.seg_adv, o.seg_clean, values)}
+        values = _label_values(o)
+        n_out = int(o.clean_output.shape[1])
+        dice = {"clean_vs_adversarial": _dice_block(o.seg_adv, o.seg_clean, values, o.model, n_out)}
         if o.labels is not None:
-            dice["ground_truth_vs_clean"] = _dice_block(o.seg_clean, o.labels, values)
-            dice["ground_truth_vs_adversarial"] = _dice_block(o.seg_adv, o.labels, values)
+            dice["ground_truth_vs_clean"] = _dice_block(o.seg_clean, o.labels, values, o.model, n_out)
+            dice["ground_truth_vs_adversarial"] = _dice_block(o.seg_adv, o.labels, values, o.model, n_out)
         out["dice"] = dice
         out["reference"] = "ground truth" if o.labels is not None else "clean prediction"
         changed = o.seg_clean != o.seg_adv
@@ -321,6 +380,7 @@ def outcome_record(o: AttackOutcome, *, command: list[str] | None = None, extra:
         "input": {"path": str(o.image.source), "kind": o.image.kind,
                   "checksum": _sha256_of(o.image.source_files()), "shape": list(o.image.array.shape),
                   "channels": o.image.channel_names},
+        "channel_mapping": None if o.channel_mapping is None else o.channel_mapping.to_dict(),
         "model": {"spec": o.model.spec, "checksum": o.model.checksum, "info": o.model.info.to_dict(),
                   "device": str(o.model.device)},
         "attack": {"name": o.attack, "params": o.params, "seed": o.seed},
@@ -442,8 +502,10 @@ class LiveEps:
         if isinstance(roi, str):
             roi = content_roi(image)
         self.roi = roi
-        x = model_input(image, model)
-        lab = None if labels is None else model.label_map_to_target(labels)
+        x, self.channel_mapping = prepare_input(image, model)
+        lab = None
+        if labels is not None:
+            lab = model.label_map_to_target(labels, model.n_outputs or model.forward(x).shape[1])
         self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
         self._clean: tuple | None = None
 
@@ -466,7 +528,8 @@ class LiveEps:
         )
         o = AttackOutcome(image=self.image, model=self.model, attack="fgsm", params=result.params, seed=seed,
                           adversarial=adv.astype(np.float32, copy=False), result=result,
-                          clean_output=clean_out, adv_output=out, labels=self.labels)
+                          clean_output=clean_out, adv_output=out, labels=self.labels,
+                          channel_mapping=self.channel_mapping)
         if self.model.info.task == "segmentation":
             if self._clean is None:
                 self._clean = (self.model.to_label_map(clean_out)[0].astype(np.int16),)

@@ -625,14 +625,15 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
         return clean_cache[spec]
 
     for src, m in models.items():
-        m.check_image(image.array, str(image.source))
+        mapping = m.check_image(image.array, str(image.source), image.channel_names)
         task = m.info.task
         labels = _case_labels(case, image, m, extra)
         targets = list(models) if cfg.transfer else [src]
         for gp in points:
             base = {"case": case.case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
                     "attack_label": gp.label, "eps": gp.eps if gp.attack != NO_ATTACK else 0.0,
-                    "steps": gp.steps, "params": json.dumps(gp.params_dict, sort_keys=True), "task": task}
+                    "steps": gp.steps, "params": json.dumps(gp.params_dict, sort_keys=True), "task": task,
+                    "channels": mapping.describe()}
             if gp.attack == NO_ATTACK:
                 for tgt in targets:
                     if tgt != src:
@@ -703,8 +704,11 @@ def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed
     atk = spec.create(model.module, seed=seed, roi=roi, **kwargs)
     engine_labels = None
     if labels is not None:
+        if clean_out is None and model.info.task == "segmentation":
+            clean_out = model.forward(x)  # its channel count tells the label conversion the output layout
         engine_labels = (torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
-                         if model.info.task == "classification" else model.label_map_to_target(labels))
+                         if model.info.task == "classification"
+                         else model.label_map_to_target(labels, int(clean_out.shape[1])))
     t0 = time.perf_counter()
     result = atk.run(x, engine_labels)
     seconds = time.perf_counter() - t0
@@ -786,10 +790,13 @@ def _evaluate(model, clean_out, adv_out, labels, case: Case, extra: dict) -> dic
         seg_adv = model.to_label_map(adv_out)[0]
         ref = labels if labels is not None else seg_clean
         out = {"reference": "ground truth" if labels is not None else "clean prediction"}
-        values = set(int(v) for v in (model.info.label_values or np.unique(ref).tolist()))
-        if values <= {0, 1, 2, 4}:
+        if model.info.brats_regions(int(clean_out.shape[1])):
             for r, v in M.dice_regions(seg_adv, ref).items():
                 out[f"dice_{r}"] = v
+        else:  # any other model: Dice per label, named as the model names its labels
+            values = sorted((set(np.unique(ref).tolist()) | set(np.unique(seg_clean).tolist())) - {0})
+            for v, d in M.dice_per_label(seg_adv, ref, values).items():
+                out[f"dice_label_{model.info.label_name(v)}"] = d
         out["dice_fg"] = out["dice_WT"] if "dice_WT" in out else M.foreground_dice(seg_adv, ref)
         out["changed_voxels"] = int((seg_clean != seg_adv).sum())
         return out
@@ -832,7 +839,7 @@ def transfer_attack(image, source, target, attack: str, *, params: dict | None =
     """
     from .pipeline import run_attack
 
-    target.check_image(image.array, str(image.source))
+    target.check_image(image.array, str(image.source), image.channel_names)
     o = run_attack(image, source, attack, params=params, labels=labels, roi=roi, seed=seed,
                    callback=callback, should_stop=should_stop)
     from .pipeline import model_input

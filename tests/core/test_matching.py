@@ -30,7 +30,7 @@ def _volume():
 
 # ----------------------------------------------------------------------------- the quality measure
 
-def test_image_quality_is_the_per_channel_mean_on_each_channels_range():
+def test_image_quality_psnr_from_the_mean_normalised_mse_on_each_channels_range():
     x = _volume()
     y = x.clone()
     y[0, 0, 8, 10, 9] += 0.5
@@ -38,8 +38,14 @@ def test_image_quality_is_the_per_channel_mean_on_each_channels_range():
     r0 = float(x[0, 0].max() - x[0, 0].min())
     r1 = float(x[0, 1].max() - x[0, 1].min())
     n = x[0, 0].numel()
-    expected = np.mean([20 * math.log10(r0 / math.sqrt(0.25 / n)), 20 * math.log10(r1 / math.sqrt(1.0 / n))])
+    # hand-computed: 10 log10(1 / mean_c(MSE_c / range_c^2))
+    expected = 10 * math.log10(1 / np.mean([0.25 / n / r0 ** 2, 1.0 / n / r1 ** 2]))
     assert image_quality(x, y) == pytest.approx(expected, abs=1e-6)
+    # one untouched channel: still finite (the mean of per-channel PSNRs would be inf)
+    z = x.clone()
+    z[0, 0, 8, 10, 9] += 0.5
+    assert math.isfinite(image_quality(x, z))
+    assert image_quality(x, z) == pytest.approx(10 * math.log10(1 / np.mean([0.25 / n / r0 ** 2, 0.0])), abs=1e-6)
     assert image_quality(x, x) == math.inf
     assert image_quality(x, x, "ssim") == pytest.approx(1.0)
     with pytest.raises(ValueError, match="metric"):

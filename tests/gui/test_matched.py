@@ -120,8 +120,8 @@ def test_match_psnr_of_current_attack(docks, qtbot, glioma_small, monkeypatch):
     assert float(rows["Dice WT"][2]) == pytest.approx(M.dice_regions(seg, glioma_small.labels)["WT"], abs=5e-5)
     comp = {r[0]: r for r in rw.match_rows}
     assert rw.match_table.isVisibleTo(rw) and rw.match_header[1] == "FGSM ε 3.0 %"
-    assert float(comp["PSNR dB (mean of channels)"][1]) == pytest.approx(target, abs=0.005)
-    assert float(comp["PSNR dB (mean of channels)"][2]) == pytest.approx(achieved, abs=0.005)
+    assert float(comp["PSNR dB (all channels)"][1]) == pytest.approx(target, abs=0.005)
+    assert float(comp["PSNR dB (all channels)"][2]) == pytest.approx(achieved, abs=0.005)
     seg_a = viewer.layers["case segmentation (adversarial)"].data
     assert float(comp["Dice WT vs GT"][1]) == pytest.approx(
         M.dice_regions(seg_a, glioma_small.labels)["WT"], abs=5e-5)

@@ -398,10 +398,10 @@ class Attack:
         """PSNR of the iterate and hard Dice of its prediction vs the reference (if tracked)."""
         if not self.track_metrics:
             return {}
-        from ..metrics import foreground_dice, psnr
+        from ..metrics import foreground_dice, psnr_channels
 
-        m = {"psnr": float(np.mean([psnr(ctx.x[i], adv[i], float(ctx.range.width[i].max()))
-                                    for i in range(adv.shape[0])]))}
+        # the same image-level PSNR as metrics.json (each channel on its own range)
+        m = {"psnr": float(np.mean([psnr_channels(ctx.x[i], adv[i]) for i in range(adv.shape[0])]))}
         ref = ctx.reference(output)
         if output.ndim > 2 and not ref.is_floating_point():
             pred = output.argmax(1)

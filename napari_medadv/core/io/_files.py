@@ -51,6 +51,61 @@ def reading(path: Path, what: str) -> Iterator[None]:
         raise InputFileError(path, f"cannot read {what} (truncated or corrupt?): {detail}") from exc
 
 
+#: deflate cannot compress better than about 1032:1, so a gzip file can never hold more than this
+#: many times its own size (a header declaring more is corrupt or hostile)
+MAX_GZIP_RATIO = 1100
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else psutil), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # other systems, when psutil is there (it is not a dependency)
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - optional helper
+        return None
+
+
+def _gib(n: float) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{int(n)} bytes"
+
+
+def require_plausible_size(path: Path, shape, file_itemsize: int, *, data_offset: int = 0,
+                           compressed: bool = False, copies: float = 2.0) -> None:
+    """Refuse, before reading any voxel, data whose declared size cannot be in the file or in memory.
+
+    ``shape``/``file_itemsize``: what the header declares; ``copies``: how many float32 copies of
+    the voxels reading makes at the peak (file dtype + float32). A header declaring 30000³ voxels
+    in a 1 KB file is refused in microseconds instead of failing with MemoryError (or swapping).
+    """
+    n = 1
+    for s in shape:
+        n *= int(s)
+    declared = n * int(file_itemsize)
+    size = path.stat().st_size if path.is_file() else None
+    if size is not None:
+        if compressed and declared > MAX_GZIP_RATIO * size:
+            raise InputFileError(path, f"the header declares {'×'.join(map(str, shape))} voxels ({_gib(declared)}), "
+                                       f"which a {_gib(size)} compressed file cannot hold: corrupt or not an image")
+        if not compressed and declared + data_offset > size:
+            raise InputFileError(path, f"the header declares {'×'.join(map(str, shape))} voxels ({_gib(declared)}) "
+                                       f"but the file has only {_gib(max(size - data_offset, 0))} of data: truncated or corrupt")
+    need = n * 4 * copies
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise InputFileError(path, f"{'×'.join(map(str, shape))} voxels need about {_gib(need)} of memory to "
+                                   f"read; {_gib(avail)} is available")
+
+
 def require_exists(path: Path) -> None:
     if not path.exists():
         raise InputFileError(path, "no such file or folder")

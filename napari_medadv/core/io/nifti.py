@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputFileError
-from ._files import NIFTI_SUFFIXES, atomic_file, reading, require_finite, suffix_of
+from ._files import NIFTI_SUFFIXES, atomic_file, reading, require_finite, require_plausible_size, suffix_of
 from .geometry import Geometry
 from .types import ImageData
 
@@ -39,6 +39,7 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 
 def _voxels(img, path: Path) -> np.ndarray:
+    _require_plausible(img, path)
     with reading(path, "NIfTI voxel data"):
         data = np.asarray(img.dataobj, dtype=np.float32)
     if data.dtype != np.float32:  # pragma: no cover - asarray honours dtype
@@ -64,6 +65,7 @@ def read_nifti(path: Path) -> ImageData:
     else:
         array = data[None]
         names = ["image"]
+    names = channel_names_for(path, names)
     geometry = Geometry(img.affine, shape=array.shape[1:])
     meta = {
         "nifti_header": img.header.copy(),
@@ -72,6 +74,48 @@ def read_nifti(path: Path) -> ImageData:
         "notes": [],
     }
     return ImageData(array, geometry, names, path, "nifti", meta=meta)
+
+
+def _require_plausible(img, path: Path) -> None:
+    """Check the header's declared voxel data against the file size and free memory before reading."""
+    header = img.header
+    try:
+        offset = int(header.get_data_offset())
+        itemsize = np.dtype(header.get_data_dtype()).itemsize
+    except Exception:  # noqa: BLE001 - a header nibabel parsed but cannot describe: let reading fail
+        return
+    require_plausible_size(path, img.shape, itemsize, data_offset=offset,
+                           compressed=suffix_of(path) == ".nii.gz")
+
+
+#: single-contrast file names: BIDS suffixes (sub-01_T1w), BraTS (case_t1ce, case-t2f), plain words
+_CONTRAST_IN_NAME = re.compile(
+    r"(?:^|[_\-.])(t1ce|t1gd|t1c|t1n|t1w|t1|t2w|t2f|t2|flair)$", re.IGNORECASE)
+
+
+def channel_names_for(path: Path, default: list[str]) -> list[str]:
+    """Channel names of a NIfTI file: a JSON sidecar's ``channel_names`` (``scan.json`` beside
+    ``scan.nii.gz``), else the contrast in a single-channel file's name (``sub-01_T1w``,
+    ``case_flair``), else ``default``. A sidecar with the wrong count is an error naming it."""
+    import json
+
+    side = path.with_name(path.name[: -len(suffix_of(path))] + ".json")
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputFileError(side, f"cannot read the image's JSON sidecar ({exc})") from None
+        names = meta.get("channel_names") if isinstance(meta, dict) else None
+        if names is not None:
+            if not isinstance(names, list) or len(names) != len(default) or not all(isinstance(n, str) for n in names):
+                raise InputFileError(side, f"channel_names must list {len(default)} name(s), one per channel "
+                                           f"of {path.name}; got {names!r}")
+            return list(names)
+    if len(default) == 1:
+        m = _CONTRAST_IN_NAME.search(path.name[: -len(suffix_of(path))])
+        if m:
+            return [m.group(1)]
+    return default
 
 
 def read_nifti_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .channels import ChannelMapping, ChannelMismatch, match_channels
 
 TASKS = ("segmentation", "classification")
 OUTPUTS = ("softmax", "sigmoid", "probabilities")
@@ -26,6 +27,8 @@ NORMALIZATIONS = ("none", "zscore", "zscore-nonzero", "minmax", "fixed")
 
 #: MONAI BraTS bundle convention: sigmoid channels tumor core, whole tumor, enhancing tumor.
 BRATS_REGION_NAMES = ("TC", "WT", "ET")
+#: Classic BraTS label values and what they mark.
+BRATS_LABEL_NAMES = {1: "NCR/NET", 2: "ED", 4: "ET"}
 
 
 @dataclass
@@ -47,7 +50,14 @@ class ModelInfo:
             (BraTS: ``[0, 1, 2, 4]``).
         region_names: segmentation with sigmoid — names of the channels (BraTS bundle:
             ``["TC", "WT", "ET"]``, converted to labels {1, 2, 4} for display and Dice).
+        label_names: segmentation — a name per label value (``{"1": "brain"}``), used for per-label
+            Dice everywhere. BraTS tumour regions (WT/TC/ET) are reported only for models that
+            declare the BraTS labels {1, 2, 4} or TC/WT/ET region outputs.
         class_names: classification — one name per output.
+        output_index / output_key: for a network that returns a tuple/list (deep supervision,
+            auxiliary heads) or a dict, which element is the prediction. Without them: the only
+            tensor, else the only one at the input's resolution (tuple) or the ``pred``/``out``/
+            ``logits`` entry (dict); anything else is refused as ambiguous.
         roi_size: input size the network was trained on; other sizes are processed with
             MONAI's sliding-window inference (segmentation) or resized inside the model
             (classification), so the attack always perturbs the image at its own resolution.
@@ -68,6 +78,9 @@ class ModelInfo:
     label_values: list[int] | None = None
     region_names: list[str] | None = None
     class_names: list[str] | None = None
+    label_names: dict[str, str] | None = None
+    output_index: int | None = None
+    output_key: str | None = None
     roi_size: list[int] | None = None
     spacing: list[float] | None = None
     size_divisible: int = 1
@@ -95,6 +108,18 @@ class ModelInfo:
             raise ModelError(f"channel_names has {len(self.channel_names)} names for {self.in_channels} channels")
         if self.task == "segmentation" and self.output == "softmax" and self.label_values is None:
             self.label_values = None  # identity: output index = label value (filled in by n_outputs)
+        if self.label_names is not None:
+            if isinstance(self.label_names, (list, tuple)):  # one name per output index
+                self.label_names = {str(i): str(n) for i, n in enumerate(self.label_names)}
+            if not isinstance(self.label_names, dict):
+                raise ModelError(f'label_names must map label values to names, e.g. {{"1": "brain"}}; '
+                                 f"got {self.label_names!r}")
+            try:
+                self.label_names = {str(int(k)): str(v) for k, v in self.label_names.items()}
+            except (TypeError, ValueError):
+                raise ModelError(f"label_names keys must be label values (integers); got {sorted(self.label_names)}") from None
+        if self.output_index is not None and not isinstance(self.output_index, int):
+            raise ModelError(f"output_index must be an integer, got {self.output_index!r}")
         if self.roi_size is not None and len(self.roi_size) != self.spatial_dims:
             raise ModelError(f"roi_size {self.roi_size} does not have {self.spatial_dims} entries")
         if self.spacing is not None and (len(self.spacing) != self.spatial_dims or min(self.spacing) <= 0):
@@ -124,6 +149,35 @@ class ModelInfo:
         return asdict(self)
 
     # --------------------------------------------------------------- label conventions
+    def sigmoid_regions(self, n_outputs: int) -> list[str] | None:
+        """Region names of a sigmoid (or probability) segmentation output with ``n_outputs`` channels:
+        the declared ``region_names``, or TC/WT/ET for an undeclared 3-channel sigmoid output (the
+        MONAI BraTS bundle convention); None when the channels are plain labels 1..K."""
+        if self.task != "segmentation":
+            return None
+        if self.region_names:
+            return list(self.region_names)
+        if self.output == "sigmoid" and n_outputs == 3 and not self.label_names:
+            return list(BRATS_REGION_NAMES)
+        return None
+
+    def brats_regions(self, n_outputs: int | None = None) -> bool:
+        """True when WT/TC/ET Dice means something: BraTS labels {1, 2, 4} or TC/WT/ET region outputs."""
+        if self.task != "segmentation":
+            return False
+        if self.output in ("sigmoid", "probabilities") and (self.region_names or self.output == "sigmoid"):
+            regions = self.region_names or (self.sigmoid_regions(n_outputs) if n_outputs else None)
+            return bool(regions) and set(regions) <= set(BRATS_REGION_NAMES)
+        return self.label_values is not None and set(self.label_values) - {0} == {1, 2, 4}
+
+    def label_name(self, value: int) -> str:
+        """Display name of a label value: ``label_names``, the BraTS names, or the value itself."""
+        if self.label_names and str(int(value)) in self.label_names:
+            return self.label_names[str(int(value))]
+        if self.brats_regions(3) and int(value) in BRATS_LABEL_NAMES:
+            return BRATS_LABEL_NAMES[int(value)]
+        return str(int(value))
+
     def output_labels(self, n_outputs: int) -> list[int]:
         """Label value of each softmax output index."""
         if self.label_values is not None:
@@ -171,11 +225,83 @@ class Normalize(nn.Module):
     # that keeps the attack honest about the whole pre-processing chain.
 
 
-class NativeInputModel(nn.Module):
-    """``native image -> Normalize -> [resample] -> network [sliding window] -> [resample back]``.
+def select_output(out, info: ModelInfo, like: torch.Tensor | None = None) -> torch.Tensor:
+    """The prediction tensor of a network that may return a tuple/list or a dict.
 
-    What the attacks see: a differentiable function of the image in its own intensities and on
-    its own grid. Resampling (``F.interpolate``) and MONAI's sliding-window inference are both
+    ``info.output_index`` / ``info.output_key`` say which element; without them: the only tensor;
+    for a tuple/list the only element at the input's spatial size (deep supervision returns the
+    full-resolution map beside coarser ones); for a dict the ``pred``/``out``/``logits`` entry.
+    Anything else is refused as ambiguous, naming what the network returned.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        if info.output_key is not None:
+            if info.output_key not in out:
+                raise ModelError(f"the network returned a dict with keys {sorted(map(str, out))}; "
+                                 f"output_key {info.output_key!r} is not one of them")
+            return _tensor(out[info.output_key], f"output {info.output_key!r}")
+        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        if len(tensors) == 1:
+            return next(iter(tensors.values()))
+        for key in ("pred", "out", "logits", "seg"):
+            if key in tensors:
+                return tensors[key]
+        raise ModelError(f"the network returned a dict with keys {sorted(map(str, out))}; declare which one is "
+                         "the prediction with output_key in the model's metadata")
+    if isinstance(out, (tuple, list)):
+        if info.output_index is not None:
+            if not -len(out) <= info.output_index < len(out):
+                raise ModelError(f"the network returned {len(out)} outputs; output_index {info.output_index} "
+                                 "is out of range")
+            return _tensor(out[info.output_index], f"output {info.output_index}")
+        tensors = [(i, v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0][1]
+        if like is not None and info.task == "segmentation":
+            full = [v for _, v in tensors if v.ndim == like.ndim and tuple(v.shape[2:]) == tuple(like.shape[2:])]
+            if len(full) == 1:
+                return full[0]
+        shapes = ", ".join(f"{i}: {tuple(v.shape)}" for i, v in tensors)
+        raise ModelError(f"the network returned {len(out)} outputs ({shapes}); declare which one is the "
+                         "prediction with output_index in the model's metadata")
+    raise ModelError(f"the network returned a {type(out).__name__}, not a tensor")
+
+
+def _tensor(v, what: str) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor):
+        raise ModelError(f"the network's {what} is a {type(v).__name__}, not a tensor")
+    return v
+
+
+class _Predictor(nn.Module):
+    """The network as the rest of the chain needs it: one tensor out, never shared with autograd
+    state that a later in-place write could spoil.
+
+    MONAI's sliding-window inference accumulates each window's output into its result buffer in
+    place after weighting (``*=``); a network whose graph ends in softmax/sigmoid saved that very
+    tensor for its backward, so the in-place write breaks back-propagation. Only a windowed or
+    resampled output goes on to such code, and there it is cloned first (one copy of a window).
+    """
+
+    def __init__(self, net: nn.Module, info: ModelInfo):
+        super().__init__()
+        # not a registered submodule: NativeInputModel owns the network (one copy in state_dict)
+        object.__setattr__(self, "_net", net)
+        self.info = info
+        self.detach_safe = False
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = select_output(self._net(z), self.info, like=z)
+        return out.clone() if self.detach_safe and out.requires_grad else out
+
+
+class NativeInputModel(nn.Module):
+    """``native image -> [channel order] -> Normalize -> [resample] -> network [sliding window] -> [resample back]``.
+
+    What the attacks see: a differentiable function of the image in its own intensities, its own
+    channel order and on its own grid. Channel selection/reordering (to the model's declared
+    inputs), resampling (``F.interpolate``) and MONAI's sliding-window inference are all
     differentiable, so the perturbation is computed for the image the user loaded.
     """
 
@@ -183,14 +309,26 @@ class NativeInputModel(nn.Module):
         super().__init__()
         self.net = net
         self.info = info
+        self.predictor = _Predictor(net, info)
         self.normalize = Normalize(info)
         self.sliding_window = sliding_window
         self.overlap = overlap
         self.input_spacing: tuple[float, ...] | None = None
+        self.channel_order: tuple[int, ...] | None = None
+        self.image_channels: int | None = None
 
     def set_input_spacing(self, spacing) -> None:
         """Voxel size of the images about to be passed (from their geometry); None to forget."""
         self.input_spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    def set_channel_order(self, order, n_image_channels: int | None = None) -> None:
+        """Image channel fed to each model input (:class:`~.channels.ChannelMapping` ``order``);
+        None (or the identity) feeds the image as it is."""
+        if order is None or (tuple(order) == tuple(range(len(order))) and n_image_channels in (None, len(order))):
+            self.channel_order, self.image_channels = None, None
+            return
+        self.channel_order = tuple(int(i) for i in order)
+        self.image_channels = n_image_channels
 
     def _resample_size(self, shape) -> tuple[int, ...] | None:
         if self.info.spacing is None or self.input_spacing is None:
@@ -202,16 +340,24 @@ class NativeInputModel(nn.Module):
             return None
         return tuple(max(1, round(n * r)) for n, r in zip(shape, ratio))
 
+    def select_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's inputs from the image's channels (a differentiable gather)."""
+        if self.channel_order is None or x.shape[1] != (self.image_channels or x.shape[1]):
+            return x
+        if self.channel_order == tuple(range(x.shape[1])):
+            return x
+        return x[:, list(self.channel_order)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        z = self.normalize(x)
+        z = self.normalize(self.select_channels(x))
         mode = "bilinear" if z.ndim == 4 else "trilinear"
         if self.info.task == "classification":
             roi = self.info.roi_size
             if roi is not None and tuple(z.shape[2:]) != tuple(roi):
                 z = F.interpolate(z, size=tuple(roi), mode=mode, align_corners=False, antialias=z.ndim == 4)
-            return self.net(z)
+            return self.predictor(z)
         size = self._resample_size(z.shape[2:])
         if size is None:
             return self._segment(z)
@@ -228,9 +374,13 @@ class NativeInputModel(nn.Module):
             # larger images are tiled; smaller ones are padded to the ROI by MONAI
             from monai.inferers import sliding_window_inference
 
-            return sliding_window_inference(z, roi_size=roi, sw_batch_size=1, predictor=self.net,
-                                            overlap=self.overlap, mode="gaussian")
-        return self.net(z)
+            self.predictor.detach_safe = True
+            try:
+                return sliding_window_inference(z, roi_size=roi, sw_batch_size=1, predictor=self.predictor,
+                                                overlap=self.overlap, mode="gaussian")
+            finally:
+                self.predictor.detach_safe = False
+        return self.predictor(z)
 
 
 @dataclass
@@ -242,6 +392,11 @@ class LoadedModel:
     spec: str
     checksum: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: image channels (names or indices) to feed the model's inputs, in the model's order; None:
+    #: match by name (see :mod:`.channels`)
+    channel_map: list | None = None
+    #: output channels, known after the first forward pass
+    n_outputs: int | None = None
 
     def to(self, device: str | torch.device) -> LoadedModel:
         self.device = torch.device(device)
@@ -249,22 +404,36 @@ class LoadedModel:
         return self
 
     # --------------------------------------------------------------- checks and conversions
-    def check_image(self, array: np.ndarray, source: str = "image") -> None:
-        """Raise a clear ModelError when an image (``C *spatial``) does not fit the model."""
+    def match_channels(self, image_names, source: str = "image") -> ChannelMapping:
+        """Pair the image's channels with the model's inputs (:func:`.channels.match_channels`)."""
+        try:
+            return match_channels(image_names, self.info.channel_names, self.info.in_channels, self.channel_map)
+        except ChannelMismatch as exc:
+            raise ChannelMismatch(f"{source}: {self.spec}: {exc}", exc.image_names, exc.model_names) from None
+
+    def check_image(self, array: np.ndarray, source: str = "image", channel_names=None) -> ChannelMapping:
+        """Raise a clear ModelError when an image (``C *spatial``) does not fit the model; return
+        the channel mapping that makes it fit."""
         if array.ndim != self.info.spatial_dims + 1:
             raise ModelError(
                 f"{source}: the model {self.spec} takes {self.info.spatial_dims}-D images with "
                 f"{self.info.in_channels} channel(s); got an array of shape {tuple(array.shape)}"
             )
-        if array.shape[0] != self.info.in_channels:
-            names = f" ({', '.join(self.info.channel_names)})" if self.info.channel_names else ""
+        names = list(channel_names) if channel_names is not None else [f"channel{c}" for c in range(array.shape[0])]
+        if len(names) != array.shape[0]:
+            raise ModelError(f"{source}: {len(names)} channel names for {array.shape[0]} channels")
+        if channel_names is None and self.channel_map is None and array.shape[0] != self.info.in_channels:
+            declared = f" ({', '.join(self.info.channel_names)})" if self.info.channel_names else ""
             raise ModelError(
-                f"{source}: the model {self.spec} expects {self.info.in_channels} channel(s){names} "
+                f"{source}: the model {self.spec} expects {self.info.in_channels} channel(s){declared} "
                 f"but the image has {array.shape[0]}"
             )
+        mapping = (self.match_channels(names, source) if channel_names is not None or self.channel_map is not None
+                   else ChannelMapping(tuple(range(len(names))), tuple(names), None, "file order"))
         d = self.info.size_divisible
         if d > 1 and any(s % d for s in array.shape[1:]) and self.info.roi_size is None:
             raise ModelError(f"{source}: every spatial size must be a multiple of {d}; got {tuple(array.shape[1:])}")
+        return mapping
 
     def to_batch(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=self.device)[None]
@@ -273,7 +442,9 @@ class LoadedModel:
     def forward(self, array_or_batch) -> torch.Tensor:
         x = array_or_batch if isinstance(array_or_batch, torch.Tensor) else self.to_batch(array_or_batch)
         self.module.eval()
-        return self.module(x.to(self.device))
+        out = self.module(x.to(self.device))
+        self.n_outputs = int(out.shape[1])
+        return out
 
     def activation(self) -> str:
         """The ``activation`` argument the attacks/losses need for this model's outputs."""
@@ -286,28 +457,60 @@ class LoadedModel:
             return torch.sigmoid(output)
         return output
 
+    def _sigmoid_layout(self, n_outputs: int) -> list[str] | None:
+        """Region names when the output channels are (BraTS) regions; None for a softmax/label output."""
+        if self.info.output == "softmax":
+            return None
+        if self.info.output == "probabilities" and not self.info.region_names:
+            return None
+        return self.info.sigmoid_regions(n_outputs)
+
     def to_label_map(self, output: torch.Tensor) -> np.ndarray:
         """Segmentation output ``B K *spatial`` -> label values ``B *spatial`` (numpy)."""
         if self.info.task != "segmentation":
             raise ModelError(f"{self.spec} is a classifier; it has no label map")
-        if self.info.output == "sigmoid" or (self.info.output == "probabilities" and self.info.region_names):
+        n_out = int(output.shape[1])
+        regions = self._sigmoid_layout(n_out)
+        if regions is not None:
+            if len(regions) != n_out:
+                raise ModelError(f"{self.spec}: the model declares regions {regions} but outputs {n_out} channels")
             probs = self.probabilities(output)
-            return regions_to_labels(probs.cpu().numpy() > 0.5, self.info.region_names or list(BRATS_REGION_NAMES))
-        values = np.asarray(self.info.output_labels(output.shape[1]))
+            return regions_to_labels(probs.cpu().numpy() > 0.5, regions)
+        if self.info.output == "sigmoid":
+            # independent channels 1..K without region names: channel k is label k+1 where its
+            # probability passes 0.5 (the most probable one where several do), else background
+            probs = self.probabilities(output)
+            best = probs.argmax(1)
+            fg = probs.amax(1) > 0.5
+            values = np.asarray(self.info.label_values or list(range(1, n_out + 1)))
+            if len(values) == n_out + 1:  # declared with the background value first
+                values = values[1:]
+            return np.where(fg.cpu().numpy(), values[best.cpu().numpy()], 0)
+        values = np.asarray(self.info.output_labels(n_out))
         return values[output.argmax(1).cpu().numpy()]
 
-    def label_map_to_target(self, labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def label_map_to_target(self, labels: np.ndarray | torch.Tensor, n_outputs: int | None = None) -> torch.Tensor:
         """Ground-truth label values -> what the loss compares outputs with (``B *spatial``).
 
-        Softmax models get class indices; sigmoid-region models get multi-hot region channels.
-        Unknown label values raise ModelError naming them.
+        Softmax models get class indices; sigmoid models get multi-hot channels (regions, or one
+        channel per foreground label). Unknown label values raise ModelError naming them.
         """
         lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         if lab.ndim == self.info.spatial_dims:
             lab = lab[None]
         if self.info.output == "sigmoid" or self.info.region_names:
-            names = self.info.region_names or list(BRATS_REGION_NAMES)
-            return torch.as_tensor(labels_to_regions(lab, names), dtype=torch.float32, device=self.device)
+            n_out = n_outputs or self._output_channels()
+            names = self._sigmoid_layout(n_out) if n_out else (self.info.region_names or list(BRATS_REGION_NAMES))
+            if names is not None:
+                return torch.as_tensor(labels_to_regions(lab, names), dtype=torch.float32, device=self.device)
+            values = list(self.info.label_values or range(1, n_out + 1))
+            if len(values) == n_out + 1:
+                values = values[1:]
+            unknown = sorted(set(np.unique(lab).tolist()) - set(values) - {0})
+            if unknown:
+                raise ModelError(f"label values {unknown} are not among the model's labels {[0, *values]}")
+            hot = np.stack([lab == v for v in values], 1).astype(np.float32)
+            return torch.as_tensor(hot, device=self.device)
         values = self.info.label_values
         if values is None:
             return torch.as_tensor(lab.astype(np.int64), device=self.device)
@@ -320,6 +523,16 @@ class LoadedModel:
         for v, i in lut.items():
             idx[lab == v] = i
         return torch.as_tensor(idx, device=self.device)
+
+    def _output_channels(self) -> int | None:
+        """Output channels of a sigmoid model, from the declaration (None when not declared)."""
+        if self.info.region_names:
+            return len(self.info.region_names)
+        if self.info.label_names:
+            return len([k for k in self.info.label_names if k != "0"])
+        if self.info.label_values:
+            return len([v for v in self.info.label_values if v != 0])
+        return self.n_outputs or 3  # undeclared sigmoid segmentation: the BraTS TC/WT/ET convention
 
     def label_value_to_index(self, value: int) -> int:
         """A label *value* (e.g. BraTS 4) -> the output index the attacks target."""
