@@ -335,12 +335,12 @@ def _bundle_info(root: Path, metadata: dict, config: dict, medadv: dict | None) 
               and out_names[0].strip().lower() in ("background", "bg")):
             d["output"] = "softmax"
             d["label_values"] = list(range(len(out_names)))
-            extra["label_names"] = out_names
+            d["label_names"] = {str(i): n for i, n in enumerate(out_names)}
         elif activation == "softmax" and isinstance(n_out, int) and n_out >= 2:
             d["output"] = "softmax"
             d["label_values"] = list(range(n_out))
-            if out_names:
-                extra["label_names"] = out_names
+            if out_names and len(out_names) == n_out:
+                d["label_names"] = {str(i): n for i, n in enumerate(out_names)}
     elif pred_format in ("classes", "classification") or pred_type in ("probabilities", "logits"):
         d["task"] = "classification"
         if out_names:

@@ -207,7 +207,7 @@ def test_bundle_softmax_two_classes(tmp_path):
     loaded = load_model(f"bundle:{root}", trust_code=True, device="cpu")
     info = loaded.info
     assert (info.task, info.output, info.label_values) == ("segmentation", "softmax", [0, 1])
-    assert info.extra["label_names"] == ["background", "spleen"]
+    assert info.label_names == {"0": "background", "1": "spleen"}
     # ScaleIntensityRanged(a_min=-57, a_max=164, b_min=0, b_max=1) == (x - (-57)) / 221
     assert (info.normalization, info.norm_mean, info.norm_std) == ("fixed", [-57.0], [221.0])
     assert info.spacing == [1.5, 1.5, 2.0] and info.roi_size == [16, 16, 16]
