@@ -49,7 +49,7 @@ def _hint(exc: BaseException) -> str:
     return ""
 
 
-def _log_internal_error(exc: BaseException) -> Path | None:
+def _log_internal_error(exc: BaseException, argv: list[str]) -> Path | None:
     """Write the traceback of an unexpected failure to a log file; its path, or None if unwritable."""
     import tempfile
     import traceback
@@ -60,7 +60,7 @@ def _log_internal_error(exc: BaseException) -> Path | None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"medadv-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-            path.write_text(f"medadv {' '.join(sys.argv[1:])}\n\n"
+            path.write_text(f"medadv {' '.join(map(str, argv))}\n\n"
                             + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             return path
         except OSError:
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         # anything else is a bug (ours or the model's): one line, the traceback in a log file;
         # outputs are written all-or-nothing, so nothing partial is left behind
-        log = _log_internal_error(exc)
+        log = _log_internal_error(exc, sys.argv[1:] if argv is None else argv)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         where = f" (details: {log})" if log is not None else ""
         print(f"medadv: internal error: {type(exc).__name__}: {first}{where}", file=sys.stderr)

@@ -128,7 +128,12 @@ def check_positive_int(name: str, value) -> int:
 
 
 def expected_in_channels(model: nn.Module) -> int | None:
-    """Input channels of the first convolution/linear layer, when the model has one."""
+    """Input channels the model takes: its own answer (a wrapper that selects the network's inputs
+    from an image's channels says how many image channels it reads), else those of the first
+    convolution, when the model has one."""
+    own = getattr(model, "expected_image_channels", None)
+    if callable(own) and own() is not None:
+        return int(own())
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return m.in_channels

@@ -330,6 +330,10 @@ class NativeInputModel(nn.Module):
         self.channel_order = tuple(int(i) for i in order)
         self.image_channels = n_image_channels
 
+    def expected_image_channels(self) -> int | None:
+        """Image channels this wrapper reads while a channel order is set (the attacks check it)."""
+        return self.image_channels if self.channel_order is not None else None
+
     def _resample_size(self, shape) -> tuple[int, ...] | None:
         if self.info.spacing is None or self.input_spacing is None:
             return None
