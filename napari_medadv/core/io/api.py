@@ -31,7 +31,7 @@ from .dicom import (
     write_dicom_file,
     write_dicom_series,
 )
-from .geometry import Geometry
+from .geometry import Geometry, onto_grid
 from .nifti import (
     as_label_array,
     find_brats_files,
@@ -108,7 +108,10 @@ def _read_folder(folder: Path, series_uid: str | None) -> ImageData:
 def read_labels(path: str | PathLike, like: ImageData) -> np.ndarray:
     """Read an integer label map (``int32``) that must lie on ``like``'s grid.
 
-    NIfTI label maps must match ``like``'s spatial shape and affine (within 1e-3 mm);
+    NIfTI label maps must match ``like``'s spatial shape and affine (within 1e-3 mm), up to
+    the orientation they are stored in: a map whose voxels are ``like``'s in another axis
+    order or with flipped axes (say LAS over a RAS image) is re-indexed onto ``like``'s grid
+    (:func:`~napari_medadv.core.io.geometry.onto_grid`); any other grid is refused.
     PNG/TIFF label images carry no geometry, so only the shape is checked.
     """
     path = _path(path)
@@ -119,6 +122,9 @@ def read_labels(path: str | PathLike, like: ImageData) -> np.ndarray:
     if suffix in NIFTI_SUFFIXES:
         labels, affine = read_nifti_labels(path)
         geometry = Geometry(affine, shape=labels.shape)
+        moved = None if like.geometry.same_grid(geometry) else onto_grid(labels, affine, like.geometry)
+        if moved is not None:  # same voxels, stored in another orientation
+            labels, geometry = moved, like.geometry
     elif suffix in PNG_SUFFIXES + TIFF_SUFFIXES:
         labels, geometry = as_label_array(read_raster_labels(path), path), None
     elif suffix in JPEG_SUFFIXES:

@@ -172,5 +172,21 @@ class Geometry:
         return f"Geometry(shape={self.shape}, spacing={spacing}, origin={origin})"
 
 
+def onto_grid(array: np.ndarray, affine: np.ndarray, grid: Geometry) -> np.ndarray | None:
+    """``array`` (stored with ``affine``) re-indexed onto ``grid`` when the two differ only by
+    flips and permutations of the voxel axes (the same voxels stored in another orientation,
+    e.g. a label map saved LAS over a RAS image); None when they are truly different grids.
+    Only indices move (nibabel's ``apply_orientation``): no interpolation."""
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    array = np.asarray(array)
+    if array.ndim != 3 or grid.ndim != 3:
+        return None
+    t = ornt_transform(io_orientation(affine), io_orientation(grid.affine))
+    out = apply_orientation(array, t)
+    moved = Geometry(np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(t, array.shape), shape=out.shape)
+    return np.ascontiguousarray(out) if grid.same_grid(moved) else None
+
+
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputFileError
 from ._files import NIFTI_SUFFIXES, atomic_file, reading, require_finite, require_plausible_size, suffix_of
-from .geometry import Geometry
+from .geometry import Geometry, onto_grid
 from .types import ImageData
 
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -222,6 +222,9 @@ def read_brats(folder: Path, files: dict[str, Path]) -> ImageData:
 def _read_brats_seg(path: Path, grid: Geometry) -> tuple[np.ndarray, dict[int, int]]:
     labels, affine = read_nifti_labels(path)
     seg_grid = Geometry(affine, shape=labels.shape) if labels.ndim == 3 else None
+    moved = None if seg_grid is None or grid.same_grid(seg_grid) else onto_grid(labels, affine, grid)
+    if moved is not None:  # the same voxels stored in another orientation (e.g. LAS over RAS)
+        labels, seg_grid = moved, grid
     if seg_grid is None or not grid.same_grid(seg_grid):
         why = grid.describe_difference(seg_grid) if seg_grid else f"shape {labels.shape}"
         raise InputFileError(path, f"segmentation does not match the image grid: {why}")
