@@ -1,8 +1,10 @@
 """npe2 reader: everything :func:`napari_medadv.core.io.read_image` reads, as napari layers.
 
-A BraTS case folder becomes one image layer per contrast plus its labels; geometry becomes each
-layer's scale/translate (see :meth:`Geometry.napari_scale_translate`). A file that turns out to
-be unreadable gives a napari error notification naming the file and the problem.
+A BraTS case folder becomes one image layer per contrast plus its labels. Volumes land in
+napari's world as the RAS+ patient frame (mm), whatever their stored orientation: each layer
+gets the file's geometry as ``scale`` + ``affine`` (see :mod:`napari_medadv.core.orientation`);
+2-D images stay in their image plane. A file that turns out to be unreadable gives a napari
+error notification naming the file and the problem.
 """
 
 from __future__ import annotations

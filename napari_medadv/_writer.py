@@ -1,6 +1,12 @@
 """npe2 writers: image and labels layers via :mod:`napari_medadv.core.io` (NIfTI, derived DICOM,
 PNG/TIFF), keeping the geometry and file metadata of the image the layer came from.
 
+Files are written in the source's *own* voxel order and affine, whatever the display: a volume
+layer's data is the stored array transposed for display (see
+:mod:`napari_medadv.core.orientation`), and is transposed back here. A layer that did not come
+from this plugin is written with its whole data -> world transform (``affine`` composed with
+``scale``/``translate``/``rotate``/``shear``) as the NIfTI affine.
+
 A layer derived by this plugin (``… adversarial`` etc.) is always written as *derived* (NIfTI
 description / DICOM ImageType DERIVED, new UIDs); an unchanged original layer is written as is.
 """
@@ -14,23 +20,41 @@ import numpy as np
 
 
 def _like(data: np.ndarray, meta: dict, channels: int = 1):
-    """The ImageData to borrow geometry and file metadata from, for ``data`` (one channel)."""
+    """``(like, info, data)``: the ImageData to borrow geometry and file metadata from, the
+    layer's medadv metadata, and ``data`` (one channel) in ``like``'s stored voxel order."""
     from napari_medadv.core.io import Geometry, ImageData
+    from napari_medadv.core.orientation import DisplayFrame, as_affine4
 
     md = meta.get("metadata") or {}
     base = md.get("medadv_image")
     info = md.get("medadv", {})
-    if base is not None and tuple(base.spatial_shape) == tuple(data.shape):
-        c = int(info.get("channel_index", 0))  # contrast layers and their adversarial/perturbation
-        ch = base.channel_names[min(c, base.n_channels - 1)]
-        return dataclasses.replace(base, array=base.array[c:c + 1], channel_names=[ch], labels=None), info
-    scale = meta.get("scale") or [1.0] * data.ndim
-    translate = meta.get("translate") or [0.0] * data.ndim
+    if base is not None:
+        stored = DisplayFrame.of(base.geometry).to_stored(data)
+        if tuple(base.spatial_shape) == tuple(stored.shape):
+            c = int(info.get("channel_index", 0))  # contrast layers and their adversarial/perturbation
+            ch = base.channel_names[min(c, base.n_channels - 1)]
+            like = dataclasses.replace(base, array=base.array[c:c + 1], channel_names=[ch], labels=None)
+            return like, info, np.ascontiguousarray(stored)
     if data.ndim not in (2, 3):
         raise ValueError(f"napari-medadv writes 2-D images or 3-D volumes, not shape {data.shape}")
-    geometry = Geometry.from_spacing(scale, translate, shape=data.shape)
+    geometry = Geometry(as_affine4(_layer_matrix(meta, data.ndim)), shape=data.shape)
     return ImageData(np.asarray(data, np.float32)[None], geometry, ["image"],
-                     Path(meta.get("name") or "layer"), "nifti" if data.ndim == 3 else "tiff"), info
+                     Path(meta.get("name") or "layer"), "nifti" if data.ndim == 3 else "tiff"), info, data
+
+
+def _layer_matrix(meta: dict, ndim: int) -> np.ndarray:
+    """The layer's data -> world matrix from the writer's ``meta`` (napari's layer state)."""
+    from napari.utils.transforms import Affine
+
+    def get(key, default):
+        value = meta.get(key)
+        return default if value is None else value
+
+    physical = Affine(scale=get("scale", [1.0] * ndim), translate=get("translate", [0.0] * ndim),
+                      rotate=meta.get("rotate"), shear=meta.get("shear"), ndim=ndim)
+    affine = meta.get("affine")
+    world = np.eye(ndim + 1) if affine is None else np.asarray(getattr(affine, "affine_matrix", affine), float)
+    return world @ physical.affine_matrix
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
@@ -39,7 +63,7 @@ def write_image(path: str, data, meta: dict) -> list[str]:
     data = np.asarray(data)
     if meta.get("rgb"):
         raise ValueError("napari-medadv writes grayscale medical images, not RGB")
-    like, info = _like(data, meta)
+    like, info, data = _like(data, meta)
     derived = bool(info.get("derived", True))
     if not derived and not np.array_equal(np.asarray(data, np.float32), like.array[0]):
         derived = True  # edited pixels are no longer the original
@@ -56,5 +80,5 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     from napari_medadv.core.io import write_labels as core_write
 
     data = np.asarray(data)
-    like, _ = _like(data, meta)
+    like, _, data = _like(data, meta)
     return [str(core_write(data, path, like=like))]

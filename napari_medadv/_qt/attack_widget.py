@@ -36,6 +36,7 @@ from .layers import (
     flush_deferred,
     iter_show_outcome,
     labels_for,
+    layer_on_grid,
     mask_on_grid,
     show_outcome,
     source_from_layer,
@@ -572,11 +573,7 @@ class AttackWidget(QWidget):
         labels = None
         lname = self.labels_combo.currentData()
         if lname not in (None, _NONE) and lname in self.viewer.layers:
-            lab = np.asarray(self.viewer.layers[lname].data)
-            if lab.shape != src.image.spatial_shape:
-                raise MedadvError(f"ground truth {lname}: shape {lab.shape} does not match the image "
-                                  f"{src.image.spatial_shape}")
-            labels = lab.astype(np.int32, copy=False)
+            labels = layer_on_grid(self.viewer.layers[lname], src, "ground truth").astype(np.int32, copy=False)
         rname = self.roi_combo.currentData()
         if rname == "auto":
             roi = "auto"
@@ -595,7 +592,7 @@ class AttackWidget(QWidget):
             if kind == "mask":
                 if val not in self.viewer.layers:
                     raise MedadvError(f"target mask {val} was removed")
-                target = np.asarray(self.viewer.layers[val].data).astype(np.int32)
+                target = layer_on_grid(self.viewer.layers[val], src, "target mask").astype(np.int32)
             else:
                 target = val
         return src, labels, roi, target

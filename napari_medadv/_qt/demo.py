@@ -14,20 +14,23 @@ PLUGIN = "napari-medadv"
 DEMO_EPS = 0.03
 
 
-def axial_view(viewer: napari.Viewer, layer) -> None:
-    """Radiological axial view of a RAS volume: anterior up, patient's right on screen left,
-    on the slice with the most labelled tumour (else the middle slice)."""
+def axial_view(viewer: napari.Viewer, layer, convention: str = "radiological") -> None:
+    """Axial view (radiological by default: anterior up, patient's left on screen right) of
+    any volume, whatever its stored orientation — napari's world is the RAS+ patient frame
+    (see :mod:`napari_medadv.core.orientation`) — centred on the labelled tumour (for a Labels
+    layer: on each axis, the slice with the most labelled voxels; else the volume's centre)."""
     if layer.ndim != 3:
         return
-    viewer.dims.order = (2, 1, 0)  # slider over I-S; rows = P-A, columns = R-L
-    viewer.dims.axis_labels = ("x (R-L)", "y (P-A)", "z (I-S)")
-    from .compat import camera
+    from .orientation import set_view
 
-    camera(viewer).orientation = ("towards", "up", "left")
     data = np.asarray(layer.data)
-    z = int(np.argmax((data != 0).sum(axis=(0, 1)))) if layer.__class__.__name__ == "Labels" else data.shape[2] // 2
-    viewer.dims.set_point(2, float(z * layer.scale[2] + layer.translate[2]))
-    viewer.reset_view()
+    if layer.__class__.__name__ == "Labels" and data.any():
+        other = {0: (1, 2), 1: (0, 2), 2: (0, 1)}
+        idx = [int(np.argmax((data != 0).sum(axis=other[d]))) for d in range(3)]
+    else:
+        idx = [n // 2 for n in data.shape]
+    viewer.dims.point = tuple(float(w) for w in layer.data_to_world(idx))
+    set_view(viewer, "axial", convention)
 
 
 def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "glioma",
@@ -37,6 +40,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     viewer.open_sample(PLUGIN, sample)
     from .attack_widget import AttackWidget
     from .model_widget import ModelWidget
+    from .orientation import OrientationWidget
     from .plots_widget import PlotsWidget
     from .readouts_widget import ReadoutsWidget
 
@@ -48,8 +52,10 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     qwin = viewer.window._qt_window
     screen = qwin.screen() if hasattr(qwin, "screen") else None
     avail = screen.availableGeometry().height() if screen is not None else 1080
-    for name, cls in (("Model", ModelWidget), ("Attack", AttackWidget), ("Readouts", ReadoutsWidget),
-                      ("Plots", PlotsWidget)):
+    for name, cls in (("Orientation", OrientationWidget), ("Model", ModelWidget), ("Attack", AttackWidget),
+                      ("Readouts", ReadoutsWidget), ("Plots", PlotsWidget)):
+        if name == "Orientation" and sample != "glioma":
+            continue  # a radiograph has no patient frame: no planes, no letters
         w = cls(viewer)
         shown = w
         if name == "Attack":

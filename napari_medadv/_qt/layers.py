@@ -31,6 +31,7 @@ import numpy as np
 
 from napari_medadv.core.errors import MedadvError
 from napari_medadv.core.io import Geometry, ImageData
+from napari_medadv.core.orientation import DisplayFrame, as_affine4
 
 if TYPE_CHECKING:
     import napari
@@ -95,8 +96,13 @@ def case_name(image: ImageData) -> str:
 
 def layer_data_for_image(image: ImageData, name: str | None = None,
                          visible_channel: str | None = None) -> list[tuple]:
-    """napari layer-data tuples: one image layer per channel (+ the labels, if any)."""
-    scale, translate = image.geometry.napari_scale_translate()
+    """napari layer-data tuples: one image layer per channel (+ the labels, if any).
+
+    Volumes are shown in the patient frame (napari world = RAS+ mm): each layer's data is the
+    stored array as a transposed view and its ``scale``/``affine`` carry the file's geometry
+    (see :mod:`napari_medadv.core.orientation`); 2-D images stay in their image plane."""
+    frame = DisplayFrame.of(image.geometry)
+    geo = frame.napari_kwargs()
     case = name or case_name(image)
     n = image.n_channels
     if visible_channel is None:
@@ -107,16 +113,16 @@ def layer_data_for_image(image: ImageData, name: str | None = None,
         meta = {META: {"case": case, "channel": ch, "channel_index": c, "n_channels": n, "role": "image",
                        "derived": False, "source": str(image.source), "kind": image.kind},
                 IMAGE_META: image}
-        out.append((image.array[c], {
-            "name": layer_name, "scale": scale, "translate": translate,
+        out.append((frame.to_display(image.array[c]), {
+            "name": layer_name, **geo,
             "contrast_limits": display_limits(image.array[c]), "colormap": "gray",
             "visible": ch == visible_channel, "metadata": meta,
         }, "image"))
     if image.labels is not None:
         values = np.unique(image.labels).tolist()
         brats = set(values) <= {0, 1, 2, 4}
-        out.append((image.labels, {
-            "name": f"{case} labels", "scale": scale, "translate": translate, "opacity": 0.9,
+        out.append((frame.to_display(image.labels), {
+            "name": f"{case} labels", **geo, "opacity": 0.9,
             "metadata": {META: {"case": case, "role": "ground truth", "derived": False,
                                 "source": str(image.source)}, IMAGE_META: image},
             **({"colormap": brats_colormap(values)} if brats else {}),
@@ -129,14 +135,22 @@ def layer_data_for_image(image: ImageData, name: str | None = None,
 
 @dataclass
 class Source:
-    """What an attack starts from: the core image and the layers/names its results go to."""
+    """What an attack starts from: the core image (stored voxel order), the layers/names its
+    results go to and the display frame they share with the source layer."""
 
     image: ImageData
     case: str
     channel_layers: list[str]  # layer names, in channel order
-    scale: tuple
-    translate: tuple
+    frame: DisplayFrame
     extra: dict = field(default_factory=dict)
+
+    def layer_kwargs(self) -> dict:
+        """``scale``/``translate``/``affine`` of the source layer, for every derived layer."""
+        return self.frame.napari_kwargs()
+
+    def to_display(self, array):
+        """A stored-order array (spatial axes last) as layer data."""
+        return self.frame.to_display(array)
 
     def result_name(self, what: str, channel: int | None = None) -> str:
         if channel is not None:
@@ -154,8 +168,6 @@ def source_from_layer(viewer: napari.Viewer, layer) -> Source:
     base: ImageData | None = layer.metadata.get(IMAGE_META)
     if meta.get("role") not in (None, "image"):
         raise MedadvError(f"{layer.name} is a {meta.get('role')} layer; pick the original image to attack")
-    scale = tuple(float(s) for s in layer.scale)
-    translate = tuple(float(t) for t in layer.translate)
     if base is not None and meta.get("role") == "image":
         case = meta["case"]
         by_index: dict[int, Any] = {}
@@ -168,19 +180,41 @@ def source_from_layer(viewer: napari.Viewer, layer) -> Source:
             raise MedadvError(f"{case}: the layer(s) for {', '.join(missing)} were removed; "
                               "re-open the case to attack it")
         layers = [by_index[i] for i in range(base.n_channels)]
-        arrays = [np.asarray(lyr.data, dtype=np.float32) for lyr in layers]
+        frame = DisplayFrame.of(base.geometry)
+        arrays = [frame.to_stored(np.asarray(lyr.data, dtype=np.float32)) for lyr in layers]
         if any(a.shape != base.spatial_shape for a in arrays):
             raise MedadvError(f"{case}: a contrast layer changed shape; re-open the case")
         image = dataclasses.replace(base, array=np.stack(arrays), labels=None)
-        return Source(image, case, [lyr.name for lyr in layers], scale, translate)
+        return Source(image, case, [lyr.name for lyr in layers], frame)
     data = np.asarray(layer.data, dtype=np.float32)
     if data.ndim not in (2, 3):
         raise MedadvError(f"{layer.name}: expected a 2-D image or a 3-D volume, got shape {data.shape}")
-    geometry = Geometry.from_spacing(scale, translate, shape=data.shape)
+    matrix = layer_matrix(layer)  # the layer's whole data -> world transform, flips and all
+    geometry = Geometry(as_affine4(matrix), shape=data.shape)
     kind = "nifti" if data.ndim == 3 else "tiff"
     image = ImageData(data[None], geometry, ["image"], Path(f"{layer.name}"), kind,
                       meta={"notes": [f"built from the napari layer {layer.name!r}"]})
-    return Source(image, layer.name, [layer.name], scale, translate)
+    return Source(image, layer.name, [layer.name], DisplayFrame.identity(matrix, patient=data.ndim == 3))
+
+
+def layer_matrix(layer) -> np.ndarray:
+    """A layer's data index -> world matrix ((n+1)×(n+1)): its ``affine`` composed with its
+    ``scale``, ``translate``, ``rotate`` and ``shear``."""
+    from napari.utils.transforms import Affine
+
+    physical = Affine(scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear)
+    return np.asarray(layer.affine.affine_matrix, dtype=np.float64) @ physical.affine_matrix
+
+
+def layer_on_grid(layer, source: Source, what: str = "layer") -> np.ndarray:
+    """A Labels/Image layer drawn over the source (display order) as an array in the source
+    image's stored voxel order; raises when it is not on the source's grid."""
+    data = np.asarray(layer.data)
+    shape = source.image.spatial_shape
+    if data.shape == source.frame.display_shape(shape):
+        return np.ascontiguousarray(source.frame.to_stored(data))
+    raise MedadvError(f"{what} {layer.name}: shape {data.shape} does not match the image "
+                      f"{source.frame.display_shape(shape)}")
 
 
 def labels_for(viewer: napari.Viewer, source: Source):
@@ -193,13 +227,10 @@ def labels_for(viewer: napari.Viewer, source: Source):
 
 
 def mask_on_grid(layer, source: Source, reference_layer) -> np.ndarray:
-    """A Labels or Shapes layer as a boolean mask on the source image's grid."""
-    shape = source.image.spatial_shape
+    """A Labels or Shapes layer as a boolean mask on the source image's grid (stored order)."""
+    shape = source.frame.display_shape(source.image.spatial_shape)  # the layers' (display) order
     if layer.__class__.__name__ == "Labels":
-        data = np.asarray(layer.data)
-        if data.shape != shape:
-            raise MedadvError(f"{layer.name}: shape {data.shape} does not match the image {shape}")
-        return data != 0
+        return layer_on_grid(layer, source, "region") != 0
     if layer.__class__.__name__ == "Shapes":
         from napari.layers import Shapes
 
@@ -222,7 +253,7 @@ def mask_on_grid(layer, source: Source, reference_layer) -> np.ndarray:
                     plane = np.take(mask, int(np.clip(round(coords[0]), 0, shape[d] - 1)), axis=d)
                     mask = np.repeat(np.expand_dims(plane, d), shape[d], axis=d)
                     break
-        return mask
+        return np.ascontiguousarray(source.frame.to_stored(mask))
     raise MedadvError(f"{layer.name}: a region must be a Labels or Shapes layer")
 
 
@@ -250,6 +281,8 @@ def _update_props(lyr, kwargs: dict) -> None:
             if not isinstance(v, str) and type(cur) is type(v):
                 continue  # re-runs use the same colours
         elif k in ("scale", "translate", "contrast_limits") and _same(getattr(lyr, k), v):
+            continue
+        elif k == "affine" and _same(lyr.affine.affine_matrix, v):
             continue
         elif k in ("opacity", "blending") and getattr(lyr, k) == v:
             continue
@@ -391,7 +424,8 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
     """:func:`show_outcome` one layer at a time (yields after each), so a caller can give the Qt
     event loop a turn between layers (adding a dozen 3-D layers at once stalls it)."""
     image = source.image
-    common = {"scale": source.scale, "translate": source.translate}
+    common = source.layer_kwargs()  # derived layers: exactly the source layer's transform
+    show = source.to_display  # core arrays are in stored order; layers in display order
     adv = outcome.adversarial
     tag = result_tag(outcome.attack)
     names = result_layer_names(source, outcome.attack)
@@ -413,7 +447,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         existed = name in viewer.layers
         meta = result_metadata(source, outcome, image_role, live)
         meta[META]["channel_index"] = c
-        lyr = _set_layer(viewer, name, "image", adv[c], contrast_limits=limits, colormap="gray",
+        lyr = _set_layer(viewer, name, "image", show(adv[c]), contrast_limits=limits, colormap="gray",
                          metadata=meta, defer_hidden=live, **common)
         if ("image", c) in swapped:
             lyr.visible = True
@@ -434,7 +468,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         meta = result_metadata(source, outcome, "perturbation", live)
         meta[META]["channel_index"] = c
         meta[META]["display_gain"] = rng / (2 * lim)  # perturbation shown × this vs the image contrast
-        lyr = _set_layer(viewer, pname, "image", lambda c=c: adv[c] - image.array[c], contrast_limits=(-lim, lim),
+        lyr = _set_layer(viewer, pname, "image", lambda c=c: show(adv[c] - image.array[c]), contrast_limits=(-lim, lim),
                          colormap=perturbation_colormap(), blending="additive", metadata=meta,
                          defer_hidden=live, **common)
         if ("perturbation", c) in swapped:
@@ -453,7 +487,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
                 (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
                 (names["segmentation"], f"segmentation ({tag})", outcome.seg_adv, True)):
             existed = name in viewer.layers
-            lyr = _set_layer(viewer, name, "labels", seg, opacity=0.55, defer_hidden=live,
+            lyr = _set_layer(viewer, name, "labels", show(seg), opacity=0.55, defer_hidden=live,
                              metadata=result_metadata(source, outcome, role, live), **extra, **common)
             if role != "segmentation (clean)" and ("segmentation", None) in swapped:
                 lyr.visible = True
@@ -462,7 +496,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
             layers[name] = lyr
             yield name
         def diff():
-            return diff_map(outcome.seg_clean, outcome.seg_adv)
+            return show(diff_map(outcome.seg_clean, outcome.seg_adv))
 
         name = names["diff"]
         existed = name in viewer.layers
@@ -477,8 +511,9 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         yield name
     pts_name = source.result_name("perturbed pixels")
     if outcome.attack == "dgde":
-        coords = np.argwhere(np.any(adv != image.array, axis=0)).astype(float)
-        size = 3 * float(np.mean(source.scale))
+        # voxel indices in the layers' (display) order, drawn with the same transform
+        coords = source.frame.coords_to_display(np.argwhere(np.any(adv != image.array, axis=0))).astype(float)
+        size = 3 * float(np.mean(source.frame.spacing))
         # 3-D: show the few perturbed voxels on every slice, or they are hard to find. napari 0.9
         # deprecates out_of_slice_display for thick slicing, which has no per-layer equivalent.
         extra = {"out_of_slice_display": True} if coords.shape[1] == 3 else {}
@@ -508,5 +543,5 @@ def show_clean_prediction(viewer: napari.Viewer, source: Source, model, seg: np.
     extra = {"colormap": brats_colormap(values)} if set(values) <= {0, 1, 2, 4} else {}
     meta = {META: {"case": source.case, "role": "segmentation (clean)", "derived": True, "model": model.spec},
             IMAGE_META: source.image}
-    return _set_layer(viewer, source.result_name("segmentation (clean)"), "labels", seg, opacity=0.55,
-                      metadata=meta, scale=source.scale, translate=source.translate, **extra)
+    return _set_layer(viewer, source.result_name("segmentation (clean)"), "labels", source.to_display(seg),
+                      opacity=0.55, metadata=meta, **source.layer_kwargs(), **extra)

@@ -296,14 +296,15 @@ class SideBySide:
                 ref = layers[0]
                 if outline is not None:  # a layer draws in one cell only: one outline copy per cell
                     copy = v.add_labels(outline.data, name=_unique(v, f"{outline.name} (outline {k + 1})"),
-                                        scale=outline.scale, translate=outline.translate, opacity=1.0,
+                                        scale=outline.scale, translate=outline.translate,
+                                        affine=outline.affine, opacity=1.0,
                                         colormap=outline.colormap,
                                         metadata={META: {"role": self.OUTLINE_ROLE, "derived": True}})
                     copy.contour = 1
                     self._added.append(copy)
                     layers = [*layers, copy]
                 cap = v.add_points(np.empty((0, ref.ndim)), ndim=ref.ndim, name=_unique(v, text), scale=ref.scale,
-                                   translate=ref.translate,
+                                   translate=ref.translate, affine=ref.affine,
                                    metadata={META: {"role": self.CAPTION_ROLE, "derived": True}})
                 self._added.append(cap)
                 ov = cap.name_overlay

@@ -21,7 +21,7 @@ def test_manifest_declares_readers_writers_samples_widgets():
     assert c.readers and c.readers[0].accepts_directories
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
     assert {s.key for s in c.sample_data} == {"glioma", "cxr"}
-    assert {w.display_name for w in c.widgets} == {"Model", "Attack", "Readouts", "Plots"}
+    assert {w.display_name for w in c.widgets} == {"Model", "Attack", "Readouts", "Plots", "Orientation"}
     for cmd in c.commands:  # every python_name resolves
         module, _, attr = cmd.python_name.partition(":")
         mod = __import__(module, fromlist=[attr])
@@ -35,12 +35,12 @@ def test_reader_brats_case_one_layer_per_contrast_with_geometry():
     assert reader is not None
     layers = reader(str(CASE))
     img = read_image(CASE)
-    scale, translate = img.geometry.napari_scale_translate()
     names = [kw["name"] for _, kw, _ in layers]
     assert names == ["glioma_001 t1", "glioma_001 t1ce", "glioma_001 t2", "glioma_001 flair", "glioma_001 labels"]
-    for data, kw, kind in layers:
+    for data, kw, kind in layers:  # RAS file: data as stored, the layer transform is the file's affine
         assert data.shape == img.spatial_shape
-        assert tuple(kw["scale"]) == tuple(scale) and tuple(kw["translate"]) == tuple(translate)
+        assert tuple(kw["scale"]) == img.geometry.spacing and tuple(kw["translate"]) == img.geometry.origin
+        np.testing.assert_array_equal(kw["affine"], np.eye(4))
     assert [k for *_, k in layers] == ["image"] * 4 + ["labels"]
     np.testing.assert_array_equal(layers[3][0], img.array[3])
     assert [kw["visible"] for _, kw, _ in layers[:4]] == [False, False, False, True]  # FLAIR on screen
