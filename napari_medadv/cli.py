@@ -49,25 +49,6 @@ def _hint(exc: BaseException) -> str:
     return ""
 
 
-def _log_internal_error(exc: BaseException, argv: list[str]) -> Path | None:
-    """Write the traceback of an unexpected failure to a log file; its path, or None if unwritable."""
-    import tempfile
-    import traceback
-
-    from napari_medadv.core.paths import log_dir
-
-    for folder in (log_dir(), Path(tempfile.gettempdir())):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"medadv-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-            path.write_text(f"medadv {' '.join(map(str, argv))}\n\n"
-                            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            return path
-        except OSError:
-            continue
-    return None
-
-
 def _bool(s: str) -> bool:
     v = s.strip().lower()
     if v in ("1", "true", "yes", "on"):
@@ -453,10 +434,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         # anything else is a bug (ours or the model's): one line, the traceback in a log file;
         # outputs are written all-or-nothing, so nothing partial is left behind
-        log = _log_internal_error(exc, sys.argv[1:] if argv is None else argv)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        where = f" (details: {log})" if log is not None else ""
-        print(f"medadv: internal error: {type(exc).__name__}: {first}{where}", file=sys.stderr)
+        from napari_medadv.core.paths import internal_error_line, write_error_log
+
+        log = write_error_log(exc, "medadv " + " ".join(map(str, sys.argv[1:] if argv is None else argv)))
+        print(f"medadv: {internal_error_line(exc, log)}", file=sys.stderr)
         return EXIT_INTERNAL
 
 

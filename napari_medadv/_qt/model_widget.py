@@ -62,7 +62,8 @@ def describe_model(model) -> str:
         if info.region_names:
             lines.append("regions: " + ", ".join(info.region_names))
         elif info.label_values:
-            lines.append("labels: " + ", ".join(str(v) for v in info.label_values))
+            lines.append("labels: " + ", ".join(
+                f"{v} {info.label_name(v)}" if info.label_name(v) != str(v) else str(v) for v in info.label_values))
     elif info.class_names:
         lines.append("classes: " + ", ".join(info.class_names) + f" ({info.output})")
     lines.append("device: " + describe_device(model.device))
@@ -164,6 +165,15 @@ class ModelWidget(QWidget):
         self.info = QLabel("no model loaded")
         self.info.setWordWrap(True)
         self.info.setTextFormat(Qt.RichText)
+        self.channels = QLineEdit()
+        self.channels.setPlaceholderText("matched by name (e.g. t1ce,t1,t2,flair to override)")
+        self.channels.setToolTip(
+            "Which image channel feeds each model input, in the model's order (names or 0-based indices). "
+            "Empty: channels are matched to the model's declared input names (T1 = t1n = T1w, "
+            "T1c = t1ce = T1Gd, T2 = t2w, FLAIR = t2f); a model that declares none gets file order.")
+        self.channel_note = QLabel("")
+        self.channel_note.setWordWrap(True)
+        self.channel_note.setTextFormat(Qt.PlainText)
         self.predict_btn = QPushButton("Show clean prediction")
         self.predict_btn.setToolTip("Run the model on the selected image and show its segmentation "
                                     "(or class probabilities in the Readouts dock)")
@@ -185,6 +195,11 @@ class ModelWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(self.picker)
         lay.addWidget(self.info)
+        crow = QFormLayout()
+        crow.setContentsMargins(0, 0, 0, 0)
+        crow.addRow("channels", self.channels)
+        lay.addLayout(crow)
+        lay.addWidget(self.channel_note)
         lay.addWidget(self.predict_btn)
         lay.addWidget(self.transfer_box)
         self._add_callbacks()
@@ -194,6 +209,49 @@ class ModelWidget(QWidget):
         self.picker_b.load_btn.clicked.connect(lambda: self.load(transfer=True))
         self.predict_btn.clicked.connect(self.show_clean_prediction)
         self.transfer_box.toggled.connect(self._transfer_toggled)
+        self.channels.editingFinished.connect(self.apply_channel_map)
+        self.viewer.layers.selection.events.active.connect(lambda *_: self.update_channel_note())
+
+    # ------------------------------------------------------------------ channels
+    def apply_channel_map(self) -> None:
+        """Set the model's channel mapping from the 'channels' field (empty: match by name)."""
+        from napari.utils.notifications import show_error
+
+        from napari_medadv.core.models.channels import parse_channel_list
+
+        model = self.session.model
+        try:
+            mapping = parse_channel_list(self.channels.text().strip() or None)
+        except ValueError as e:
+            show_error(f"channels: {e}")
+            return
+        if model is not None:
+            model.channel_map = mapping
+        self.update_channel_note()
+
+    def update_channel_note(self) -> str:
+        """Show which image channel feeds which model input for the selected image (or why none can)."""
+        from napari_medadv.core.errors import MedadvError
+
+        from .layers import source_from_layer
+
+        model = self.session.model
+        if model is None:
+            self.channel_note.setText("")
+            return ""
+        attack = self.session.widgets.get("attack")
+        layer = attack.source_layer() if attack is not None else self.viewer.layers.selection.active
+        if layer is None:
+            text = ("the model declares no channel names: image channels will be used in file order"
+                    if not model.info.channel_names else "")
+        else:
+            try:
+                src = source_from_layer(self.viewer, layer)
+                text = "channels " + model.match_channels(src.image.channel_names, src.case).describe()
+            except MedadvError as e:
+                text = f"⚠ {str(e).splitlines()[0]} — set 'channels' above"
+        self.channel_note.setText(text)
+        return text
 
     # ------------------------------------------------------------------ actions
     def load(self, spec: str | None = None, *, transfer: bool = False, device: str | None = None,
@@ -226,9 +284,16 @@ class ModelWidget(QWidget):
                 self.session.set_transfer_model(model)
                 self.info_b.setText(describe_model(model))
             else:
+                from napari_medadv.core.models.channels import parse_channel_list
+
+                try:
+                    model.channel_map = parse_channel_list(self.channels.text().strip() or None)
+                except ValueError:
+                    model.channel_map = None
                 self.session.set_model(model)
                 self.info.setText(describe_model(model))
                 self.predict_btn.setEnabled(True)
+                self.update_channel_note()
 
         def finish():
             picker.load_btn.setEnabled(True)

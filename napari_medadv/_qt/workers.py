@@ -36,8 +36,17 @@ def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | Non
         notification_manager.dispatch(Notification(msg, severity="warning",
                                                    actions=[("Use the CPU", lambda *_: on_oom())]))
         return
-    msg = str(exc) if isinstance(exc, (MedadvError, ValueError)) else f"{name}: {exc}"
-    show_error(f"{what} failed: {msg}")
+    from napari_medadv.core.models.channels import ChannelMismatch
+
+    if isinstance(exc, (MedadvError, ValueError)):
+        hint = (" — give the image channels in the model's input order under 'channels' in the Model dock"
+                if isinstance(exc, ChannelMismatch) else "")
+        show_error(f"{what} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}")
+        return
+    # anything else is a bug (ours or the model's): one line, the traceback in a log file
+    from napari_medadv.core.paths import internal_error_line, write_error_log
+
+    show_error(f"{what} failed: {internal_error_line(exc, write_error_log(exc, f'napari-medadv: {what}'))}")
 
 
 class Job:

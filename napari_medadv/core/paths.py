@@ -38,3 +38,30 @@ def log_dir() -> Path:
         return Path(env).expanduser()
     state = os.environ.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
     return Path(state) / "napari-medadv" / "logs"
+
+
+def write_error_log(exc: BaseException, header: str) -> Path | None:
+    """The traceback of an unexpected failure in a new file under :func:`log_dir` (or the temp
+    folder when that is not writable); its path, or None when nothing could be written. The CLI
+    and the GUI show one line naming this file."""
+    import tempfile
+    import time
+    import traceback
+
+    text = header + "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    for folder in (log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"medadv-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(exc) % 10000}.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def internal_error_line(exc: BaseException, log: Path | None) -> str:
+    """``internal error: <type>: <first line of the message> (details: <log>)``."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    where = f" (details: {log})" if log is not None else ""
+    return f"internal error: {type(exc).__name__}: {first}{where}"
