@@ -41,11 +41,18 @@ def _channel_list(text: str):
 
 def _hint(exc: BaseException) -> str:
     """What the user can do about a core error, in this front end's terms."""
-    from napari_medadv.core.models.channels import ChannelMismatch
+    from napari_medadv.core.models.channels import ChannelMismatch, canonical_contrast
 
     if isinstance(exc, ChannelMismatch):
-        return " (give them with --channels in the model's input order, e.g. --channels " + ",".join(
-            exc.image_names[: len(exc.model_names or exc.image_names)]) + ")"
+        if not exc.model_names:
+            return " (give them with --channels NAME,NAME,... in the model's input order)"
+        # an example only where every input has an image channel of the same contrast; never the
+        # image's file order, which is the silent mistake this error prevents
+        example = []
+        for m in exc.model_names:
+            hit = [n for n in exc.image_names if canonical_contrast(n) and canonical_contrast(n) == canonical_contrast(m)]
+            example.append(hit[0] if len(hit) == 1 else f"<{m}>")
+        return f" (with --channels, in the model's input order: --channels {','.join(example)})"
     return ""
 
 
@@ -319,12 +326,14 @@ def _summary_line(o) -> str:
     if "dice" in m:
         block = m["dice"].get("ground_truth_vs_adversarial") or m["dice"]["clean_vs_adversarial"]
         clean = m["dice"].get("ground_truth_vs_clean")
-        key = "regions" if "regions" in block else None
-        if key:
-            parts.append("Dice " + " ".join(
-                f"{r} {clean[key][r]:.3f}->{v:.3f}" if clean else f"{r} {v:.3f}" for r, v in block[key].items()))
-        else:
-            parts.append(f"Dice fg {block['foreground']:.3f}")
+        if "regions" in block:
+            adv, ref = block["regions"], (clean or {}).get("regions")
+        else:  # per label under the model's label names (a binary model: "brain 0.93->0.41")
+            names = block.get("label_names") or {}
+            adv = {names.get(k, f"label {k}"): v for k, v in block["per_label"].items()}
+            ref = None if clean is None else {names.get(k, f"label {k}"): v for k, v in clean["per_label"].items()}
+        parts.append("Dice " + " ".join(
+            f"{r} {ref[r]:.3f}->{v:.3f}" if ref else f"{r} {v:.3f}" for r, v in adv.items()))
     if "probabilities" in m:
         parts.append(" ".join(f"{n} {p['clean']:.2f}->{p['adversarial']:.2f}" for n, p in m["probabilities"].items()))
     return "  ".join(parts)

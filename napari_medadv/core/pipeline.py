@@ -68,6 +68,7 @@ def prepare_input(image: ImageData, model: LoadedModel) -> tuple[torch.Tensor, C
     image's spacing. Returns the tensor and the channel mapping used."""
     mapping = model.check_image(image.array, str(image.source), image.channel_names)
     require_contrast(image, mapping.order)
+    require_input_range(image, model, mapping.order)
     model.module.set_channel_order(mapping.order, image.n_channels)
     model.module.set_input_spacing(tuple(float(s) for s in image.geometry.spacing))
     return model.to_batch(image.array), mapping
@@ -76,6 +77,23 @@ def prepare_input(image: ImageData, model: LoadedModel) -> tuple[torch.Tensor, C
 def model_input(image: ImageData, model: LoadedModel) -> torch.Tensor:
     """:func:`prepare_input` without the mapping."""
     return prepare_input(image, model)[0]
+
+
+def require_input_range(image: ImageData, model: LoadedModel, channels) -> None:
+    """Refuse intensities outside the range a model declares (``extra["input_range"]``, e.g.
+    torchxrayvision's 8-bit [0, 255]): its fixed normalisation would map them far outside what it
+    was trained on and every output would be silently meaningless."""
+    rng = (model.info.extra or {}).get("input_range")
+    if not rng or len(rng) != 2:
+        return
+    lo, hi = float(rng[0]), float(rng[1])
+    tol = 0.01 * (hi - lo)
+    sel = image.array[sorted(set(channels))]
+    vmin, vmax = float(sel.min()), float(sel.max())
+    if vmin < lo - tol or vmax > hi + tol:
+        raise InputFileError(image.source, f"intensities {vmin:g}..{vmax:g} are outside the range {lo:g}..{hi:g} "
+                                           f"that {model.spec} expects; rescale the image (e.g. to 8 bits) or "
+                                           "declare the model's normalisation for this range")
 
 
 def require_contrast(image: ImageData, channels=None) -> None:

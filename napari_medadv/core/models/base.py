@@ -446,7 +446,10 @@ class LoadedModel:
     def forward(self, array_or_batch) -> torch.Tensor:
         x = array_or_batch if isinstance(array_or_batch, torch.Tensor) else self.to_batch(array_or_batch)
         self.module.eval()
-        out = self.module(x.to(self.device))
+        try:
+            out = self.module(x.to(self.device))
+        except ModelError as exc:  # e.g. an ambiguous tuple output: say which model
+            raise ModelError(f"{self.spec}: {exc}") from None
         self.n_outputs = int(out.shape[1])
         return out
 

@@ -175,7 +175,7 @@ def match_channels(
         raise ChannelMismatch(
             f"the model's inputs {_show(model_t)} cannot be matched one-to-one with the image's channels "
             f"{_show(image_names)}: no unique channel for {', '.join(missing)}; say which image channel "
-            "feeds each model input, in the model's order",
+            "feeds each model input",
             image_names, model_t)
     return ChannelMapping(tuple(order), image_names, model_t, "by name")
 

@@ -457,3 +457,20 @@ def test_failure_inside_a_model_is_one_line_with_a_log(tmp_path, capsys, monkeyp
     log = Path(err.rsplit("(details: ", 1)[1].rstrip(")"))
     assert log.parent == tmp_path / "logs" and "Traceback" in log.read_text() and "exploding:x" in log.read_text()
     assert not (tmp_path / "o").exists()
+
+
+def test_intensities_outside_the_declared_input_range_are_refused(tmp_path):
+    """torchxrayvision-style models declare 8-bit input ([0, 255]); a 16-bit radiograph would be
+    normalised to ±500 000 instead of ±1024 and every output would be meaningless."""
+    import imageio.v3 as iio
+
+    img16 = (np.random.default_rng(0).random((48, 40)) * 60000).astype(np.uint16)
+    iio.imwrite(tmp_path / "cr16.png", img16)
+    info = ModelInfo(task="classification", spatial_dims=2, in_channels=1, output="probabilities",
+                     normalization="fixed", norm_mean=[127.5], norm_std=[255 / 2048], class_names=["a", "b", "c"],
+                     extra={"input_range": [0, 255]})
+    with pytest.raises(InputFileError, match=r"cr16.png: intensities .* outside the range 0..255"):
+        run_attack(read_image(tmp_path / "cr16.png"), _wrap(ProbClassifier(), info), "fgsm",
+                   params={"eps": 0.02}, seed=0)
+    iio.imwrite(tmp_path / "cr8.png", (img16 // 256).astype(np.uint8))
+    run_attack(read_image(tmp_path / "cr8.png"), _wrap(ProbClassifier(), info), "fgsm", params={"eps": 0.02}, seed=0)
