@@ -12,7 +12,9 @@ Convention (the same for every reader and writer):
   (``affine = diag(row_spacing, column_spacing, 1, 1)``). Only ``affine[:2, :2]`` and
   ``affine[:2, 3]`` mean anything there.
 
-Data are never resampled or reoriented: the affine says how the stored voxels sit.
+Data are never resampled or reoriented: the affine says how the stored voxels sit. How
+volumes are shown in napari (whose world is this RAS+ frame) is
+:class:`napari_medadv.core.orientation.DisplayFrame`.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ class Geometry:
 
     def napari_scale_translate(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(scale, translate)`` for napari layers, one value per spatial array axis.
+
+        Used for 2-D images (their image plane). Volumes are shown in the RAS+ patient frame
+        through :class:`napari_medadv.core.orientation.DisplayFrame` instead.
 
         napari draws each array axis along its own world axis, so it cannot show rotations
         with ``scale``/``translate`` alone. Here napari's world is the image's *own* frame:
