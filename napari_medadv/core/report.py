@@ -121,6 +121,30 @@ def _inline_md(text: str) -> str:
 # --------------------------------------------------------------------------- statistics
 
 
+def dice_keys(df) -> tuple[str, ...]:
+    """Which Dice columns a report shows: the BraTS regions WT/TC/ET when the rows have them (models
+    with BraTS labels), else the per-label columns ``dice_label_<name>`` of other models (named by
+    their ``label_names``), else the foreground. Works on per-case rows (``dice_X``) and on summary
+    tables (``dice_X_mean``)."""
+    cols = set(df.columns)
+
+    def has(x):
+        col = f"dice_{x}" if f"dice_{x}" in cols else f"dice_{x}_mean"
+        return col in cols and df[col].notna().any()
+
+    if all(has(r) for r in REGIONS):
+        return tuple(REGIONS)
+    labels = sorted({c[len("dice_"):].removesuffix("_mean") for c in cols
+                     if c.startswith("dice_label_") and not c.endswith("_sd")})
+    labels = [x for x in labels if has(x)]
+    return tuple(labels) or ("fg",)
+
+
+def key_name(x: str) -> str:
+    """Display name of a Dice key: ``WT``, the label's name, or ``foreground``."""
+    return {"fg": "foreground"}.get(x, x.removeprefix("label_"))
+
+
 def _grid_order(df) -> list[str]:
     keys = list(dict.fromkeys(df["grid_key"]))
     return [NO_ATTACK] + [k for k in keys if k != NO_ATTACK] if NO_ATTACK in keys else keys
@@ -155,7 +179,7 @@ def attack_tests(seg, comparison: str = "attack vs no attack") -> list[dict]:
     for model, g in wb.groupby("target", sort=False):
         base = g[g["grid_key"] == NO_ATTACK].set_index("case")
         keys = [k for k in _grid_order(g) if k != NO_ATTACK]
-        for r in REGIONS:
+        for r in dice_keys(g):
             col = f"dice_{r}"
             fam = []
             for k in keys:
@@ -177,7 +201,7 @@ def model_tests(seg, baseline: str) -> list[dict]:
         return []
     out = []
     keys = _grid_order(wb)
-    for r in REGIONS:
+    for r in dice_keys(wb):
         col = f"dice_{r}"
         fam = []
         for m in models:
@@ -205,7 +229,7 @@ def segmentation_summary(seg, tests: list[dict]):
             first = sub.iloc[0]
             row = {"model": model, "grid_key": k, "attack": first["attack_label"], "eps": first["eps"],
                    "n": len(sub)}
-            for r in REGIONS:
+            for r in dice_keys(g):
                 m, sd, _ = S.mean_sd(sub[f"dice_{r}"])
                 t = lookup.get((model, k, r))
                 row.update({f"dice_{r}_mean": m, f"dice_{r}_sd": sd,
@@ -332,7 +356,7 @@ def matched_summary(matched, reached, tests: list[dict]):
                    "knob": first["match_knob"], "knob_mean": km, "knob_sd": ksd,
                    "achieved_mean": am, "achieved_sd": asd,
                    "unreached_achieved_mean": S.mean_sd(miss["match_achieved"])[0]}
-            for r in REGIONS:
+            for r in dice_keys(g):
                 m, sd, _ = S.mean_sd(sub[f"dice_{r}"])
                 t = lookup.get((model, key, r))
                 row.update({f"dice_{r}_mean": m, f"dice_{r}_sd": sd,
@@ -361,7 +385,7 @@ def matched_comparison_tests(reached) -> list[dict]:
             for key_b, att_b, metric_b, target_b in order:
                 if source_kind(att_b) != "adversarial" and (metric_b, target_b) == (metric, target):
                     pairs.append((key_a, key_b, metric, target))
-        for r in REGIONS:
+        for r in dice_keys(g):
             col = f"dice_{r}"
             fam = []
             for key_a, key_b, metric, target in pairs:
@@ -402,9 +426,10 @@ def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[st
     if wb.empty:
         return []
     models = list(dict.fromkeys(wb["target"]))
-    fig = Figure(figsize=(4.6 * len(REGIONS), 3.8 * len(models)))
+    keys = dice_keys(wb)
+    fig = Figure(figsize=(4.6 * len(keys), 3.8 * len(models)))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(models), len(REGIONS), squeeze=False)
+    axes = fig.subplots(len(models), len(keys), squeeze=False)
     from matplotlib import colormaps
 
     colours = list(colormaps["tab10"].colors)
@@ -412,7 +437,7 @@ def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[st
     for row, model in zip(axes, models):
         g = wb[wb["target"] == model]
         sources = list(dict.fromkeys(zip(g["attack"], g["params"])))
-        for ax, r in zip(row, REGIONS):
+        for ax, r in zip(row, keys):
             base = cwb[(cwb["target"] == model) & (cwb["grid_key"] == NO_ATTACK)][f"dice_{r}"]
             if len(base):
                 ax.axhline(float(base.mean()), color="0.5", lw=1, ls="-.", label="no attack")
@@ -427,7 +452,7 @@ def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[st
                 ax.errorbar(pts["x"] + dodge, pts["y"], yerr=pts["sd"].fillna(0.0), ls=ls, color=c, capsize=3,
                             marker=MARKERS[i % len(MARKERS)], mfc=c if filled else "white", mec=c, ms=5,
                             elinewidth=1, label=f"{_source_name(sub.iloc[0])} · {_KIND_SHORT[kind]}")
-            ax.set_title(f"Dice {r}" + (f" · {model}" if len(models) > 1 else ""))
+            ax.set_title(f"Dice {key_name(r)}" + (f" · {model}" if len(models) > 1 else ""))
             ax.set_xlabel(f"{metric.upper()} of the perturbed input" + (" (dB)" if metric == "psnr" else ""))
             ax.set_ylim(-0.02, 1.02)
             ax.invert_xaxis()  # from mild (left) to severe (right), like Dice vs ε
@@ -498,13 +523,14 @@ def _eps_series(wb, value: str):
 
 def figure_dice_vs_eps(seg, folder: Path) -> list[str]:
     wb = whitebox(seg)
-    fig, axes = _figure(len(REGIONS))
+    keys = dice_keys(wb)
+    fig, axes = _figure(len(keys))
     any_line = False
-    for ax, r in zip(axes, REGIONS):
+    for ax, r in zip(axes, keys):
         for i, ((model, fam), (xs, ms, sds)) in enumerate(_eps_series(wb, f"dice_{r}").items()):
             ax.errorbar(xs, ms, yerr=sds, marker=MARKERS[i % len(MARKERS)], capsize=3, label=f"{model} · {fam}")
             any_line = True
-        ax.set_title(f"Dice {r}")
+        ax.set_title(f"Dice {key_name(r)}")
         ax.set_xlabel("ε (fraction of intensity range)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -647,21 +673,22 @@ def build_report(out: str | Path) -> dict:
                 rows = []
                 label = whitebox(seg)[whitebox(seg)["grid_key"] == k].iloc[0]["attack_label"]
                 bsub = whitebox(seg)[(whitebox(seg)["target"] == base) & (whitebox(seg)["grid_key"] == k)]
-                rows.append([base + " (baseline)"] + [S.fmt_mean_sd(bsub[f"dice_{x}"]) for x in REGIONS] + ["", "", ""])
+                dk = dice_keys(whitebox(seg))
+                rows.append([base + " (baseline)"] + [S.fmt_mean_sd(bsub[f"dice_{x}"]) for x in dk] + [""] * len(dk))
                 for m in [m for m in dict.fromkeys(whitebox(seg)["target"]) if m != base]:
                     sub = whitebox(seg)[(whitebox(seg)["target"] == m) & (whitebox(seg)["grid_key"] == k)]
                     cells, ps = [], []
-                    for x in REGIONS:
+                    for x in dk:
                         t = next((t for t in mt if t["model"] == m and t["grid_key"] == k and t["region"] == x), None)
                         cells.append(S.fmt_mean_sd(sub[f"dice_{x}"]) + (t["stars"] if t else ""))
                         ps.append("–" if t is None else f"Δ {t['mean'] - t['reference_mean']:+.3f}, p={S.fmt_p(t['p'])}, "
                                                         f"adj {S.fmt_p(t['p_adj'])}")
                     rows.append([m] + cells + ps)
-                doc.table(["model", "Dice WT", "Dice TC", "Dice ET", "WT vs baseline", "TC vs baseline",
-                           "ET vs baseline"], rows, caption=label)
+                doc.table(["model"] + [f"Dice {key_name(x)}" for x in dk] + [f"{key_name(x)} vs baseline" for x in dk],
+                          rows, caption=label)
         figs = figure_dice_vs_eps(seg, figdir)
         figs_it = figure_history(hist[hist["source"].isin(set(seg["source"]))] if not hist.empty else hist, figdir,
-                                 "dice_fg", "dice_vs_iterations", "Dice (whole tumour) vs reference")
+                                 "dice_fg", "dice_vs_iterations", "Dice (foreground: whole tumour for BraTS) vs reference")
         figs_ps = figure_history(hist[hist["source"].isin(set(seg["source"]))] if not hist.empty else hist, figdir,
                                  "psnr", "psnr_vs_iterations", "PSNR of the iterate (dB)")
         if figs or figs_it or figs_ps:
@@ -717,18 +744,19 @@ def _segmentation_section(doc: Doc, summ) -> None:
     doc.p("Dice vs ground truth, mean ± sd over cases, for each model attacked with its own gradients "
           "(white box). Stars: Wilcoxon signed-rank test vs no attack, paired by case, Bonferroni-corrected "
           "over the attack conditions of each model and region (* p<0.05, ** p<0.01, *** p<0.001). "
-          "PSNR/SSIM/RMSE compare the attacked input with the clean one (mean over channels, each on its "
-          "own range).")
+          "PSNR/SSIM/RMSE compare the attacked input with the clean one, each channel on its own range "
+          "(PSNR from the channels' mean normalised MSE; SSIM and RMSE: mean over channels).")
     for model, g in summ.groupby("model", sort=False):
         rows = []
+        dk = dice_keys(g)
         for _, r in g.iterrows():
             rows.append([r["attack"], r["n"]]
-                        + [_ms(r[f"dice_{x}_mean"], r[f"dice_{x}_sd"]) + r[f"stars_{x}"] for x in REGIONS]
-                        + [S.fmt_p(r[f"p_adj_{x}"]) for x in REGIONS]
+                        + [_ms(r[f"dice_{x}_mean"], r[f"dice_{x}_sd"]) + r[f"stars_{x}"] for x in dk]
+                        + [S.fmt_p(r[f"p_adj_{x}"]) for x in dk]
                         + [_ms(r["psnr_mean"], r["psnr_sd"], 2) if r["grid_key"] != NO_ATTACK else "∞",
                            _ms(r["ssim_mean"], r["ssim_sd"], 4), _ms(r["rmse_mean"], r["rmse_sd"], 4)])
-        doc.table(["attack", "n", "Dice WT", "Dice TC", "Dice ET", "p adj WT", "p adj TC", "p adj ET",
-                   "PSNR dB", "SSIM", "RMSE"], rows, caption=f"model {model}")
+        doc.table(["attack", "n"] + [f"Dice {key_name(x)}" for x in dk] + [f"p adj {key_name(x)}" for x in dk]
+                  + ["PSNR dB", "SSIM", "RMSE"], rows, caption=f"model {model}")
 
 
 def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path, files: dict,
@@ -771,7 +799,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
         targets = list(dict.fromkeys(zip(g["metric"], g["target"])))
         sources = list(dict.fromkeys(zip(g["source"], g["kind"])))
         head = [f"{m.upper()} {t:g}" + (" dB" if m == "psnr" else "") for m, t in targets]
-        for r in REGIONS:
+        for r in dice_keys(g):
             fam = max((t["m"] for t in tests if t["model"] == model and t["region"] == r), default=0)
             def dice_cell(x, m, t, r=r):
                 if x["n_reached"] == 0:
@@ -782,7 +810,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
             rows = [[src, SOURCE_KINDS[kind]] + cells for (src, kind), cells in
                     zip(sources, _matched_cells(g, sources, targets, dice_cell))]
             doc.table(["source", "type"] + head, rows,
-                      caption=f"model {model}: Dice {r}, mean ± sd (no attack: {S.fmt_mean_sd(base[f'dice_{r}'])}); "
+                      caption=f"model {model}: Dice {key_name(r)}, mean ± sd (no attack: {S.fmt_mean_sd(base[f'dice_{r}'])}); "
                               f"stars: Wilcoxon vs no attack, Bonferroni over the {fam} matched conditions with cases; "
                               "(k/n): only k of the n cases reached the target")
         def knob_cell(x, m, t):
@@ -808,7 +836,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
         for (model, src), g in cdf.groupby(["model", "source"], sort=False):
             targets = list(dict.fromkeys(zip(g["metric"], g["target"])))
             head = [f"{m.upper()} {t:g}" + (" dB" if m == "psnr" else "") for m, t in targets]
-            for r in REGIONS:
+            for r in dict.fromkeys(g["region"]):
                 rows = []
                 for other in dict.fromkeys(g["reference_source"]):
                     cells = []
@@ -822,7 +850,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
                         cells.append(f"Δ {x['mean'] - x['reference_mean']:+.3f}{x['stars']} "
                                      f"(adj p {S.fmt_p(x['p_adj'])}, n={x['n']})")
                     rows.append([other] + cells)
-                doc.table([f"{src} vs"] + head, rows, caption=f"model {model}: Dice {r}")
+                doc.table([f"{src} vs"] + head, rows, caption=f"model {model}: Dice {key_name(r)}")
     return tests + comp
 
 

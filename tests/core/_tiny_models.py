@@ -83,3 +83,21 @@ def make_small_cases(root, names=("glioma_001", "glioma_002", "glioma_003"), siz
         aff[:3, 3] = affine[:3, :3] @ np.array(lo) + affine[:3, 3]
         phantoms.write_brats_case(root / cid, cid, {k: v[sl] for k, v in channels.items()}, seg[sl], aff)
     return root
+
+
+BIN_INFO = {"task": "segmentation", "spatial_dims": 3, "in_channels": 4, "output": "softmax",
+            "normalization": "zscore-nonzero", "channel_names": ["T1", "T1c", "T2", "FLAIR"],
+            "label_values": [0, 1], "label_names": {"1": "tumour"}, "name": "tinybin"}
+
+
+def tiny_binary_loader(value, *, weights=None, trust_code=False, info=None):
+    """A binary (tumour / background) model that is no BraTS model: FLAIR-bright = tumour."""
+    conv = nn.Conv3d(4, 2, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[1, 3] = 2.0
+        conv.bias.copy_(torch.tensor([0.0, -2.0]))
+    return conv.eval(), ModelInfo.from_dict({**BIN_INFO, "name": f"tinybin:{value}"}), f"tinybin-{value}"
+
+
+register_scheme("tinybin", tiny_binary_loader)

@@ -503,3 +503,26 @@ def test_matched_study_resumes_and_fingerprints_the_target(small_cases, matched)
                  [{"attack": "fgsm", "eps": 0.05}, {"attack": ["fgsm", "noise", "ghosting"], "ssim": [0.9]}]):
         other = _config(small_cases, models=["tiny:0"], grid=grid, transfer=False, track_iterations=False)
         assert ST.Study(other, out).fingerprint(case) != fp
+
+
+def test_non_brats_model_study_reports_per_label_dice_by_name(tmp_path):
+    """A binary tumour/background model (label_names {"1": "tumour"}) gets per-label Dice columns
+    and report tables under its label name, never WT/TC/ET; per-case rows record the channel
+    mapping (the model declares T1, T1c, T2, FLAIR; the cases are t1, t1ce, t2, flair)."""
+    import nibabel as nib
+
+    from napari_medadv.core.report import build_report
+
+    root = _tiny_models.make_small_cases(tmp_path / "cases", names=("glioma_001", "glioma_002"), size=SIZE)
+    for f in root.glob("*/*_seg.nii.gz"):
+        im = nib.load(f)
+        nib.save(nib.Nifti1Image((np.asarray(im.dataobj) > 0).astype(np.int16), im.affine), f)
+    cfg = ST.StudyConfig(dataset=str(root), models=["tinybin:0"], grid=[{"attack": "fgsm", "eps": [0.05]}], seed=3)
+    ST.Study(cfg, tmp_path / "out").run(workers=0)
+    df = ST.load_rows(tmp_path / "out")[0]
+    assert "dice_label_tumour" in df and not any(c in df for c in ("dice_WT", "dice_TC", "dice_ET"))
+    assert df["dice_label_tumour"].notna().all()
+    assert set(df["channels"]) == {"matched by name: T1 <- t1, T1c <- t1ce, T2 <- t2, FLAIR <- flair"}
+    build_report(tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| Dice tumour | p adj tumour |" in md and "Dice WT" not in md
