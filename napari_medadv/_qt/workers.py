@@ -84,9 +84,11 @@ class Job:
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(lambda exc: report_error(exc, desc, on_oom))
         self.worker.aborted.connect(self._aborted)
+        # on_finish runs inside _finished, not as a second connection: a signal from the worker
+        # thread reaches each connection as its own queued event, so between the two the job could
+        # already say it is not running while the dock had not yet re-enabled its buttons
+        self._on_finish = on_finish
         self.worker.finished.connect(self._finished)
-        if on_finish is not None:
-            self.worker.finished.connect(on_finish)
 
     def start(self) -> Job:
         self.worker.start()
@@ -130,6 +132,8 @@ class Job:
             self._aborted()  # superqt emits neither 'returned' nor 'aborted' when the generator returned
         self.finished = True
         self.pbar.close()
+        if self._on_finish is not None:
+            self._on_finish()
 
 
 class _Relay(QObject):
