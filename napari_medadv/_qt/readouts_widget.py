@@ -62,7 +62,8 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
         names = first.get("label_names") or {}
         for lab in first.get("per_label", {}):
             name = names.get(lab, lab)
-            add(f"Dice {name}" if name != lab else f"Dice label {lab}", lambda b, lab=lab: b["per_label"][lab])
+            add(f"Dice label {lab} ({name})" if name != lab else f"Dice label {lab}",
+                lambda b, lab=lab: b["per_label"][lab])
         add("Dice foreground", lambda b: b["foreground"])
         if transfer is not None and "dice" in transfer:
             td = transfer["dice"]
