@@ -474,3 +474,28 @@ def test_intensities_outside_the_declared_input_range_are_refused(tmp_path):
                    params={"eps": 0.02}, seed=0)
     iio.imwrite(tmp_path / "cr8.png", (img16 // 256).astype(np.uint8))
     run_attack(read_image(tmp_path / "cr8.png"), _wrap(ProbClassifier(), info), "fgsm", params={"eps": 0.02}, seed=0)
+
+
+def test_image_channel_names_from_a_sidecar_and_from_the_file_name(tmp_path):
+    """A 4-D NIfTI names its channels in a JSON sidecar (scan.json beside scan.nii.gz); a
+    single-contrast file names its one channel in its file name (BIDS sub-01_FLAIR, BraTS -t2f)."""
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(10, 10, 8, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, AFFINE), tmp_path / "scan.nii.gz")
+    assert read_image(tmp_path / "scan.nii.gz").channel_names == ["channel0", "channel1", "channel2", "channel3"]
+    (tmp_path / "scan.json").write_text(json.dumps({"channel_names": ["T1Gd", "T1w", "T2w", "FLAIR"]}))
+    image = read_image(tmp_path / "scan.nii.gz")
+    assert image.channel_names == ["T1Gd", "T1w", "T2w", "FLAIR"]
+    assert match_channels(image.channel_names, ["t1", "t1ce", "t2", "flair"], 4).order == (1, 0, 2, 3)
+    (tmp_path / "scan.json").write_text(json.dumps({"channel_names": ["T1"]}))
+    with pytest.raises(InputFileError, match=r"scan.json: channel_names must list 4 name"):
+        read_image(tmp_path / "scan.nii.gz")
+    for name, expected in (("sub-01_FLAIR.nii.gz", "FLAIR"), ("BraTS-GLI-00001-000-t2f.nii.gz", "t2f"),
+                           ("case_t1ce.nii.gz", "t1ce"), ("brain.nii.gz", "image")):
+        nib.save(nib.Nifti1Image(vol[..., 0], AFFINE), tmp_path / name)
+        assert read_image(tmp_path / name).channel_names == [expected], name
+    flair_model = _wrap(nn.Conv3d(1, 2, 1), ModelInfo(task="segmentation", spatial_dims=3, in_channels=1,
+                                                       channel_names=["FLAIR"], label_values=[0, 1]))
+    run_attack(read_image(tmp_path / "sub-01_FLAIR.nii.gz"), flair_model, "fgsm", params={"eps": 0.02}, seed=0)
+    with pytest.raises(ChannelMismatch, match=r"input is FLAIR but the image's channel is t1ce"):
+        run_attack(read_image(tmp_path / "case_t1ce.nii.gz"), flair_model, "fgsm", params={"eps": 0.02}, seed=0)
