@@ -149,6 +149,15 @@ def label_overlay(gray: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> 
     return rgb
 
 
+def _to_ras(affine: np.ndarray):
+    """A function reorienting a stored volume to RAS+ voxel order (flips and axis permutations
+    only, by nibabel's orientation tools; obliques go to the closest RAS axes)."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(affine)
+    return lambda a: nio.apply_orientation(np.asarray(a), ornt)
+
+
 def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path) -> Path:
     """Summary figure (matplotlib's object API with the Agg canvas: no global pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -162,13 +171,16 @@ def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path
     gs = fig.add_gridspec(3, 5)
     fl = seg.image.channel_names.index("flair") if "flair" in seg.image.channel_names else 0
     lab = seg.labels if seg.labels is not None else seg.seg_clean
-    z = int(np.argmax((lab != 0).sum(axis=(0, 1)))) if lab.ndim == 3 else None
+    to_ras = _to_ras(seg.image.geometry.affine) if lab.ndim == 3 else None
+    z = int(np.argmax((to_ras(lab) != 0).sum(axis=(0, 1)))) if to_ras is not None else None
 
     def sl(a):
-        return np.rot90(a[..., z]) if z is not None else a
+        # axial slice in radiological convention whatever the file's storage order: rows run
+        # anterior -> posterior, columns patient's right -> left (left on screen right)
+        return to_ras(a)[::-1, ::-1, z].T if z is not None else a
 
     panels = [
-        ("FLAIR (clean)", label_overlay(sl(seg.image.array[fl]), np.zeros_like(sl(lab)))),
+        ("FLAIR (clean; radiological: L on right)", label_overlay(sl(seg.image.array[fl]), np.zeros_like(sl(lab)))),
         ("ground truth", label_overlay(sl(seg.image.array[fl]), sl(lab))),
         ("prediction (clean)", label_overlay(sl(seg.image.array[fl]), sl(seg.seg_clean))),
         (f"prediction ({seg.attack}, ε={seg.result.eps:g})", label_overlay(sl(seg.adversarial[fl]), sl(seg.seg_adv))),
@@ -218,7 +230,7 @@ def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path
     ax = fig.add_subplot(gs[1, 3:5])
     tags = [t for t, _ in outcomes]
     ax.barh(tags, [o.metrics["image_quality"]["psnr"] for _, o in outcomes], color="tab:purple")
-    ax.set_xlabel("input PSNR (dB, mean over channels)")
+    ax.set_xlabel("input PSNR (dB, all channels)")
     ax.set_title("image quality of each perturbed input", fontsize=10)
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=8)
