@@ -110,7 +110,7 @@ def _hms(s: float) -> str:
 
 
 def cmd_study(args) -> int:
-    from napari_medadv.cli import CLIError
+    from napari_medadv._cli_common import CLIError
     from napari_medadv.core.study import Study, StudyConfig, grid_from_flags
 
     if any(v is not None for v in (args.eps, args.steps, args.psnr, args.ssim, args.match_tol)):

@@ -19,12 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_INTERNAL = 1
-
-
-class CLIError(Exception):
-    """Raised for problems the user must fix; printed as one line, exit code 2."""
+from napari_medadv._cli_common import EXIT_INTERNAL, EXIT_USAGE, CLIError  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------- helpers
