@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from napari_medadv._cli_common import EXIT_INTERNAL, EXIT_USAGE, CLIError  # noqa: F401 (re-exported)
 

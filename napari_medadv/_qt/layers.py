@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_medadv.core.brats import BRATS_LABELS
 from napari_medadv.core.errors import MedadvError
 from napari_medadv.core.io import Geometry, ImageData
 from napari_medadv.core.orientation import DisplayFrame, as_affine4
@@ -120,7 +121,7 @@ def layer_data_for_image(image: ImageData, name: str | None = None,
         }, "image"))
     if image.labels is not None:
         values = np.unique(image.labels).tolist()
-        brats = set(values) <= {0, 1, 2, 4}
+        brats = set(values) <= set(BRATS_LABELS)
         out.append((frame.to_display(image.labels), {
             "name": f"{case} labels", **geo, "opacity": 0.9,
             "metadata": {META: {"case": case, "role": "ground truth", "derived": False,
@@ -481,7 +482,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         values = sorted(set(outcome.model.info.label_values or [])
                         | set(np.unique(outcome.seg_clean).tolist())
                         | set(np.unique(outcome.seg_adv).tolist()))
-        cmap = brats_colormap(values) if set(values) <= {0, 1, 2, 4} else None
+        cmap = brats_colormap(values) if set(values) <= set(BRATS_LABELS) else None
         extra = {"colormap": cmap} if cmap is not None else {}
         for name, role, seg, vis in (
                 (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
@@ -540,7 +541,7 @@ def diff_map(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
 
 def show_clean_prediction(viewer: napari.Viewer, source: Source, model, seg: np.ndarray):
     values = sorted(set(model.info.label_values or []) | set(np.unique(seg).tolist()))
-    extra = {"colormap": brats_colormap(values)} if set(values) <= {0, 1, 2, 4} else {}
+    extra = {"colormap": brats_colormap(values)} if set(values) <= set(BRATS_LABELS) else {}
     meta = {META: {"case": source.case, "role": "segmentation (clean)", "derived": True, "model": model.spec},
             IMAGE_META: source.image}
     return _set_layer(viewer, source.result_name("segmentation (clean)"), "labels", source.to_display(seg),

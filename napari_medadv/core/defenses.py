@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .errors import MedadvError
+from .files import atomic_write, write_json
 from .models.base import ModelInfo, NativeInputModel
 from .models.demo import build_architecture, demo_paths
 
@@ -145,7 +146,7 @@ def train_defended(
     Returns the training record.
     """
     from . import phantoms
-    from .training import DEMO_CONFIGS, _atomic_save, _fit, evaluate_glioma, glioma_arrays, segmentation_batches
+    from .training import DEMO_CONFIGS, _fit, evaluate_glioma, glioma_arrays, segmentation_batches
 
     name = defended_name(base, defense)
     cfg = json.loads(json.dumps(DEMO_CONFIGS.get(base, {})))
@@ -257,8 +258,8 @@ def train_defended(
     out = Path(out_dir) if out_dir is not None else Path(".")
     out.mkdir(parents=True, exist_ok=True)
     pt, js = demo_paths(name, out)
-    _atomic_save(lambda f: torch.save(net.state_dict(), f), pt)
-    _atomic_save(lambda f: Path(f).write_text(json.dumps(meta, indent=1) + "\n"), js)
+    atomic_write(pt, lambda f: torch.save(net.state_dict(), f))
+    write_json(js, meta)
     return {"weights": str(pt), "metadata": str(js), **record}
 
 

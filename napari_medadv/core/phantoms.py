@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from .brats import BRATS_CHANNELS, BRATS_LABELS
+
 __all__ = [
     "BRATS_LABELS",
     "CXR_BASE_SIZE",
@@ -97,8 +99,7 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
 
 #: BraTS 2018-2020 label values: 0 background, 1 necrotic/non-enhancing core, 2 oedema,
 #: 4 enhancing tumour.
-BRATS_LABELS = (0, 1, 2, 4)
-GLIOMA_CHANNELS = ("t1", "t1ce", "t2", "flair")
+GLIOMA_CHANNELS = BRATS_CHANNELS
 #: Shipped NIfTI images are int16 with ``scl_slope`` = this value, so ``get_fdata()`` returns the
 #: generator's float scale (white matter on T1 ~ 1) to within half a quantisation step.
 GLIOMA_INT16_SLOPE = 1e-3

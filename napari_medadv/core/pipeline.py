@@ -9,9 +9,7 @@ outputs lie on the source grid and overlay it exactly.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import platform
 import secrets
 import shutil
 import sys
@@ -27,11 +25,11 @@ import torch
 from . import metrics as M
 from .attacks import ATTACKS, AttackResult, AttackStep, FGSM, MRArtifact
 from .errors import InputFileError, MedadvError, ModelError
-from .io import ImageData, write_image, write_labels
+from .files import package_versions, to_json
+from .io import BRATS_LABELS, ImageData, write_image, write_labels
 from .models.base import LoadedModel
 from .models.channels import ChannelMapping
 
-BRATS_VALUES = {0, 1, 2, 4}
 
 
 @dataclass
@@ -293,7 +291,7 @@ def _label_values(o: AttackOutcome) -> list[int]:
     info = o.model.info
     n_out = int(o.clean_output.shape[1])
     if info.sigmoid_regions(n_out) is not None:
-        return [0, 1, 2, 4]
+        return list(BRATS_LABELS)
     if info.output == "sigmoid":
         values = list(info.label_values or range(1, n_out + 1))
         return sorted({0, *(values[1:] if len(values) == n_out + 1 else values)})
@@ -380,18 +378,6 @@ def _sha256_of(paths) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("napari-medadv", "torch", "monai", "numpy", "scipy", "nibabel", "pydicom"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def outcome_record(o: AttackOutcome, *, command: list[str] | None = None, extra: dict | None = None) -> dict:
     """record.json: enough to replay the attack (inputs + checksums, model, parameters, seed)."""
     return {
@@ -468,10 +454,9 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
                                                          like=o.image).name
             written["segmentation_adversarial"] = write_labels(
                 o.seg_adv, tmp / f"segmentation_adversarial{lab_suffix}", like=o.image).name
-        (tmp / "metrics.json").write_text(json.dumps(o.metrics, indent=1, default=_json_default) + "\n")
+        (tmp / "metrics.json").write_text(to_json(o.metrics))
         written["metrics"] = "metrics.json"
-        (tmp / "record.json").write_text(
-            json.dumps(outcome_record(o, command=command, extra=record_extra), indent=1, default=_json_default) + "\n")
+        (tmp / "record.json").write_text(to_json(outcome_record(o, command=command, extra=record_extra)))
         written["record"] = "record.json"
         _move_into(tmp, out_dir)
     finally:
@@ -495,16 +480,6 @@ def _move_into(tmp: Path, out_dir: Path) -> None:
         if dest.is_dir():
             shutil.rmtree(dest)
         os.replace(item, dest)
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    return repr(v)
 
 
 # --------------------------------------------------------------------------- live ε (GUI)

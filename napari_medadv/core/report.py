@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from . import stats as S
-from .study import NO_ATTACK, REGIONS, _atomic_write, load_rows
+from .files import atomic_write
+from .study_store import NO_ATTACK, REGIONS, load_rows
 
 MARKERS = "osD^v<>ph*"
 
@@ -480,7 +481,7 @@ def _save(fig, folder: Path, stem: str) -> list[str]:
             with matplotlib.rc_context({"svg.hashsalt": "napari-medadv"}):
                 fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
 
-        _atomic_write(path, write)
+        atomic_write(path, write)
         names.append(f"figures/{path.name}")
     return names
 
@@ -582,7 +583,7 @@ def figure_k_vs_eps(cls, folder: Path) -> list[str]:
 
 
 def _csv(df, path: Path) -> None:
-    _atomic_write(path, lambda f: df.to_csv(f, index=False))
+    atomic_write(path, lambda f: df.to_csv(f, index=False))
 
 
 def _num(v, digits=3) -> str:
@@ -615,7 +616,7 @@ def build_report(out: str | Path) -> dict:
     n_done = df["case"].nunique() if not df.empty else 0
     doc.p(f"Dataset: `{ds['root']}` ({ds['kind']}, {n_done} of {ds['n_cases']} cases stored). {ds.get('note', '')}")
     doc.p("Models: " + ", ".join(f"`{m}` ({(c or '')[:19]})" for m, c in meta["models"].items())
-          + (f"; transfer: every adversarial image is also evaluated on every other model" if cfg.get("transfer") else ""))
+          + ("; transfer: every adversarial image is also evaluated on every other model" if cfg.get("transfer") else ""))
     doc.p("Grid: " + ", ".join(f"`{k}`" for k in meta["grid"]) + f"; seed {cfg['seed']}; perturbation "
           + ("on the non-zero support of skull-stripped images" if cfg.get("roi") == "auto" else "everywhere") + ".")
     if meta.get("command"):
@@ -627,7 +628,7 @@ def build_report(out: str | Path) -> dict:
     _csv(df, out / "per_case.csv")
     files["per_case_csv"] = str(out / "per_case.csv")
     try:
-        _atomic_write(out / "per_case.parquet", lambda f: df.to_parquet(f, index=False))
+        atomic_write(out / "per_case.parquet", lambda f: df.to_parquet(f, index=False))
         files["per_case_parquet"] = str(out / "per_case.parquet")
     except ImportError:  # pyarrow is a declared dependency; without it the CSV is still there
         pass
@@ -856,7 +857,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
 
 def _transfer_section(doc: Doc, out: Path, mat, key: str, what: str, files: dict, links: list):
     stem = "transfer_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
-    _atomic_write(out / f"{stem}.csv", lambda f: mat.to_csv(f))
+    atomic_write(out / f"{stem}.csv", lambda f: mat.to_csv(f))
     files[stem] = str(out / f"{stem}.csv")
     links.append(f"[{stem}.csv]({stem}.csv)")
     doc.h(3, f"Transfer matrix, {key} (Ghamizi et al. 2023, Table 2)")
@@ -867,8 +868,8 @@ def _transfer_section(doc: Doc, out: Path, mat, key: str, what: str, files: dict
 
 def _write_doc(doc: Doc, out: Path, title: str, files: dict) -> dict:
     md, page = doc.markdown(), doc.html(title)
-    _atomic_write(out / "report.md", lambda f: Path(f).write_text(md))
-    _atomic_write(out / "report.html", lambda f: Path(f).write_text(page))
+    atomic_write(out / "report.md", lambda f: Path(f).write_text(md))
+    atomic_write(out / "report.html", lambda f: Path(f).write_text(page))
     files["report_md"] = str(out / "report.md")
     files["report_html"] = str(out / "report.html")
     return files

@@ -65,9 +65,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputFileError, MedadvError
-
-NO_ATTACK = "none"
-REGIONS = ("WT", "TC", "ET")
+from .files import atomic_write, package_versions, write_json
+from .study_store import NO_ATTACK, REGIONS, load_rows  # noqa: F401 (the study's public names)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 
 
@@ -367,10 +366,10 @@ def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], Non
         name = f"case_{s:03d}.png"
         if not (folder / name).is_file():
             arr = np.clip(np.round(np.asarray(img, dtype=np.float64) * 65535), 0, 65535).astype(np.uint16)
-            _atomic_write(folder / name, lambda f, a=arr: iio.imwrite(f, a, extension=".png"))
+            atomic_write(folder / name, lambda f, a=arr: iio.imwrite(f, a, extension=".png"))
         rows.append([name] + [int(labels[f]) for f in phantoms.CXR_FINDINGS])
     text = "file," + ",".join(phantoms.CXR_FINDINGS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
-    _atomic_write(folder / "labels.csv", lambda f: Path(f).write_text(text))
+    atomic_write(folder / "labels.csv", lambda f: Path(f).write_text(text))
     return folder
 
 
@@ -867,35 +866,6 @@ class StudyResult:
     files: dict = field(default_factory=dict)
 
 
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data) -> None:
-    _atomic_write(path, lambda f: Path(f).write_text(json.dumps(data, indent=1, default=_json_default) + "\n"))
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
 def _safe_name(case_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
 
@@ -987,7 +957,7 @@ class Study:
                                                                             "n_cases": len(cases), "note": ds.note,
                                                                             "class_names": ds.class_names},
                                              "models": self.model_checksums(), "grid": [gp.key for gp in self.config.points()],
-                                             "versions": _versions(),
+                                             "versions": package_versions(extra=("dask", "distributed", "pandas", "matplotlib")),
                                              "command": " ".join(command) if command else None})
         todo, skipped = [], 0
         for c in cases:
@@ -1067,35 +1037,3 @@ def default_workers() -> int:
     except ImportError:
         pass
     return max(1, os.cpu_count() or 1)
-
-
-def _versions() -> dict:
-    from .pipeline import package_versions
-
-    v = package_versions()
-    for pkg in ("dask", "distributed", "pandas", "matplotlib"):
-        try:
-            from importlib.metadata import version
-
-            v[pkg] = version(pkg)
-        except Exception:  # noqa: BLE001 - an absent optional package is recorded as None
-            v[pkg] = None
-    return v
-
-
-def load_rows(out: str | Path):
-    """``(per-case rows, per-step history)`` as pandas DataFrames from the stored cases."""
-    import pandas as pd
-
-    rows, hist = [], []
-    for f in sorted((Path(out) / "cases").glob("*.json")):
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputFileError(f, f"damaged case result ({exc}); delete it to recompute the case") from None
-        rows.extend(data["rows"])
-        hist.extend(data["history"])
-    df = pd.DataFrame(rows)
-    if "match_reached" in df:  # only matched-quality rows have it: a nullable boolean, not object
-        df["match_reached"] = df["match_reached"].astype("boolean")
-    return df, pd.DataFrame(hist)

@@ -10,9 +10,7 @@ network plus a JSON file with the :class:`ModelInfo`, the architecture and the t
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,12 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .files import atomic_write, write_json
+from .io import BRATS_LABELS
 from .models.base import ModelInfo, NativeInputModel
 from .models.demo import build_architecture, demo_paths
 
 Log = Callable[[str], None]
 
-GLIOMA_LABELS = [0, 1, 2, 4]
+GLIOMA_LABELS = list(BRATS_LABELS)
 
 DEMO_CONFIGS = {
     "unet3d": {
@@ -128,27 +128,9 @@ def train_demo(name: str, out_dir: str | Path | None = None, *, seed: int = 0, n
     out = Path(out_dir) if out_dir is not None else Path(".")
     out.mkdir(parents=True, exist_ok=True)
     pt, js = demo_paths(name, out)
-    _atomic_save(lambda f: torch.save(net.state_dict(), f), pt)
-    _atomic_save(lambda f: Path(f).write_text(json.dumps(meta, indent=1) + "\n"), js)
+    atomic_write(pt, lambda f: torch.save(net.state_dict(), f))
+    write_json(js, meta)
     return {"weights": str(pt), "metadata": str(js), **record}
-
-
-def _atomic_save(write: Callable[[str], object], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fit(module: nn.Module, tr: dict, steps_per_epoch: int, batches: Callable, loss_of: Callable, log: Log) -> None:

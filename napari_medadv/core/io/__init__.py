@@ -24,9 +24,12 @@ from .api import (
     write_labels,
 )
 from .geometry import LPS_TO_RAS, Geometry
+from .nifti import BRATS_CHANNELS, BRATS_LABELS
 from .types import KINDS, ImageData
 
 __all__ = [
+    "BRATS_CHANNELS",
+    "BRATS_LABELS",
     "DEFAULT_DESCRIPTION",
     "KINDS",
     "LPS_TO_RAS",

@@ -13,16 +13,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..brats import BRATS_2023_NAMES, BRATS_CHANNELS, BRATS_LABELS
 from ..errors import InputFileError
 from ._files import NIFTI_SUFFIXES, atomic_file, reading, require_finite, require_plausible_size, suffix_of
 from .geometry import Geometry, onto_grid
 from .types import ImageData
 
-BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")
-#: BraTS 2023 file suffixes → the classic channel names.
-BRATS_2023_NAMES = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
-#: Labels of the classic BraTS (2017-2021) convention: background, NCR/NET, ED, ET.
-BRATS_LABELS = (0, 1, 2, 4)
 _BRATS_FILE = re.compile(
     r"^(?P<case>.+?)[_-](?P<mod>t1ce|t1n|t1c|t1|t2w|t2f|t2|flair|seg)\.nii(?:\.gz)?$",
     re.IGNORECASE,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..brats import BRATS_LABEL_NAMES, BRATS_REGION_NAMES, BRATS_REGIONS
 from ..errors import ModelError
 from .channels import ChannelMapping, ChannelMismatch, match_channels
 
@@ -25,10 +26,7 @@ TASKS = ("segmentation", "classification")
 OUTPUTS = ("softmax", "sigmoid", "probabilities")
 NORMALIZATIONS = ("none", "zscore", "zscore-nonzero", "minmax", "fixed")
 
-#: MONAI BraTS bundle convention: sigmoid channels tumor core, whole tumor, enhancing tumor.
-BRATS_REGION_NAMES = ("TC", "WT", "ET")
-#: Classic BraTS label values and what they mark.
-BRATS_LABEL_NAMES = {1: "NCR/NET", 2: "ED", 4: "ET"}
+
 
 
 @dataclass
@@ -551,7 +549,7 @@ class LoadedModel:
         return values.index(value)
 
 
-REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+REGION_LABELS = BRATS_REGIONS
 
 
 def labels_to_regions(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
