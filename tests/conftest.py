@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+
+def _one_qt_binding() -> None:
+    """Make pytest-qt use the Qt binding that qtpy (hence napari and the plugin) uses.
+
+    Each picks on its own: qtpy honours ``QT_API`` and otherwise prefers PyQt5, pytest-qt honours
+    ``PYTEST_QT_API`` and otherwise prefers PySide6. With more than one binding installed the GUI
+    tests then ran two Qt libraries in one process (the QApplication from one, the widgets from the
+    other): widgets failed and the process aborted. This runs when pytest loads this conftest,
+    before pytest-qt's ``pytest_configure`` reads ``PYTEST_QT_API``.
+    """
+    if "QT_API" not in os.environ and "PYTEST_QT_API" in os.environ:
+        os.environ["QT_API"] = os.environ["PYTEST_QT_API"]
+    try:
+        import qtpy
+    except Exception:  # no Qt binding installed: the GUI tests cannot run, the others still do
+        return
+    if qtpy.API_NAME.lower() in ("pyqt5", "pyqt6", "pyside6"):  # those pytest-qt supports
+        os.environ["PYTEST_QT_API"] = qtpy.API_NAME.lower()
+
+
+_one_qt_binding()
 
 
 def make_disk_batch(n: int, size: int = 32, generator: torch.Generator | None = None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,16 @@ _NOTHING = object()
 
 def is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+#: what each core remedy (``MedadvError.fix``) is in the docks
+GUI_FIXES = {
+    "trust_code": " — tick 'trust model code' in the Model dock",
+    "device_cpu": " — choose device 'cpu' in the Model dock",
+    "weights": " — fill in 'weights' in the Model dock",
+    "untargeted": " — set the target to 'none'",
+    "channels": " — give the image channels in the model's input order under 'channels' in the Model dock",
+}
 
 
 def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | None = None) -> None:
@@ -36,17 +48,54 @@ def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | Non
         notification_manager.dispatch(Notification(msg, severity="warning",
                                                    actions=[("Use the CPU", lambda *_: on_oom())]))
         return
-    from napari_medadv.core.models.channels import ChannelMismatch
-
     if isinstance(exc, (MedadvError, ValueError)):
-        hint = (" — give the image channels in the model's input order under 'channels' in the Model dock"
-                if isinstance(exc, ChannelMismatch) else "")
+        hint = GUI_FIXES.get(getattr(exc, "fix", None), "")
         show_error(f"{what} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}")
         return
     # anything else is a bug (ours or the model's): one line, the traceback in a log file
     from napari_medadv.core.paths import internal_error_line, write_error_log
 
     show_error(f"{what} failed: {internal_error_line(exc, write_error_log(exc, f'napari-medadv: {what}'))}")
+
+
+class _Failed:
+    """An exception raised by a :class:`Job`'s function, carried to the Qt thread as its return value.
+
+    Not an Exception subclass: superqt re-raises a returned exception into ``errored``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _failures_returned(func: Callable) -> Callable:
+    """``func`` with an exception it raises returned as :class:`_Failed` instead.
+
+    napari's ``create_worker`` connects ``errored`` (which carries the exception) to a
+    ``partial(lambda task_status_id, function: ...)`` that takes no argument of its own. PyQt
+    drops the extra argument; PySide6 passes it, so every failed job also raised ``TypeError:
+    <lambda>() takes 2 positional arguments but 3 were given`` in the Qt event loop (an extra
+    error notification in napari, a failed GUI test). A failure that never reaches ``errored``
+    behaves the same under every binding."""
+    if inspect.isgeneratorfunction(func):
+        @functools.wraps(func)
+        def gen(*args, **kwargs):
+            try:
+                return (yield from func(*args, **kwargs))
+            except Exception as exc:
+                return _Failed(exc)
+
+        return gen
+
+    @functools.wraps(func)
+    def call(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            return _Failed(exc)
+
+    return call
 
 
 class Job:
@@ -73,11 +122,13 @@ class Job:
         self._stop = threading.Event()
         self._on_done = on_done
         self._on_cancel = on_cancel
+        self._on_oom = on_oom
         self._cancel_reported = False
         if hooks:
             kwargs["should_stop"] = self._stop.is_set
             kwargs["report"] = self.report
-        self.worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        self.worker = create_worker(_failures_returned(func), *args, _start_thread=False, _ignore_errors=True,
+                                    **kwargs)
         self.worker.yielded.connect(self._yielded)
         if on_yield is not None:
             self.worker.yielded.connect(lambda item: on_yield(item[2]))
@@ -116,7 +167,9 @@ class Job:
         self.pbar.refresh()
 
     def _returned(self, value) -> None:
-        if self.cancelled:  # cancelled while returning: drop the result, like an abort
+        if isinstance(value, _Failed):
+            report_error(value.exc, self.desc, self._on_oom)
+        elif self.cancelled:  # cancelled while returning: drop the result, like an abort
             self._aborted()
         elif self._on_done is not None:
             self._on_done(value)
