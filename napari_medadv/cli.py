@@ -33,10 +33,22 @@ def _channel_list(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: what each core remedy (``MedadvError.fix``) is on the command line
+CLI_FIXES = {
+    "trust_code": "pass --trust-model-code",
+    "device_cpu": "use --device cpu",
+    "weights": "give --weights PATH",
+    "untargeted": "drop --target/--target-mask",
+}
+
+
 def _hint(exc: BaseException) -> str:
     """What the user can do about a core error, in this front end's terms."""
     from napari_medadv.core.models.channels import ChannelMismatch, canonical_contrast
 
+    fix = getattr(exc, "fix", None)
+    if fix in CLI_FIXES:
+        return f" ({CLI_FIXES[fix]})"
     if isinstance(exc, ChannelMismatch):
         if not exc.model_names:
             return " (give them with --channels NAME,NAME,... in the model's input order)"

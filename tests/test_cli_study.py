@@ -83,4 +83,4 @@ def test_train_defense_options_parse(capsys):
     for flag in ("--defense", "--temperature", "--beta", "--radius", "--eps"):
         assert flag in text
     assert main(["train", "demo-unet3d", "--defense", "adversarial", "--beta", "1.5", "--out", "/nonexistent-x"]) == 2
-    assert "--beta must be in [0, 1]" in capsys.readouterr().err
+    assert "beta (weight of the adversarial loss) must be in [0, 1]" in capsys.readouterr().err

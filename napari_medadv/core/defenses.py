@@ -157,9 +157,9 @@ def train_defended(
     for label, v, lo in (("temperature", temperature, 0.0), ("eps", eps, 0.0), ("radius", radius, 0.0),
                          ("teacher_temperature", teacher_temperature, 0.0)):
         if not (np.isfinite(v) and v > lo):
-            raise MedadvError(f"--{label.replace('_', '-')} must be > 0, got {v}")
+            raise MedadvError(f"{label} must be > 0, got {v}")
     if not 0.0 <= beta <= 1.0:
-        raise MedadvError(f"--beta must be in [0, 1], got {beta}")
+        raise MedadvError(f"beta (weight of the adversarial loss) must be in [0, 1], got {beta}")
     tr = cfg["train"]
     if n_cases is not None:
         tr["n_cases"] = int(n_cases)
@@ -167,7 +167,7 @@ def train_defended(
         tr["epochs"] = int(epochs)
     if lr is not None:
         if not (np.isfinite(lr) and lr > 0):
-            raise MedadvError(f"--lr must be > 0, got {lr}")
+            raise MedadvError(f"the learning rate must be > 0, got {lr}")
         tr["lr"] = float(lr)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -185,7 +185,7 @@ def train_defended(
         try:
             net.load_state_dict(start.state_dict())
         except RuntimeError as exc:
-            raise MedadvError(f"--init {init}: its weights do not fit the {base} architecture "
+            raise MedadvError(f"starting model {init}: its weights do not fit the {base} architecture "
                               f"({str(exc).splitlines()[0]})") from None
     for prm in net.parameters():
         prm.requires_grad_(True)

@@ -221,7 +221,7 @@ def iter_attack(
         )
     engine_target = resolve_target(model, target, image)
     if engine_target is not None and spec.targeted == "no":
-        raise MedadvError(f"{spec.label} is untargeted; drop --target/--target-mask")
+        raise MedadvError(f"{spec.label} is untargeted: it takes no target", fix="untargeted")
     t0 = time.perf_counter()
     steps = atk.iterate(x, engine_labels, target=engine_target)
     try:

@@ -262,10 +262,10 @@ def grid_from_flags(attacks: Sequence[str], eps: Sequence[float] | None = None,
     from .attacks import ATTACKS
 
     if psnr and ssim:
-        raise MedadvError("give --psnr or --ssim, not both")
+        raise MedadvError("give PSNR or SSIM targets, not both")
     quality = ("psnr", list(psnr)) if psnr else ("ssim", list(ssim)) if ssim else None
     if tol is not None and quality is None:
-        raise MedadvError("--match-tol needs --psnr or --ssim")
+        raise MedadvError("a match tolerance needs PSNR or SSIM targets")
     entries = []
     for name in attacks:
         spec = ATTACKS.get_spec(name)
@@ -520,7 +520,7 @@ class StudyConfig:
 
     def validate(self) -> None:
         if not self.models:
-            raise MedadvError("a study needs at least one model (--model SPEC)")
+            raise MedadvError("a study needs at least one model")
         if len(set(self.models)) != len(self.models):
             raise MedadvError("a model is listed twice")
         if self.roi not in ("auto", "none"):

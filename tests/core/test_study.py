@@ -404,7 +404,7 @@ def test_matched_quality_grid_axis():
     flags = ST.grid_from_flags(["fgsm", "motion"], eps=[0.02], psnr=[40, 30], tol=0.2)
     assert flags == [{"attack": "fgsm", "eps": [0.02]}, {"attack": "fgsm", "psnr": [40, 30], "tol": 0.2},
                      {"attack": "motion", "psnr": [40, 30], "tol": 0.2}]
-    with pytest.raises(MedadvError, match="--match-tol needs"):
+    with pytest.raises(MedadvError, match="a match tolerance needs"):
         ST.grid_from_flags(["fgsm"], tol=0.2)
 
 

@@ -490,7 +490,8 @@ def load_factory(value: str, *, weights: str | None = None, trust_code: bool = F
     if not sep or not mod_spec or not func_name.isidentifier():
         raise ModelError(f"factory:{value}: spec must be package.module:function or path/to/file.py:function")
     if not weights:
-        raise ModelError(f"factory:{value}: factory models need weights=PATH (a state-dict file, e.g. --weights model.pt)")
+        raise ModelError(f"factory:{value}: factory models need a weights file (a state dict saved with "
+                         "torch.save(model.state_dict(), path))", fix="weights")
     wpath = _existing_file(weights, "weights file")
     info = _info_from_sidecar(wpath, info, "weights file")
     module = _import_factory_module(mod_spec, value)

@@ -57,7 +57,7 @@ class ChannelMismatch(ModelError):
     ``model_names`` say what was compared."""
 
     def __init__(self, message: str, image_names: Sequence[str], model_names: Sequence[str] | None):
-        super().__init__(message)
+        super().__init__(message, fix="channels")
         self.image_names = list(image_names)
         self.model_names = None if model_names is None else list(model_names)
 

@@ -50,9 +50,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        raise ModelError(f"device {device!r} requested but CUDA is not available here", fix="device_cpu")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError(f"device {device!r} requested but MPS is not available here; use --device cpu")
+        raise ModelError(f"device {device!r} requested but MPS is not available here", fix="device_cpu")
     return dev
 
 
@@ -94,9 +94,8 @@ def load_model(
         raise ModelError(f"unknown model scheme {scheme!r} in {spec!r}; known: {', '.join(sorted(_LOADERS))}")
     if scheme in SCHEMES_NEEDING_TRUST and not trust_code:
         raise ModelError(
-            f"{spec}: loading a {scheme} model runs code from it; refusing without --trust-model-code "
-            "(GUI: tick 'trust model code') — only do that for files you trust"
-        )
+            f"{spec}: loading a {scheme} model runs code from it; refused until you say you trust it "
+            "(only do that for files you trust)", fix="trust_code")
     dev = resolve_device(device)
     net, info, checksum = _LOADERS[scheme](value, weights=weights, trust_code=trust_code, info=None)
     if info_overrides:

@@ -386,7 +386,7 @@ def test_factory_module_not_found(factory):
 
 
 def test_factory_missing_weights(factory, tmp_path):
-    with pytest.raises(ModelError, match=r"need weights=PATH"):
+    with pytest.raises(ModelError, match=r"need a weights file"):
         load_model(f"factory:{factory.name}:build", trust_code=True, device="cpu")
     with pytest.raises(ModelError, match=r"absent\.pt: weights file not found"):
         load_model(f"factory:{factory.name}:build", weights=str(tmp_path / "absent.pt"), trust_code=True,
@@ -433,7 +433,7 @@ def test_code_running_schemes_refused_without_trust(scheme, scripted, tmp_path):
     _, path = scripted
     target = {"torchscript": str(path), "bundle": str(tmp_path), "factory": "os:getcwd",
               "xrv": "densenet121-res224-all"}[scheme]
-    with pytest.raises(ModelError, match="refusing without --trust-model-code"):
+    with pytest.raises(ModelError, match="refused until you say you trust it"):
         load_model(f"{scheme}:{target}", weights=str(path), device="cpu")
 
 
