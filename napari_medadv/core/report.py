@@ -781,7 +781,7 @@ def _matched_section(doc: Doc, out: Path, fixed, reached, matched, figdir: Path,
     doc.h(2, "Adversarial attacks and natural MR artifacts at matched image quality")
     doc.p("Each perturbation source is set, per case, to the knob value (ε of an attack, severity of an MR "
           "artifact) that brings the input to the target " + " / ".join(m.upper() for m in metrics)
-          + " (mean over channels, each on its own range), found by a bracketing + Brent search "
+          + " (over the channels, each on its own range: PSNR from their mean normalised MSE, SSIM their mean), found by a bracketing + Brent search "
           "(`napari_medadv.core.matching`). Only the cases where the target was reached within the tolerance "
           "enter the means and tests; *reached* counts them (a source whose strongest setting stays above "
           "the target gives its closest value, shown in brackets). Adversarial sources: solid lines, filled "
