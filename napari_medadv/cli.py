@@ -325,8 +325,9 @@ def _summary_line(o) -> str:
 
     m = o.metrics
     iq = m["image_quality"]
-    names = [p.name for p in ATTACKS.get_spec(o.attack).params]
-    knobs = f"eps={m['eps']:g}" if "eps" in names else " ".join(f"{k}={o.params.get(k)}" for k in names)
+    spec = ATTACKS.get_spec(o.attack)
+    names = [p.name for p in spec.params]
+    knobs = f"eps={m['eps']:g}" if spec.takes_eps else " ".join(f"{k}={o.params.get(k)}" for k in names)
     parts = [f"{o.attack}: {knobs}", f"PSNR {iq['psnr']:.2f} dB", f"SSIM {iq['ssim']:.3f}",
              f"L0 {iq['l0']}"]
     if "dice" in m:

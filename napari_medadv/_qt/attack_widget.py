@@ -487,10 +487,10 @@ class AttackWidget(QWidget):
         self.eps_native.setVisible(self._has_eps)
         if eps_default is not None and not old and self.eps_slider.value() == 0:
             self.set_eps(eps_default)
-        self.live.setEnabled(spec.name == "fgsm")
-        if spec.name != "fgsm" and self.live.isChecked():
+        self.live.setEnabled(spec.live_eps)
+        if not spec.live_eps and self.live.isChecked():
             self.live.setChecked(False)
-        self.track.setEnabled(not spec.gradient_free and spec.name != "fgsm")
+        self.track.setEnabled(not spec.gradient_free and spec.iterative)
         self._refresh_targets()
 
     def attack_name(self) -> str:

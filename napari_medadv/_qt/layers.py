@@ -344,10 +344,10 @@ def flush_deferred(viewer: napari.Viewer) -> int:
 
 def is_artifact(attack: str) -> bool:
     """True for registry entries that simulate an MR artifact (a severity, no ε)."""
-    from napari_medadv.core.attacks import ATTACKS, MRArtifact
+    from napari_medadv.core.attacks import ATTACKS
 
     spec = ATTACKS.get(attack)
-    return spec is not None and issubclass(spec.cls, MRArtifact)
+    return spec is not None and spec.kind == "artifact"
 
 
 def result_tag(attack: str) -> str:

@@ -38,9 +38,9 @@ METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM"}
 
 def artifact_choices() -> list[tuple[str, str]]:
     """``(label, registry name)`` of every MR artifact in the registry, in registry order."""
-    from napari_medadv.core.attacks import ATTACKS, MRArtifact
+    from napari_medadv.core.attacks import ATTACKS
 
-    return [(_short_label(s.label), n) for n, s in ATTACKS.items() if issubclass(s.cls, MRArtifact)]
+    return [(_short_label(s.label), n) for n, s in ATTACKS.items() if s.kind == "artifact"]
 
 
 def _short_label(label: str) -> str:

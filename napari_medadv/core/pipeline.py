@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .attacks import ATTACKS, AttackResult, AttackStep, FGSM, MRArtifact
+from .attacks import ATTACKS, AttackResult, AttackStep, FGSM
 from .errors import InputFileError, MedadvError, ModelError
 from .files import package_versions, to_json
 from .io import BRATS_LABELS, ImageData, write_image, write_labels
@@ -417,7 +417,7 @@ def derived_descriptions(o: AttackOutcome) -> tuple[str, str]:
     one a file carries; both say it is not the original.
     """
     spec = ATTACKS.get(o.attack)
-    if spec is not None and issubclass(spec.cls, MRArtifact):
+    if spec is not None and spec.kind == "artifact":
         sev = o.result.extra.get("severity", o.params.get("severity"))
         what = f"simulated MR artifact ({o.attack} severity={sev:g})"
         return f"{what} NOT ORIGINAL napari-medadv", f"{what} minus original napari-medadv"

@@ -294,14 +294,11 @@ KIND_STYLE = {"adversarial": ("-", True), "natural": ("--", False), "random": ("
 def source_kind(attack: str) -> str:
     """``"natural"`` for an MR artifact, ``"random"`` for the random L∞ noise baseline, else
     ``"adversarial"`` (every source that uses the model: gradient attacks and DGDE)."""
-    from .attacks import ATTACKS, MRArtifact, RandomNoise
+    from .attacks import ATTACKS
 
     spec = ATTACKS.get(attack)
-    if spec is not None and issubclass(spec.cls, MRArtifact):
-        return "natural"
-    if spec is not None and issubclass(spec.cls, RandomNoise):
-        return "random"
-    return "adversarial"
+    kind = spec.kind if spec is not None else "adversarial"
+    return {"artifact": "natural"}.get(kind, kind)
 
 
 def split_matched(seg):

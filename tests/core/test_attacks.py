@@ -364,3 +364,16 @@ def test_numpy_input_and_integer_images(seg_model, seg_data):
     adv = FGSM(seg_model, eps=0.01)(x.numpy(), y.numpy())
     assert isinstance(adv, torch.Tensor) and adv.dtype == torch.float32
     assert math.isclose(float((adv - x).abs().amax()), 0.01 * float(compute_range(x).width.max()), rel_tol=1e-4)
+
+
+def test_registry_carries_capabilities_for_the_front_ends():
+    """Front ends read what an attack can do from its spec, never from its name or class."""
+    from napari_medadv.core.attacks import ATTACKS
+
+    kinds = {n: s.kind for n, s in ATTACKS.items()}
+    assert kinds["fgsm"] == kinds["pgd"] == kinds["dgde"] == "adversarial" and kinds["noise"] == "random"
+    assert {n for n, k in kinds.items() if k == "artifact"} == {"motion", "ghosting", "spike", "biasfield",
+                                                                 "gaussnoise", "blur"}
+    assert [n for n, s in ATTACKS.items() if s.live_eps] == ["fgsm"]
+    assert ATTACKS["ifgsm"].iterative and not ATTACKS["fgsm"].iterative
+    assert ATTACKS["fgsm"].takes_eps and not ATTACKS["motion"].takes_eps

@@ -25,7 +25,13 @@ _BUILTIN: tuple[type[Attack], ...] = (FGSM, IFGSM, TIFGSM, PGD, RiskPGD, DGDE, R
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """What a front end needs to offer an attack without importing its module by name."""
+    """What a front end needs to offer an attack without importing its module by name, or testing
+    its class or name: its parameters and capabilities.
+
+    ``kind``: ``"adversarial"``, ``"random"`` or ``"artifact"``; ``takes_eps``: has an ε budget
+    (artifacts have a severity instead); ``iterative``: has steps (per-step history makes sense);
+    ``live_eps``: one forward pass per ε once prepared (the live slider).
+    """
 
     name: str
     label: str
@@ -34,6 +40,16 @@ class AttackSpec:
     params: tuple[Param, ...]
     gradient_free: bool
     targeted: str
+    kind: str = "adversarial"
+    live_eps: bool = False
+
+    @property
+    def takes_eps(self) -> bool:
+        return any(p.name == "eps" for p in self.params)
+
+    @property
+    def iterative(self) -> bool:
+        return any(p.name == "steps" for p in self.params)
 
     def create(self, model, **kwargs) -> Attack:
         """Instantiate with keyword arguments; unknown ones raise a clear ``ValueError``."""
@@ -55,7 +71,7 @@ class AttackRegistry(dict):
         if cls.name in self:
             raise ValueError(f"an attack named {cls.name!r} is already registered")
         self[cls.name] = AttackSpec(cls.name, cls.label, cls.description, cls, cls.params,
-                                    cls.gradient_free, cls.targeted)
+                                    cls.gradient_free, cls.targeted, cls.kind, cls.live_eps)
         return cls
 
     def get_spec(self, name: str) -> AttackSpec:

@@ -127,6 +127,7 @@ class MRArtifact(Attack):
 
     gradient_free = True
     targeted = "no"
+    kind = "artifact"
     params: ClassVar[tuple[Param, ...]] = (Param("severity", float, 0.5, SEVERITY_HELP, 0.0, 1.0),)
     #: name of the torchio transform class applied
     torchio_transform: ClassVar[str] = ""

@@ -256,6 +256,10 @@ class Attack:
     gradient_free: ClassVar[bool] = False
     #: "no" (untargeted only), "optional", or "required"
     targeted: ClassVar[str] = "no"
+    #: "adversarial" (uses the model), "random" (a noise baseline) or "artifact" (a simulated MR artifact)
+    kind: ClassVar[str] = "adversarial"
+    #: one forward per ε once prepared (``prepare`` + ``predict_at_eps``): the GUI's live ε slider
+    live_eps: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
     )

@@ -33,6 +33,7 @@ class FGSM(Attack):
     """
 
     name = "fgsm"
+    live_eps = True
     label = "FGSM"
     description = "Fast gradient sign method: one step of size ε along the loss gradient sign."
 

@@ -20,6 +20,7 @@ class RandomNoise(Attack):
     """
 
     name = "noise"
+    kind = "random"
     label = "Random noise"
     description = "Uniform random L∞ noise of the same budget (baseline)."
     gradient_free = True
