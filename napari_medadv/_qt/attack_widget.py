@@ -33,16 +33,15 @@ from qtpy.QtWidgets import (
 from .layers import (
     META,
     Source,
+    context_from_choices,
     flush_deferred,
     iter_show_outcome,
     labels_for,
-    layer_on_grid,
-    mask_on_grid,
     show_outcome,
     source_from_layer,
 )
 from .matched import MAX_EVALS, METRIC_LABELS, METRIC_UNITS, Matched, SideBySide, artifact_choices, match_job
-from .session import Session, Shown
+from .session import Choices, Session, Shown
 from .workers import Job, LatestWins, report_error
 
 if TYPE_CHECKING:
@@ -169,7 +168,6 @@ class AttackWidget(QWidget):
 
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
-        self.session.widgets["attack"] = self
         self.registry = ATTACKS
         self._job: Job | None = None
         self._live = None  # (key, LiveEps)
@@ -341,6 +339,8 @@ class AttackWidget(QWidget):
         self.session.result_changed.connect(self._update_match_controls)
         self.session.matched_changed.connect(self._matched_changed)
         self.image_combo.currentIndexChanged.connect(self._update_match_controls)
+        for combo in (self.image_combo, self.labels_combo, self.roi_combo, self.target_combo):
+            combo.currentIndexChanged.connect(self._publish_choices)
         self.match_metric.currentIndexChanged.connect(self._update_match_controls)
         self.match_btn.clicked.connect(lambda: self.match())
         self.side_btn.toggled.connect(self.side_by_side)
@@ -406,6 +406,7 @@ class AttackWidget(QWidget):
             self._source_changed()
         elif not self._labels_picked:
             self._preselect_ground_truth()
+        self._publish_choices()  # the combos were refilled with their signals blocked
 
     def _refresh_targets(self) -> None:
         from napari_medadv.core.attacks import ATTACKS
@@ -433,6 +434,7 @@ class AttackWidget(QWidget):
         self.target_combo.setCurrentIndex(max(idx, 0))
         self.target_combo.blockSignals(False)
         self.target_combo.setEnabled(spec.targeted != "no")
+        self._publish_choices()
 
     def source_layer(self):
         name = self.image_combo.currentData()
@@ -461,6 +463,7 @@ class AttackWidget(QWidget):
             self.labels_combo.blockSignals(True)
             self.labels_combo.setCurrentIndex(idx)
             self.labels_combo.blockSignals(False)
+            self._publish_choices()
 
     # ------------------------------------------------------------------ method / params
     def _method_changed(self, *_) -> None:
@@ -565,37 +568,24 @@ class AttackWidget(QWidget):
         self.eps_native.setText("native: " + " · ".join(parts))
 
     # ------------------------------------------------------------------ gather inputs
+    def _choices(self) -> Choices:
+        """The dock's current choices as layer names (what the session shares with the other docks)."""
+        lname = self.labels_combo.currentData()
+        rname = self.roi_combo.currentData()
+        return Choices(
+            image=self.image_combo.currentData(),
+            labels=None if lname in (None, _NONE) else lname,
+            roi="auto" if rname == "auto" else (None if rname in (None, _NONE) else rname),
+            target=self.target_combo.currentData() if self.target_combo.isEnabled() else None,
+        )
+
+    def _publish_choices(self, *_) -> None:
+        self.session.set_choices(self._choices())
+
     def _context(self):
         """(source, labels array, roi, target) for the current choices; raises MedadvError."""
-        from napari_medadv.core.errors import MedadvError
-
-        src = source_from_layer(self.viewer, self.source_layer())
-        labels = None
-        lname = self.labels_combo.currentData()
-        if lname not in (None, _NONE) and lname in self.viewer.layers:
-            labels = layer_on_grid(self.viewer.layers[lname], src, "ground truth").astype(np.int32, copy=False)
-        rname = self.roi_combo.currentData()
-        if rname == "auto":
-            roi = "auto"
-        elif rname in (None, _NONE) or rname not in self.viewer.layers:
-            roi = None
-        else:
-            roi = mask_on_grid(self.viewer.layers[rname], src, self.viewer.layers[src.channel_layers[0]])
-            if not roi.any():
-                raise MedadvError(f"region {rname} is empty: paint or draw where the perturbation may go")
-        target = None
-        t = self.target_combo.currentData() if self.target_combo.isEnabled() else None
-        if t is not None:
-            kind, _, val = t.partition(":")
-            if kind == "value":
-                val = int(val)
-            if kind == "mask":
-                if val not in self.viewer.layers:
-                    raise MedadvError(f"target mask {val} was removed")
-                target = layer_on_grid(self.viewer.layers[val], src, "target mask").astype(np.int32)
-            else:
-                target = val
-        return src, labels, roi, target
+        self._publish_choices()
+        return context_from_choices(self.viewer, self.session.choices)
 
     # ------------------------------------------------------------------ run / cancel
     def run(self) -> Job | None:
@@ -688,27 +678,11 @@ class AttackWidget(QWidget):
         tick()
 
     def use_cpu(self) -> None:
-        """Move the model(s) to the CPU (offered after a GPU out-of-memory error)."""
+        """Move the model(s) to the CPU (offered after a GPU out-of-memory error); the Model dock
+        follows the session's device_changed signal."""
         from napari.utils.notifications import show_info
 
-        for model, setter in ((self.session.model, self.session.set_model),
-                              (self.session.transfer_model, self.session.set_transfer_model)):
-            if model is not None and model.device.type != "cpu":
-                model.to("cpu")
-                try:
-                    import torch
-
-                    torch.cuda.empty_cache()
-                except (ImportError, RuntimeError):
-                    pass
-                setter(model)
-        mw = self.session.widgets.get("model")
-        if mw is not None:
-            mw.picker.device.setCurrentText("cpu")
-            if self.session.model is not None:
-                from .model_widget import describe_model
-
-                mw.info.setText(describe_model(self.session.model))
+        self.session.move_models("cpu")
         show_info("the model now runs on the CPU: press Run again")
 
     @staticmethod

@@ -546,3 +546,34 @@ def show_clean_prediction(viewer: napari.Viewer, source: Source, model, seg: np.
             IMAGE_META: source.image}
     return _set_layer(viewer, source.result_name("segmentation (clean)"), "labels", source.to_display(seg),
                       opacity=0.55, metadata=meta, **source.layer_kwargs(), **extra)
+
+
+def context_from_choices(viewer: napari.Viewer, choices) -> tuple:
+    """(source, labels array, roi, target) for the Attack dock's choices (:class:`.session.Choices`);
+    raises MedadvError with what to pick."""
+    if choices.image is None or choices.image not in viewer.layers:
+        raise MedadvError("pick an image in the Attack dock (open one with File ▸ Open Sample ▸ napari-medadv)")
+    src = source_from_layer(viewer, viewer.layers[choices.image])
+    labels = None
+    if choices.labels is not None and choices.labels in viewer.layers:
+        labels = layer_on_grid(viewer.layers[choices.labels], src, "ground truth").astype(np.int32, copy=False)
+    if choices.roi == "auto":
+        roi = "auto"
+    elif choices.roi is None or choices.roi not in viewer.layers:
+        roi = None
+    else:
+        roi = mask_on_grid(viewer.layers[choices.roi], src, viewer.layers[src.channel_layers[0]])
+        if not roi.any():
+            raise MedadvError(f"region {choices.roi} is empty: paint or draw where the perturbation may go")
+    target = None
+    if choices.target is not None:
+        kind, _, val = choices.target.partition(":")
+        if kind == "value":
+            target = int(val)
+        elif kind == "mask":
+            if val not in viewer.layers:
+                raise MedadvError(f"target mask {val} was removed")
+            target = layer_on_grid(viewer.layers[val], src, "target mask").astype(np.int32)
+        else:
+            target = val
+    return src, labels, roi, target

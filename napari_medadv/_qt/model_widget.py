@@ -158,7 +158,6 @@ class ModelWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
-        self.session.widgets["model"] = self
         self._job: Job | None = None
 
         self.picker = _ModelPicker(self)
@@ -211,6 +210,24 @@ class ModelWidget(QWidget):
         self.transfer_box.toggled.connect(self._transfer_toggled)
         self.channels.editingFinished.connect(self.apply_channel_map)
         self.viewer.layers.selection.events.active.connect(lambda *_: self.update_channel_note())
+        self.session.choices_changed.connect(lambda *_: self.update_channel_note())
+        self.session.device_changed.connect(self._device_changed)
+
+    def _device_changed(self, device: str) -> None:
+        """The session moved the models (e.g. to the CPU after a GPU out-of-memory error)."""
+        for picker in (self.picker, self.picker_b):
+            picker.device.setCurrentText(device)
+        if self.session.model is not None:
+            self.info.setText(describe_model(self.session.model))
+        if self.session.transfer_model is not None:
+            self.info_b.setText(describe_model(self.session.transfer_model))
+
+    def _image_layer(self):
+        """The image the Attack dock has picked (shared through the session), else the selected layer."""
+        name = self.session.choices.image
+        if name is not None and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        return self.viewer.layers.selection.active
 
     # ------------------------------------------------------------------ channels
     def apply_channel_map(self) -> None:
@@ -239,8 +256,7 @@ class ModelWidget(QWidget):
         if model is None:
             self.channel_note.setText("")
             return ""
-        attack = self.session.widgets.get("attack")
-        layer = attack.source_layer() if attack is not None else self.viewer.layers.selection.active
+        layer = self._image_layer()
         if layer is None:
             text = ("the model declares no channel names: image channels will be used in file order"
                     if not model.info.channel_names else "")
@@ -319,8 +335,7 @@ class ModelWidget(QWidget):
         if model is None:
             show_error("load a model first")
             return None
-        attack = self.session.widgets.get("attack")
-        layer = attack.source_layer() if attack is not None else self.viewer.layers.selection.active
+        layer = self._image_layer()
         try:
             source = source_from_layer(self.viewer, layer)
         except Exception as e:  # a MedadvError with a message for the user

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .layers import context_from_choices
 from .session import Session
 from .workers import Job, report_error
 
@@ -68,7 +69,6 @@ class PlotsWidget(QWidget):
 
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
-        self.session.widgets["plots"] = self
         self._job: Job | None = None
         self.sweep_rows: list[dict] = []
         self.history: list[dict] = []
@@ -171,12 +171,9 @@ class PlotsWidget(QWidget):
         return np.linspace(0.0, self.max_eps.value() / 100.0, self.n_points.value())
 
     def _prepare(self, with_outcomes: bool):
-        attack = self.session.widgets.get("attack")
-        if attack is None:
-            raise ValueError("open the Attack dock (Plugins ▸ napari-medadv ▸ Attack) first")
         if self.session.model is None:
             raise ValueError("load a model first (Model dock)")
-        src, labels, roi, _ = attack._context()
+        src, labels, roi, _ = context_from_choices(self.viewer, self.session.choices)
         self.session.model.check_image(src.image.array, src.case, src.image.channel_names)
         return src, labels, roi
 

@@ -113,7 +113,6 @@ class ReadoutsWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
-        self.session.widgets["readouts"] = self
         self.title = QLabel("no result yet")
         self.title.setWordWrap(True)
         self.table = QTableWidget(0, 2)

@@ -33,8 +33,22 @@ class Shown:
     roi: Any = "auto"  # the region the run used (mask, "auto" or None): a matched artifact reuses it
 
 
+@dataclass(frozen=True)
+class Choices:
+    """What the Attack dock has selected, as layer names (the other docks read it from here).
+
+    ``roi``: a layer name, ``"auto"`` (the image's non-zero support) or None (everywhere);
+    ``target``: the target combo's value (``"value:1"``, ``"mask:LAYER"``, ``"class:NAME"``) or None.
+    """
+
+    image: str | None = None
+    labels: str | None = None
+    roi: str | None = "auto"
+    target: str | None = None
+
+
 class Session:
-    """One per viewer: ``Session.of(viewer)``."""
+    """One per viewer: ``Session.of(viewer)``. The docks talk through it, never to each other."""
 
     model_changed = Signal(object)  # LoadedModel | None
     transfer_model_changed = Signal(object)  # LoadedModel | None (model B, evaluation only)
@@ -44,6 +58,8 @@ class Session:
     run_started = Signal(str)  # attack name
     sweep_changed = Signal(object)  # dict: eps list + per-ε rows
     matched_changed = Signal(object)  # Matched | None (an MR artifact at the attack's image quality)
+    choices_changed = Signal(object)  # Choices (image, ground truth, region, target picked in the Attack dock)
+    device_changed = Signal(str)  # the models were moved to this device (e.g. 'cpu' after a GPU OOM)
 
     _sessions: dict[int, Session] = {}
 
@@ -55,7 +71,7 @@ class Session:
         self.last_attack: Shown | None = None  # the latest *attack* result (not an MR artifact)
         self.matched = None  # napari_medadv._qt.matched.Matched | None
         self.sweep: dict | None = None
-        self.widgets: dict[str, Any] = {}
+        self.choices = Choices()
 
     @classmethod
     def of(cls, viewer: napari.Viewer) -> Session:
@@ -74,6 +90,26 @@ class Session:
     def set_model(self, model: LoadedModel | None) -> None:
         self.model = model
         self.model_changed.emit(model)
+
+    def set_choices(self, choices: Choices) -> None:
+        if choices != self.choices:
+            self.choices = choices
+            self.choices_changed.emit(choices)
+
+    def move_models(self, device: str) -> None:
+        """Move model A and model B to ``device`` (e.g. 'cpu' after a GPU out-of-memory error)."""
+        for model, setter in ((self.model, self.set_model), (self.transfer_model, self.set_transfer_model)):
+            if model is not None and str(model.device) != device and model.device.type != device:
+                model.to(device)
+                setter(model)
+        if device == "cpu":
+            try:
+                import torch
+
+                torch.cuda.empty_cache()
+            except (ImportError, RuntimeError):
+                pass
+        self.device_changed.emit(device)
 
     def set_transfer_model(self, model: LoadedModel | None) -> None:
         self.transfer_model = model
