@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QSlider,
@@ -41,13 +40,13 @@ from .layers import (
     source_from_layer,
 )
 from .matched import MAX_EVALS, METRIC_LABELS, METRIC_UNITS, Matched, SideBySide, artifact_choices, match_job
+from .params import ParamField
 from .session import Choices, Session, Shown
 from .workers import Job, LatestWins, report_error
 
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadv.core.attacks.base import Param
 
 EPS_STEPS_PER_PERCENT = 10  # slider resolution: 0.1 % of the intensity range
 EPS_MAX_PERCENT = 50.0
@@ -91,69 +90,6 @@ def save_job(outcome, folder: str, extra: dict):
 
     yield 0, 1, None
     return write_outcome(outcome, folder, record_extra=extra, command=["napari", "napari-medadv", "Save attack"])
-
-
-# ----------------------------------------------------------------------------- parameter widgets
-
-
-class ParamField:
-    """A widget for one registry :class:`Param` with ``value()``/``set_value()``."""
-
-    def __init__(self, p: Param):
-        self.param = p
-        self.optional = p.default is None
-        if p.choices:
-            w = QComboBox()
-            for c in p.choices:
-                w.addItem(str(c), c)
-            self._get = w.currentData
-            self._set = lambda v: w.setCurrentIndex(max(0, w.findData(v)))
-        elif p.kind is bool:
-            w = QCheckBox()
-            self._get = w.isChecked
-            self._set = lambda v: w.setChecked(bool(v))
-        elif p.kind is int:
-            w = QSpinBox()
-            lo = int(p.min) if p.min is not None else -(2**31) + 1
-            hi = int(min(p.max, 2**31 - 1)) if p.max is not None else 2**31 - 1
-            if self.optional:
-                w.setRange(lo - 1, hi)
-                w.setSpecialValueText("auto")
-                self._get = lambda: None if w.value() == w.minimum() else w.value()
-                self._set = lambda v: w.setValue(w.minimum() if v is None else int(v))
-            else:
-                w.setRange(lo, hi)
-                self._get = w.value
-                self._set = lambda v: w.setValue(int(v))
-        elif p.kind is float:
-            w = QDoubleSpinBox()
-            w.setDecimals(4)
-            lo = float(p.min) if p.min is not None else -1e9
-            hi = float(p.max) if p.max is not None else 1e9
-            w.setSingleStep(0.01 if hi <= 2 else 1.0)
-            if self.optional:
-                w.setRange(lo - 0.0001, hi)
-                w.setSpecialValueText("auto")
-                self._get = lambda: None if w.value() <= w.minimum() + 1e-12 else w.value()
-                self._set = lambda v: w.setValue(w.minimum() if v is None else float(v))
-            else:
-                w.setRange(lo, hi)
-                self._get = w.value
-                self._set = lambda v: w.setValue(float(v))
-        else:  # str (paths etc.)
-            w = QLineEdit()
-            w.setPlaceholderText("none" if self.optional else "")
-            self._get = lambda: w.text().strip() or None
-            self._set = lambda v: w.setText("" if v is None else str(v))
-        w.setToolTip(f"{p.help} (default {p.default})")
-        self.widget = w
-        self.set_value(p.default)
-
-    def value(self):
-        return self._get()
-
-    def set_value(self, v) -> None:
-        self._set(v)
 
 
 # ----------------------------------------------------------------------------- the dock
