@@ -117,114 +117,11 @@ class AttackWidget(QWidget):
         self.last_live_latency: float | None = None
         self._live_t0: dict[float, float] = {}
 
-        # inputs
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        self.labels_combo.setToolTip("Ground truth: gradient attacks and Dice use it; 'none' uses the "
-                                     "model's clean prediction as the reference")
-        inputs = QGroupBox("Input")
-        fi = QFormLayout(inputs)
-        fi.addRow("image", self.image_combo)
-        fi.addRow("ground truth", self.labels_combo)
-
-        # method and ε
-        self.method = QComboBox()
-        for spec in ATTACKS.values():
-            self.method.addItem(spec.label, spec.name)
-            self.method.setItemData(self.method.count() - 1, spec.description, Qt.ToolTipRole)
-        self.eps_slider = QSlider(Qt.Horizontal)
-        self.eps_slider.setRange(0, int(EPS_MAX_PERCENT * EPS_STEPS_PER_PERCENT))
-        self.eps_spin = QDoubleSpinBox()
-        self.eps_spin.setRange(0.0, EPS_MAX_PERCENT)
-        self.eps_spin.setDecimals(1)
-        self.eps_spin.setSingleStep(0.5)
-        self.eps_spin.setSuffix(" %")
-        self.eps_native = QLabel("")
-        self.eps_native.setWordWrap(True)
-        self.eps_native.setToolTip("ε in the image's own units, per channel (ε × that channel's intensity range)")
-        self.live = QCheckBox("live ε (FGSM: one forward per slider move)")
-        attack_box = QGroupBox("Attack")
-        fa = QFormLayout(attack_box)
-        fa.addRow("method", self.method)
-        row = QHBoxLayout()
-        row.addWidget(self.eps_slider, 1)
-        row.addWidget(self.eps_spin)
-        fa.addRow("ε", row)
-        fa.addRow("", self.eps_native)
-        fa.addRow("", self.live)
-
-        # method parameters (generic) + target + ROI + seed
-        self.params_box = QGroupBox("Parameters")
-        self.params_form = QFormLayout(self.params_box)
-        self.target_combo = QComboBox()
-        self.target_combo.setToolTip("Targeted attacks: every voxel pushed to a label value, or a Labels "
-                                     "layer painted with the target labels")
-        self.roi_combo = QComboBox()
-        self.roi_combo.setToolTip("Where the perturbation may go: a Labels or Shapes layer (non-zero inside)")
-        self.seed = QSpinBox()
-        self.seed.setRange(-1, 2**31 - 1)
-        self.seed.setSpecialValueText("random")
-        self.seed.setValue(0)
-        self.track = QCheckBox("per-iteration Dice/PSNR (plots)")
-        self.track.setChecked(True)
-        self.track.setToolTip("Record PSNR and Dice at every iteration (one extra forward at the end)")
-        opts = QGroupBox("Target, region, seed")
-        fo = QFormLayout(opts)
-        fo.addRow("target", self.target_combo)
-        fo.addRow("region", self.roi_combo)
-        fo.addRow("seed", self.seed)
-        fo.addRow("", self.track)
-
-        # run
-        self.run_btn = QPushButton("Run")
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
-        self.progress.setValue(0)
-        self.status = QLabel("load a model (Model dock), pick an image, press Run")
-        self.status.setWordWrap(True)
-        self.save_btn = QPushButton("Save attack…")
-        self.save_btn.setToolTip("Write the result folder (as `medadv attack`) plus a screenshot")
-        self.save_btn.setEnabled(False)
-        rrow = QHBoxLayout()
-        rrow.addWidget(self.run_btn)
-        rrow.addWidget(self.cancel_btn)
-        rrow.addWidget(self.save_btn)
-
-        # matched quality: an MR artifact at the current attack's PSNR/SSIM, side by side
-        self.match_artifact = QComboBox()
-        for label, name in artifact_choices():
-            self.match_artifact.addItem(label, name)
-        # bias field by default: it reaches most attack PSNRs in a few evaluations (motion is
-        # step-wise in k-space lines and ghosting has a PSNR floor around 33 dB)
-        self.match_artifact.setCurrentIndex(max(0, self.match_artifact.findData("biasfield")))
-        self.match_artifact.setToolTip("The MR artifact (torchio) whose severity is searched")
-        self.match_metric = QComboBox()
-        for m in ("psnr", "ssim"):
-            self.match_metric.addItem(METRIC_LABELS[m], m)
-        self.match_metric.setToolTip("Image quality to match (mean over contrasts, on each contrast's range)")
-        self.match_btn = QPushButton("Match PSNR of current attack")
-        self.match_btn.setToolTip("Find the artifact severity whose image quality equals the current attack's "
-                                  "on the same image, then show the artifact's layers beside the attack's")
-        self.side_btn = QPushButton("Side by side")
-        self.side_btn.setCheckable(True)
-        self.side_btn.setToolTip("Grid view: the attack and the matched artifact, each with its segmentation "
-                                 "and a caption (PSNR, Dice); press again to restore the layers")
-        self.match_info = QLabel("run an attack first; then match an artifact to its image quality")
-        self.match_info.setWordWrap(True)
-        match_box = QGroupBox("Matched quality (MR artifact vs attack)")
-        fm = QFormLayout(match_box)
-        mrow = QHBoxLayout()
-        mrow.addWidget(self.match_artifact, 1)
-        mrow.addWidget(self.match_metric)
-        fm.addRow("artifact", mrow)
-        brow = QHBoxLayout()
-        brow.addWidget(self.match_btn, 1)
-        brow.addWidget(self.side_btn)
-        fm.addRow(brow)
-        fm.addRow(self.match_info)
-        self._side = SideBySide(napari_viewer)
+        inputs = self._build_inputs()
+        attack_box = self._build_attack_box()
+        opts = self._build_options()
+        rrow = self._build_run_row()
+        match_box = self._build_match_box()
 
         lay = QVBoxLayout(self)
         for w in (inputs, attack_box, self.params_box, opts):
@@ -250,6 +147,131 @@ class AttackWidget(QWidget):
         self._method_changed()
         self.set_eps(0.05)
         self._update_match_controls()
+
+    # ------------------------------------------------------------------ building the dock
+    def _build_inputs(self) -> QGroupBox:
+        """Image and ground truth pickers."""
+        self.image_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.labels_combo.setToolTip("Ground truth: gradient attacks and Dice use it; 'none' uses the "
+                                     "model's clean prediction as the reference")
+        inputs = QGroupBox("Input")
+        fi = QFormLayout(inputs)
+        fi.addRow("image", self.image_combo)
+        fi.addRow("ground truth", self.labels_combo)
+
+        return inputs
+
+    def _build_attack_box(self) -> QGroupBox:
+        """Method (from the registry), ε slider + spin box with the native values, live ε."""
+        self.method = QComboBox()
+        for spec in self.registry.values():
+            self.method.addItem(spec.label, spec.name)
+            self.method.setItemData(self.method.count() - 1, spec.description, Qt.ToolTipRole)
+        self.eps_slider = QSlider(Qt.Horizontal)
+        self.eps_slider.setRange(0, int(EPS_MAX_PERCENT * EPS_STEPS_PER_PERCENT))
+        self.eps_spin = QDoubleSpinBox()
+        self.eps_spin.setRange(0.0, EPS_MAX_PERCENT)
+        self.eps_spin.setDecimals(1)
+        self.eps_spin.setSingleStep(0.5)
+        self.eps_spin.setSuffix(" %")
+        self.eps_native = QLabel("")
+        self.eps_native.setWordWrap(True)
+        self.eps_native.setToolTip("ε in the image's own units, per channel (ε × that channel's intensity range)")
+        self.live = QCheckBox("live ε (FGSM: one forward per slider move)")
+        attack_box = QGroupBox("Attack")
+        fa = QFormLayout(attack_box)
+        fa.addRow("method", self.method)
+        row = QHBoxLayout()
+        row.addWidget(self.eps_slider, 1)
+        row.addWidget(self.eps_spin)
+        fa.addRow("ε", row)
+        fa.addRow("", self.eps_native)
+        fa.addRow("", self.live)
+
+        return attack_box
+
+    def _build_options(self) -> QGroupBox:
+        """The method's own parameters (a magicgui form, filled per method), target, region, seed."""
+        self.params_box = QGroupBox("Parameters")
+        self.params_form = QFormLayout(self.params_box)
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip("Targeted attacks: every voxel pushed to a label value, or a Labels "
+                                     "layer painted with the target labels")
+        self.roi_combo = QComboBox()
+        self.roi_combo.setToolTip("Where the perturbation may go: a Labels or Shapes layer (non-zero inside)")
+        self.seed = QSpinBox()
+        self.seed.setRange(-1, 2**31 - 1)
+        self.seed.setSpecialValueText("random")
+        self.seed.setValue(0)
+        self.track = QCheckBox("per-iteration Dice/PSNR (plots)")
+        self.track.setChecked(True)
+        self.track.setToolTip("Record PSNR and Dice at every iteration (one extra forward at the end)")
+        opts = QGroupBox("Target, region, seed")
+        fo = QFormLayout(opts)
+        fo.addRow("target", self.target_combo)
+        fo.addRow("region", self.roi_combo)
+        fo.addRow("seed", self.seed)
+        fo.addRow("", self.track)
+
+        return opts
+
+    def _build_run_row(self) -> QHBoxLayout:
+        """Run / Cancel / Save, the progress bar and the status line."""
+        self.run_btn = QPushButton("Run")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setValue(0)
+        self.status = QLabel("load a model (Model dock), pick an image, press Run")
+        self.status.setWordWrap(True)
+        self.save_btn = QPushButton("Save attack…")
+        self.save_btn.setToolTip("Write the result folder (as `medadv attack`) plus a screenshot")
+        self.save_btn.setEnabled(False)
+        rrow = QHBoxLayout()
+        rrow.addWidget(self.run_btn)
+        rrow.addWidget(self.cancel_btn)
+        rrow.addWidget(self.save_btn)
+
+        return rrow
+
+    def _build_match_box(self) -> QGroupBox:
+        """Matched quality: an MR artifact at the current attack's PSNR/SSIM, side by side."""
+        self.match_artifact = QComboBox()
+        for label, name in artifact_choices():
+            self.match_artifact.addItem(label, name)
+        # bias field by default: it reaches most attack PSNRs in a few evaluations (motion is
+        # step-wise in k-space lines and ghosting has a PSNR floor around 33 dB)
+        self.match_artifact.setCurrentIndex(max(0, self.match_artifact.findData("biasfield")))
+        self.match_artifact.setToolTip("The MR artifact (torchio) whose severity is searched")
+        self.match_metric = QComboBox()
+        for m in ("psnr", "ssim"):
+            self.match_metric.addItem(METRIC_LABELS[m], m)
+        self.match_metric.setToolTip("Image quality to match (over the contrasts, each on its own range)")
+        self.match_btn = QPushButton("Match PSNR of current attack")
+        self.match_btn.setToolTip("Find the artifact severity whose image quality equals the current attack's "
+                                  "on the same image, then show the artifact's layers beside the attack's")
+        self.side_btn = QPushButton("Side by side")
+        self.side_btn.setCheckable(True)
+        self.side_btn.setToolTip("Grid view: the attack and the matched artifact, each with its segmentation "
+                                 "and a caption (PSNR, Dice); press again to restore the layers")
+        self.match_info = QLabel("run an attack first; then match an artifact to its image quality")
+        self.match_info.setWordWrap(True)
+        match_box = QGroupBox("Matched quality (MR artifact vs attack)")
+        fm = QFormLayout(match_box)
+        mrow = QHBoxLayout()
+        mrow.addWidget(self.match_artifact, 1)
+        mrow.addWidget(self.match_metric)
+        fm.addRow("artifact", mrow)
+        brow = QHBoxLayout()
+        brow.addWidget(self.match_btn, 1)
+        brow.addWidget(self.side_btn)
+        fm.addRow(brow)
+        fm.addRow(self.match_info)
+        self._side = SideBySide(self.viewer)
+
+        return match_box
 
     # ------------------------------------------------------------------ wiring
     def _add_callbacks(self) -> None:
