@@ -29,6 +29,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medadv.core.errors import MedadvError
+
 from .layers import (
     META,
     Source,
@@ -413,7 +415,7 @@ class AttackWidget(QWidget):
             return
         try:
             src = source_from_layer(self.viewer, layer)
-        except Exception:  # reported when the user runs; here we only pre-select
+        except MedadvError:  # a layer the dock cannot attack: Run reports why; nothing to pre-select
             return
         gt = labels_for(self.viewer, src)
         idx = self.labels_combo.findData(gt.name if gt is not None else _NONE)
@@ -515,8 +517,8 @@ class AttackWidget(QWidget):
         if self._ranges is None or self._ranges[0] != layer.name:
             try:
                 src = source_from_layer(self.viewer, layer)
-            except Exception:
-                self.eps_native.setText("")
+            except MedadvError as exc:  # say why there are no native values (Run reports it too)
+                self.eps_native.setText(str(exc).splitlines()[0])
                 return
             a = src.image.array.reshape(src.image.n_channels, -1)
             self._ranges = (layer.name, src.image.channel_names, a.max(1) - a.min(1))
@@ -884,8 +886,6 @@ class AttackWidget(QWidget):
     def side_by_side(self, on: bool = True) -> None:
         """Grid view of the attack and the matched artifact (on), or the layers as before (off)."""
         from napari.utils.notifications import show_error
-
-        from napari_medadv.core.errors import MedadvError
 
         if not on:
             self._side.disable()

@@ -624,11 +624,8 @@ def build_report(out: str | Path) -> dict:
         return _write_doc(doc, out, title, files)
     _csv(df, out / "per_case.csv")
     files["per_case_csv"] = str(out / "per_case.csv")
-    try:
-        atomic_write(out / "per_case.parquet", lambda f: df.to_parquet(f, index=False))
-        files["per_case_parquet"] = str(out / "per_case.parquet")
-    except ImportError:  # pyarrow is a declared dependency; without it the CSV is still there
-        pass
+    atomic_write(out / "per_case.parquet", lambda f: df.to_parquet(f, index=False))  # pyarrow is required
+    files["per_case_parquet"] = str(out / "per_case.parquet")
     if not hist.empty:
         _csv(hist, out / "history.csv")
         files["history_csv"] = str(out / "history.csv")
