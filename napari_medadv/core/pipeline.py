@@ -143,6 +143,55 @@ def content_roi(image: ImageData, max_fraction: float = 0.95) -> np.ndarray | No
     return fg
 
 
+@dataclass
+class StartedAttack:
+    """Everything an attack run needs before its first step (:func:`start_attack`)."""
+
+    attack: object  # the configured Attack instance
+    x: torch.Tensor  # 1 C *spatial, the image's own channels on the model's device
+    mapping: ChannelMapping
+    clean_output: torch.Tensor
+    labels: torch.Tensor | None  # what the loss compares with (class indices, multi-hot, ...)
+    target: object  # engine target (index, mask tensor) or None
+    roi: np.ndarray | None
+    roi_note: str
+
+
+def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
+                 labels: np.ndarray | None = None, target=None, roi: np.ndarray | str | None = "auto",
+                 seed: int = 0, clean_output: torch.Tensor | None = None) -> StartedAttack:
+    """The shared start of every attack run (this module's :func:`iter_attack`, the study's
+    cases): the region, the model input with its channel mapping, the configured attack, one
+    clean forward (which also tells the label conversion the output layout), the labels and the
+    target in the engine's terms. ``clean_output``: the model's output on this image when the
+    caller already has it (a study reuses one per case and model)."""
+    spec = ATTACKS.get_spec(attack)
+    roi_note = "user mask"
+    if isinstance(roi, str):
+        if roi != "auto":
+            raise MedadvError(f"roi must be a mask, 'auto' or None, got {roi!r}")
+        roi = content_roi(image)
+        roi_note = "auto: non-zero voxels of the image" if roi is not None else "whole image"
+    elif roi is None:
+        roi_note = "whole image"
+    x, mapping = prepare_input(image, model)
+    kwargs = dict(params or {})
+    kwargs.setdefault("activation", model.activation())
+    atk = spec.create(model.module, seed=int(seed), roi=roi, **kwargs)
+    clean_out = model.forward(x) if clean_output is None else clean_output
+    engine_labels = None
+    if labels is not None:
+        engine_labels = (
+            torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
+            if model.info.task == "classification"
+            else model.label_map_to_target(labels, clean_out.shape[1])
+        )
+    engine_target = resolve_target(model, target, image)
+    if engine_target is not None and spec.targeted == "no":
+        raise MedadvError(f"{spec.label} is untargeted: it takes no target", fix="untargeted")
+    return StartedAttack(atk, x, mapping, clean_out, engine_labels, engine_target, roi, roi_note)
+
+
 def run_attack(
     image: ImageData,
     model: LoadedModel,
@@ -196,32 +245,10 @@ def iter_attack(
     :func:`content_roi` (the non-zero support of skull-stripped images, else everywhere);
     ``None`` perturbs everywhere.
     """
-    spec = ATTACKS.get_spec(attack)
-    roi_note = "user mask"
-    if isinstance(roi, str):
-        if roi != "auto":
-            raise MedadvError(f"roi must be a mask, 'auto' or None, got {roi!r}")
-        roi = content_roi(image)
-        roi_note = "auto: non-zero voxels of the image" if roi is not None else "whole image"
-    elif roi is None:
-        roi_note = "whole image"
-    params = dict(params or {})
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
-    x, mapping = prepare_input(image, model)
-    kwargs = dict(params)
-    kwargs.setdefault("activation", model.activation())
-    atk = spec.create(model.module, seed=seed, roi=roi, **kwargs)
-    clean_out = model.forward(x)  # also tells label_map_to_target how many output channels there are
-    engine_labels = None
-    if labels is not None:
-        engine_labels = (
-            torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
-            if model.info.task == "classification"
-            else model.label_map_to_target(labels, clean_out.shape[1])
-        )
-    engine_target = resolve_target(model, target, image)
-    if engine_target is not None and spec.targeted == "no":
-        raise MedadvError(f"{spec.label} is untargeted: it takes no target", fix="untargeted")
+    s = start_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed)
+    atk, x, mapping, clean_out, roi, roi_note = s.attack, s.x, s.mapping, s.clean_output, s.roi, s.roi_note
+    engine_labels, engine_target = s.labels, s.target
     t0 = time.perf_counter()
     steps = atk.iterate(x, engine_labels, target=engine_target)
     try:

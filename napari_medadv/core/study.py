@@ -690,29 +690,14 @@ def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed
 
     Returns ``(adversarial C *spatial, clean output, adversarial output, AttackResult, seconds)``.
     """
-    import torch
+    from .pipeline import start_attack
 
-    from .attacks import ATTACKS
-    from .pipeline import content_roi, model_input
-
-    spec = ATTACKS.get_spec(attack)
-    roi = content_roi(image) if roi_mode == "auto" else None
-    x = model_input(image, model)
-    kwargs = dict(params)
-    kwargs.setdefault("activation", model.activation())
-    atk = spec.create(model.module, seed=seed, roi=roi, **kwargs)
-    engine_labels = None
-    if labels is not None:
-        if clean_out is None and model.info.task == "segmentation":
-            clean_out = model.forward(x)  # its channel count tells the label conversion the output layout
-        engine_labels = (torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
-                         if model.info.task == "classification"
-                         else model.label_map_to_target(labels, int(clean_out.shape[1])))
+    s = start_attack(image, model, attack, params=params, labels=labels, roi="auto" if roi_mode == "auto" else None,
+                     seed=seed, clean_output=clean_out)
     t0 = time.perf_counter()
-    result = atk.run(x, engine_labels)
+    result = s.attack.run(s.x, s.labels)
     seconds = time.perf_counter() - t0
-    if clean_out is None:
-        clean_out = model.forward(x)
+    clean_out = s.clean_output
     adv_out = model.forward(result.adversarial)
     adv = result.adversarial[0].detach().cpu().numpy().astype(np.float32)
     return adv, clean_out, adv_out, result, seconds
