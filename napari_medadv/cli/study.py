@@ -63,34 +63,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return s
 
 
-def add_defense_options(t: argparse.ArgumentParser) -> None:
-    """``medadv train demo-unet3d --defense distill|adversarial|noise`` options."""
-    from napari_medadv.core.defenses import DEFAULTS, DEFENSES
-
-    g = t.add_argument_group("defenses (Liu et al. 2021; demo-unet3d)")
-    g.add_argument("--defense", choices=DEFENSES, help="train a defended variant: NAME-distill / -adv / -noise")
-    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="distill: temperature T")
-    g.add_argument("--teacher", default=DEFAULTS["teacher"], help="distill: teacher model spec")
-    g.add_argument("--teacher-temperature", type=float, default=DEFAULTS["teacher_temperature"],
-                   help="distill: temperature of the teacher's soft labels (default: --temperature, eq. 4)")
-    g.add_argument("--eps", type=float, default=DEFAULTS["eps"], help="adversarial: FGSM ε (fraction of range)")
-    g.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="adversarial: weight of the clean loss (eq. 9)")
-    g.add_argument("--radius", type=float, default=DEFAULTS["radius"], help="noise: L∞ radius (fraction of range)")
-    g.add_argument("--init", help="start from this model's weights (fine-tune) instead of a fresh network")
-    g.add_argument("--lr", type=float, help="learning rate (default: the demo model's)")
-
-
-def train_defended_from_args(args) -> dict:
-    from napari_medadv.core.defenses import train_defended
-
-    base = args.model.removeprefix("demo-")
-    return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases,
-                          epochs=args.epochs, temperature=args.temperature, eps=args.eps, beta=args.beta,
-                          radius=args.radius, teacher=args.teacher, teacher_temperature=args.teacher_temperature,
-                          init=args.init, lr=args.lr,
-                          log=lambda s: print(s, file=sys.stderr))
-
-
 class StudyBar:
     """One line per finished case on stderr: cases done / total, elapsed, ETA."""
 
@@ -110,7 +82,7 @@ def _hms(s: float) -> str:
 
 
 def cmd_study(args) -> int:
-    from napari_medadv._cli_common import CLIError
+    from ._common import CLIError
     from napari_medadv.core.study import Study, StudyConfig, grid_from_flags
 
     if any(v is not None for v in (args.eps, args.steps, args.psnr, args.ssim, args.match_tol)):

@@ -1,0 +1,201 @@
+"""``medadv attack IMAGE --model SPEC --attack NAME ... --out DIR``: one attack, written to DIR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._common import CLIError, ProgressBar, _bool, _channel_list
+
+
+_HANDLED = {"eps", "steps", "alpha", "restarts", "target_label"}
+
+
+def _attack_param_options(p: argparse.ArgumentParser) -> list[str]:
+    """One option per registry parameter not covered by the fixed options (union over attacks)."""
+    from napari_medadv.core.attacks import ATTACKS
+
+    added: dict[str, object] = {}
+    g = p.add_argument_group("attack-specific parameters (from the attack registry)")
+    for spec in ATTACKS.values():
+        for prm in spec.params:
+            if prm.name in _HANDLED or prm.name in added:
+                continue
+            kind = _bool if prm.kind is bool else prm.kind
+            flag = "--" + prm.name.replace("_", "-")
+            users = [s.name for s in ATTACKS.values() if any(q.name == prm.name for q in s.params)]
+            g.add_argument(flag, dest=f"param_{prm.name}", type=kind, default=None,
+                           help=f"{prm.help} (default {prm.default}; {', '.join(users)})")
+            added[prm.name] = prm
+    return list(added)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from napari_medadv.core.attacks import ATTACKS
+
+    a = sub.add_parser("attack", help="run one attack on an image and write the results",
+                       description="Run one attack on IMAGE with a model and write adversarial image, "
+                                   "perturbation, segmentations, metrics.json and record.json into --out.")
+    a.add_argument("image", help="NIfTI file, BraTS case folder, DICOM file/series folder, PNG/JPEG/TIFF")
+    a.add_argument("--model", required=True, help="model spec: demo:unet3d, torchscript:PATH, bundle:DIR, "
+                                                 "factory:pkg.module:function, xrv:WEIGHTS")
+    a.add_argument("--weights", help="state dict for factory: models")
+    a.add_argument("--trust-model-code", action="store_true",
+                   help="allow TorchScript/bundle/factory models, which run code from their files")
+    a.add_argument("--channels", type=_channel_list, metavar="C1,C2,...",
+                   help="image channels (names or 0-based indices) feeding the model's inputs, in the model's "
+                        "order, e.g. t1ce,t1,t2,flair (default: matched by the model's declared channel names)")
+    a.add_argument("--attack", required=True, choices=list(ATTACKS), help="attack from the registry")
+    a.add_argument("--eps", type=float, help="L∞ budget as a fraction of each channel's intensity range "
+                                              "(0.05 = 5%%; the attack's default if omitted)")
+    a.add_argument("--steps", type=int, help="iterations (ifgsm, tifgsm, pgd)")
+    a.add_argument("--alpha", type=float, help="step size, fraction of range (default ε/steps; pgd 2.5·ε/steps)")
+    a.add_argument("--restarts", type=int, help="PGD random restarts")
+    tg = a.add_mutually_exclusive_group()
+    tg.add_argument("--target", help="target label value (segmentation, e.g. 1) or class name/index")
+    tg.add_argument("--target-mask", help="label map file (label values) the prediction should become")
+    a.add_argument("--labels", help="ground-truth label map (default: the case's _seg for BraTS folders)")
+    a.add_argument("--no-labels", action="store_true", help="ignore ground truth; attack the clean prediction")
+    rg = a.add_mutually_exclusive_group()
+    rg.add_argument("--roi", help="mask file: the perturbation is restricted to its non-zero voxels")
+    rg.add_argument("--perturb-background", action="store_true",
+                    help="also perturb the exactly-zero background of skull-stripped images "
+                         "(by default perturbations stay on the non-zero voxels)")
+    a.add_argument("--loss", choices=["dice", "ce", "bce", "mse"], help="attack loss (default: soft Dice for "
+                                                                        "segmentation, CE/BCE for classifiers)")
+    a.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
+    a.add_argument("--seed", type=int, help="random seed (recorded; drawn at random if omitted)")
+    a.add_argument("--out", required=True, help="output folder (created; files are replaced atomically)")
+    a.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    mg = a.add_mutually_exclusive_group()
+    mg.add_argument("--match-psnr", type=float, metavar="DB",
+                    help="set the attack's scalar knob (--eps, or --severity for MR artifacts) so the "
+                         "perturbed image has this PSNR (dB; same definition as metrics.json), for the "
+                         "given --seed; exits 2 if it cannot be reached")
+    mg.add_argument("--match-ssim", type=float, metavar="SSIM", help="as --match-psnr, for an SSIM")
+    _attack_param_options(a)
+    a.set_defaults(func=cmd_attack)
+    return a
+
+
+def _load_labels(args, image):
+    from napari_medadv.core.io import read_labels
+
+    if args.no_labels:
+        return None
+    if args.labels:
+        return read_labels(args.labels, like=image)
+    return image.labels
+
+
+def cmd_attack(args) -> int:
+    import numpy as np
+
+    from napari_medadv.core.attacks import ATTACKS
+    from napari_medadv.core.io import read_image, read_labels
+    from napari_medadv.core.models import load_model
+    from napari_medadv.core.pipeline import run_attack, write_outcome
+
+    image = read_image(args.image)
+    model = load_model(args.model, weights=args.weights, trust_code=args.trust_model_code, device=args.device)
+    model.channel_map = args.channels
+    model.check_image(image.array, str(image.source), image.channel_names)
+    labels = _load_labels(args, image)
+    spec = ATTACKS.get_spec(args.attack)
+    accepted = {p.name for p in spec.params}
+    params = {}
+    for name in ("eps", "steps", "alpha", "restarts"):
+        v = getattr(args, name)
+        if v is not None:
+            if name not in accepted:
+                raise CLIError(f"--{name} does not apply to {spec.label}")
+            params[name] = v
+    for key, v in vars(args).items():
+        if key.startswith("param_") and v is not None:
+            name = key[len("param_"):]
+            if name not in accepted:
+                raise CLIError(f"--{name.replace('_', '-')} does not apply to {spec.label}")
+            params[name] = v
+    if args.loss:
+        params["loss"] = args.loss
+    target = None
+    if args.target is not None:
+        target = int(args.target) if args.target.lstrip("-").isdigit() else args.target
+    elif args.target_mask:
+        target = read_labels(args.target_mask, like=image)
+    if spec.targeted == "required" and target is None and "target_label" not in params:
+        target = None  # ti-FGSM's default target: label index 1 (Liu's "everything = label 1")
+    roi = "auto"
+    if args.roi:
+        roi = read_labels(args.roi, like=image)
+        if not np.any(roi):
+            raise CLIError(f"{args.roi}: the ROI mask is empty")
+    elif args.perturb_background:
+        roi = None
+    record_extra = None
+    seed = args.seed
+    if args.match_psnr is not None or args.match_ssim is not None:
+        record_extra, seed = _match_quality(args, image, model, spec, params, labels, target, roi)
+    bar = None if args.quiet else ProgressBar(spec.label)
+    try:
+        outcome = run_attack(image, model, args.attack, params=params, labels=labels, target=target,
+                             roi=roi, seed=seed, callback=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = write_outcome(outcome, args.out, command=["medadv", *sys.argv[1:]], record_extra=record_extra)
+    if args.json:
+        print(json.dumps(outcome.metrics, indent=1, default=str))
+    else:
+        print(_summary_line(outcome))
+        print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _match_quality(args, image, model, spec, params: dict, labels, target, roi) -> tuple[dict, int]:
+    """--match-psnr/--match-ssim: find the knob value, put it in ``params``; (record extra, seed)."""
+    import secrets
+
+    from napari_medadv.core.matching import knob_for, match_for_image
+
+    knob = knob_for(spec.name)
+    if knob in params:
+        raise CLIError(f"--match-{'psnr' if args.match_psnr is not None else 'ssim'} sets --{knob}; drop one")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    m = match_for_image(image, model, spec.name, psnr=args.match_psnr, ssim=args.match_ssim, params=params,
+                        labels=labels, target=target, roi=roi, seed=seed)
+    if not m.reached:
+        raise CLIError(m.note)
+    params[knob] = m.value
+    if not args.quiet:
+        print(f"matched {m.metric.upper()} {m.achieved:.4g} (target {m.target:g}) at {knob}={m.value:.6g} "
+              f"in {len(m.evaluations)} evaluations", file=sys.stderr)
+    return {"matched_quality": m.to_dict()}, seed
+
+
+def _summary_line(o) -> str:
+    from napari_medadv.core.attacks import ATTACKS
+
+    m = o.metrics
+    iq = m["image_quality"]
+    spec = ATTACKS.get_spec(o.attack)
+    names = [p.name for p in spec.params]
+    knobs = f"eps={m['eps']:g}" if spec.takes_eps else " ".join(f"{k}={o.params.get(k)}" for k in names)
+    parts = [f"{o.attack}: {knobs}", f"PSNR {iq['psnr']:.2f} dB", f"SSIM {iq['ssim']:.3f}",
+             f"L0 {iq['l0']}"]
+    if "dice" in m:
+        block = m["dice"].get("ground_truth_vs_adversarial") or m["dice"]["clean_vs_adversarial"]
+        clean = m["dice"].get("ground_truth_vs_clean")
+        if "regions" in block:
+            adv, ref = block["regions"], (clean or {}).get("regions")
+        else:  # per label under the model's label names (a binary model: "brain 0.93->0.41")
+            names = block.get("label_names") or {}
+            adv = {names.get(k, f"label {k}"): v for k, v in block["per_label"].items()}
+            ref = None if clean is None else {names.get(k, f"label {k}"): v for k, v in clean["per_label"].items()}
+        parts.append("Dice " + " ".join(
+            f"{r} {ref[r]:.3f}->{v:.3f}" if ref else f"{r} {v:.3f}" for r, v in adv.items()))
+    if "probabilities" in m:
+        parts.append(" ".join(f"{n} {p['clean']:.2f}->{p['adversarial']:.2f}" for n, p in m["probabilities"].items()))
+    return "  ".join(parts)

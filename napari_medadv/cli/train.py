@@ -1,0 +1,61 @@
+"""``medadv train demo-unet3d|demo-unet2d|demo-cxr [--defense ...]``: rebuild a demo model, or
+train a defended one (distillation, FGSM adversarial training, noise augmentation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    t = sub.add_parser("train", help="train (rebuild) a demo model from a seed on the CPU")
+    t.add_argument("model", choices=["demo-unet3d", "demo-unet2d", "demo-cxr"])
+    t.add_argument("--out", default=".", help="folder for NAME.pt and NAME.json (default: current folder)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cases", type=int, help="number of training cases (default: the shipped model's)")
+    t.add_argument("--epochs", type=int)
+    t.set_defaults(func=cmd_train)
+    add_defense_options(t)
+    return t
+
+
+def add_defense_options(t: argparse.ArgumentParser) -> None:
+    """``medadv train demo-unet3d --defense distill|adversarial|noise`` options."""
+    from napari_medadv.core.defenses import DEFAULTS, DEFENSES
+
+    g = t.add_argument_group("defenses (Liu et al. 2021; demo-unet3d)")
+    g.add_argument("--defense", choices=DEFENSES, help="train a defended variant: NAME-distill / -adv / -noise")
+    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="distill: temperature T")
+    g.add_argument("--teacher", default=DEFAULTS["teacher"], help="distill: teacher model spec")
+    g.add_argument("--teacher-temperature", type=float, default=DEFAULTS["teacher_temperature"],
+                   help="distill: temperature of the teacher's soft labels (default: --temperature, eq. 4)")
+    g.add_argument("--eps", type=float, default=DEFAULTS["eps"], help="adversarial: FGSM ε (fraction of range)")
+    g.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="adversarial: weight of the clean loss (eq. 9)")
+    g.add_argument("--radius", type=float, default=DEFAULTS["radius"], help="noise: L∞ radius (fraction of range)")
+    g.add_argument("--init", help="start from this model's weights (fine-tune) instead of a fresh network")
+    g.add_argument("--lr", type=float, help="learning rate (default: the demo model's)")
+
+
+def train_defended_from_args(args) -> dict:
+    from napari_medadv.core.defenses import train_defended
+
+    base = args.model.removeprefix("demo-")
+    return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases,
+                          epochs=args.epochs, temperature=args.temperature, eps=args.eps, beta=args.beta,
+                          radius=args.radius, teacher=args.teacher, teacher_temperature=args.teacher_temperature,
+                          init=args.init, lr=args.lr,
+                          log=lambda s: print(s, file=sys.stderr))
+
+
+def cmd_train(args) -> int:
+    from napari_medadv.core.training import train_demo
+
+    name = args.model.removeprefix("demo-")
+    if getattr(args, "defense", None):
+        print(json.dumps(train_defended_from_args(args), indent=1))
+        return 0
+    rec = train_demo(name, args.out, seed=args.seed, n_cases=args.cases, epochs=args.epochs,
+                     log=lambda s: print(s, file=sys.stderr))
+    print(json.dumps(rec, indent=1))
+    return 0
