@@ -13,6 +13,7 @@ the problem and exits with code 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import attack, demo, listing, study, train
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"medadv: error: {msg}{_hint(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `medadv attacks | head`: the reader went away; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("medadv: interrupted; nothing was written", file=sys.stderr)
         return 130
