@@ -181,11 +181,14 @@ def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: d
     clean_out = model.forward(x) if clean_output is None else clean_output
     engine_labels = None
     if labels is not None:
-        engine_labels = (
-            torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
-            if model.info.task == "classification"
-            else model.label_map_to_target(labels, clean_out.shape[1])
-        )
+        try:
+            engine_labels = (
+                torch.as_tensor(np.asarray(labels, dtype=np.float32), device=model.device)[None]
+                if model.info.task == "classification"
+                else model.label_map_to_target(labels, clean_out.shape[1])
+            )
+        except ModelError as exc:  # say whose ground truth it is (a study runs many cases)
+            raise ModelError(f"{image.source}: ground truth does not fit {model.spec}: {exc}") from None
     engine_target = resolve_target(model, target, image)
     if engine_target is not None and spec.targeted == "no":
         raise MedadvError(f"{spec.label} is untargeted: it takes no target", fix="untargeted")

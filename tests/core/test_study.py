@@ -526,3 +526,11 @@ def test_non_brats_model_study_reports_per_label_dice_by_name(tmp_path):
     build_report(tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| Dice tumour | p adj tumour |" in md and "Dice WT" not in md
+
+
+def test_ground_truth_the_model_cannot_read_names_the_case(tmp_path):
+    """BraTS labels {1, 2, 4} given to a binary model: one error naming the case and the model."""
+    root = _tiny_models.make_small_cases(tmp_path / "cases", names=("glioma_001",), size=SIZE)
+    cfg = ST.StudyConfig(dataset=str(root), models=["tinybin:0"], grid=[{"attack": "fgsm", "eps": [0.05]}], seed=3)
+    with pytest.raises(MedadvError, match=r"glioma_001: ground truth does not fit tinybin:0: label values \[2, 4\]"):
+        ST.Study(cfg, tmp_path / "out").run(workers=0)
