@@ -348,7 +348,11 @@ def image_quality_per_channel(clean: np.ndarray, adv: np.ndarray, names) -> dict
                      "rmse": M.rmse(clean[c], adv[c]), "linf": float(np.abs(adv[c] - clean[c]).max()),
                      "linf_fraction_of_range": float(np.abs(adv[c] - clean[c]).max() / rng)}
     finite = [p["psnr"] for p in per.values() if np.isfinite(p["psnr"])]
-    agg = {"psnr": M.psnr_channels(clean, adv),
+    # psnr_channels' formula from the per-channel RMSEs already computed (no second pass over
+    # the voxels: at BraTS size each pass costs about 0.1 s per channel)
+    nmse = float(np.mean([(p["rmse"] / (float(clean[c].max() - clean[c].min()) or 1.0)) ** 2
+                          for c, p in enumerate(per.values())]))
+    agg = {"psnr": float("inf") if nmse == 0 else float(10.0 * np.log10(1.0 / nmse)),
            "psnr_mean_of_channels": float(np.mean(finite)) if finite else float("inf"),
            "ssim": float(np.mean([p["ssim"] for p in per.values()])),
            "rmse": float(np.mean([p["rmse"] for p in per.values()]))}
