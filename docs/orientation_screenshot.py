@@ -12,10 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import imageio.v3 as iio
 import nibabel as nib
 import napari
-from napari._qt.dialogs.qt_notification import NapariQtNotification
+from _screenshot import save_window
 from napari._qt.qt_event_loop import get_qapp
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
@@ -59,13 +58,7 @@ def main() -> None:
         app.processEvents()
         time.sleep(0.05)
     viewer.reset_view()
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()  # napari's PyQt5 deprecation toast is not part of the picture
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    out = Path(__file__).parent / "images" / "orientation.png"
-    iio.imwrite(out, viewer.screenshot(canvas_only=False)[..., :3])
+    out = save_window(app, viewer, Path(__file__).parent / "images" / "orientation.png")
     print(f"wrote {out}; letters: {widget.markers.texts()}")
 
 
