@@ -81,7 +81,7 @@ def attack_job(source: Source, model, name: str, params: dict, labels, target, r
 
 
 def prepare_live_job(source: Source, model, labels, roi):
-    from napari_medadv.core.pipeline import LiveEps
+    from napari_medadv.core.live import LiveEps
 
     yield 0, 1, None
     return LiveEps(source.image, model, labels=labels, roi=roi)

@@ -194,7 +194,7 @@ class PlotsWidget(QWidget):
         self.status.setText(f"ε sweep on {src.case}: gradient sign, then {len(eps_values)} forward passes …")
 
         def job():
-            from napari_medadv.core.pipeline import LiveEps
+            from napari_medadv.core.live import LiveEps
 
             yield 0, len(eps_values) + 1, None
             live = LiveEps(src.image, model, labels=labels, roi=roi)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .attacks import ATTACKS, AttackResult, AttackStep, FGSM
+from .attacks import ATTACKS, AttackResult, AttackStep
 from .errors import InputFileError, MedadvError, ModelError
 from .files import package_versions, to_json
 from .io import BRATS_LABELS, ImageData, write_image, write_labels
@@ -316,7 +316,7 @@ def _dice_block(pred: np.ndarray, ref: np.ndarray, label_values, model: LoadedMo
     return out
 
 
-def _label_values(o: AttackOutcome) -> list[int]:
+def label_values(o: AttackOutcome) -> list[int]:
     """Label values the model can output (with 0), for per-label Dice."""
     info = o.model.info
     n_out = int(o.clean_output.shape[1])
@@ -360,13 +360,20 @@ def image_quality_per_channel(clean: np.ndarray, adv: np.ndarray, names) -> dict
     return {**agg, **norms, "per_channel": per}
 
 
-def outcome_metrics(o: AttackOutcome) -> dict:
-    """metrics.json content: Dice vs ground truth/clean, image quality, ε, probabilities."""
+def outcome_metrics(o: AttackOutcome, *, quality: dict | None = None,
+                    segmentation: tuple[dict, int] | None = None) -> dict:
+    """metrics.json content: Dice vs ground truth/clean, image quality, ε, probabilities.
+
+    ``quality`` (the ``image_quality`` block) and ``segmentation`` (the Dice blocks and the count
+    of changed voxels) may come precomputed, e.g. from the live path's incremental readouts
+    (:mod:`~napari_medadv.core.readouts`); by default they are computed here, which is their
+    definition."""
     out: dict = {
         "attack": o.attack,
         "eps": o.result.eps,
         "eps_native": dict(zip(o.image.channel_names, o.result.eps_native[0])),
-        "image_quality": image_quality_per_channel(o.image.array, o.adversarial, o.image.channel_names),
+        "image_quality": (quality if quality is not None
+                          else image_quality_per_channel(o.image.array, o.adversarial, o.image.channel_names)),
         "model_calls": {"forward": o.result.n_forward, "backward": o.result.n_backward},
         "cancelled": o.result.cancelled,
         "seconds": round(o.seconds, 3),
@@ -378,16 +385,10 @@ def outcome_metrics(o: AttackOutcome) -> dict:
     if "l0" in o.result.extra:
         out["dgde_l0"] = o.result.extra["l0"][0]
     if o.model.info.task == "segmentation":
-        values = _label_values(o)
-        n_out = int(o.clean_output.shape[1])
-        dice = {"clean_vs_adversarial": _dice_block(o.seg_adv, o.seg_clean, values, o.model, n_out)}
-        if o.labels is not None:
-            dice["ground_truth_vs_clean"] = _dice_block(o.seg_clean, o.labels, values, o.model, n_out)
-            dice["ground_truth_vs_adversarial"] = _dice_block(o.seg_adv, o.labels, values, o.model, n_out)
+        dice, changed = segmentation if segmentation is not None else segmentation_dice(o)
         out["dice"] = dice
         out["reference"] = "ground truth" if o.labels is not None else "clean prediction"
-        changed = o.seg_clean != o.seg_adv
-        out["segmentation_changed_voxels"] = int(changed.sum())
+        out["segmentation_changed_voxels"] = int(changed)
     else:
         names = o.model.info.class_names or [str(i) for i in range(len(o.probs_clean))]
         out["probabilities"] = {
@@ -397,6 +398,18 @@ def outcome_metrics(o: AttackOutcome) -> dict:
         }
         out["top1_changed"] = bool(np.argmax(o.probs_clean) != np.argmax(o.probs_adv))
     return out
+
+
+def segmentation_dice(o: AttackOutcome) -> tuple[dict, int]:
+    """The Dice blocks of metrics.json (clean vs adversarial; and each against the ground truth when
+    given) and the number of voxels whose label changed."""
+    values = label_values(o)
+    n_out = int(o.clean_output.shape[1])
+    dice = {"clean_vs_adversarial": _dice_block(o.seg_adv, o.seg_clean, values, o.model, n_out)}
+    if o.labels is not None:
+        dice["ground_truth_vs_clean"] = _dice_block(o.seg_clean, o.labels, values, o.model, n_out)
+        dice["ground_truth_vs_adversarial"] = _dice_block(o.seg_adv, o.labels, values, o.model, n_out)
+    return dice, int(np.count_nonzero(o.seg_clean != o.seg_adv))
 
 
 # --------------------------------------------------------------------------- record / output
@@ -514,64 +527,3 @@ def _move_into(tmp: Path, out_dir: Path) -> None:
         if dest.is_dir():
             shutil.rmtree(dest)
         os.replace(item, dest)
-
-
-# --------------------------------------------------------------------------- live ε (GUI)
-
-
-class LiveEps:
-    """FGSM's fast ε path on an image: ``prepare`` once, then each ε costs one forward pass."""
-
-    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi="auto"):
-        self.image = image
-        self.model = model
-        self.labels = None if labels is None else np.asarray(labels)
-        if isinstance(roi, str):
-            roi = content_roi(image)
-        self.roi = roi
-        x, self.channel_mapping = prepare_input(image, model)
-        lab = None
-        if labels is not None:
-            lab = model.label_map_to_target(labels, model.n_outputs or model.forward(x).shape[1])
-        self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
-        self._clean: tuple | None = None
-
-    def at(self, eps: float) -> tuple[np.ndarray, torch.Tensor]:
-        adv, out = self.fgsm.predict_at_eps(eps)
-        return adv[0].detach().cpu().numpy(), out
-
-    def outcome(self, eps: float, *, seed: int = 0, metrics: bool = True) -> AttackOutcome:
-        """The :class:`AttackOutcome` at ``eps`` for one forward pass (the clean output comes from
-        :meth:`FGSM.prepare`'s forward); ``metrics=False`` leaves ``metrics`` for the caller
-        (:meth:`add_metrics`), e.g. to update images first and readouts after."""
-        adv, out = self.at(eps)
-        fgsm = self.fgsm
-        ctx = fgsm._cache["ctx"]
-        clean_out = fgsm.clean_output
-        result = AttackResult(
-            attack="fgsm", clean=ctx.x, adversarial=torch.as_tensor(adv)[None], eps=float(eps),
-            eps_native=fgsm.native_eps(eps), params={**fgsm.get_params(), "eps": float(eps)},
-            n_forward=ctx.n_forward + 1, n_backward=ctx.n_backward,
-        )
-        o = AttackOutcome(image=self.image, model=self.model, attack="fgsm", params=result.params, seed=seed,
-                          adversarial=adv.astype(np.float32, copy=False), result=result,
-                          clean_output=clean_out, adv_output=out, labels=self.labels,
-                          channel_mapping=self.channel_mapping)
-        if self.model.info.task == "segmentation":
-            if self._clean is None:
-                self._clean = (self.model.to_label_map(clean_out)[0].astype(np.int16),)
-            o.seg_clean = self._clean[0]
-            o.seg_adv = self.model.to_label_map(out)[0].astype(np.int16)
-        else:
-            o.probs_clean = self.model.probabilities(clean_out)[0].cpu().numpy()
-            o.probs_adv = self.model.probabilities(out)[0].cpu().numpy()
-        if metrics:
-            self.add_metrics(o)
-        return o
-
-    def add_metrics(self, o: AttackOutcome) -> AttackOutcome:
-        """Fill ``o.metrics`` exactly as :func:`run_attack` does."""
-        o.metrics = outcome_metrics(o)
-        o.metrics["roi"] = ("whole image" if self.roi is None
-                            else f"mask ({int(np.count_nonzero(self.roi))} voxels)")
-        return o

@@ -6,7 +6,8 @@ import pytest
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
 from napari_medadv.core.paths import sample_data_dir
-from napari_medadv.core.pipeline import LiveEps, content_roi, run_attack
+from napari_medadv.core.live import LiveEps
+from napari_medadv.core.pipeline import content_roi, run_attack
 
 CASE = sample_data_dir() / "glioma" / "glioma_001"
 

@@ -186,7 +186,7 @@ def test_attack_dock_builds_parameters_from_the_registry(docks):
 
 
 def test_live_eps_updates_after_a_slider_move(docks, qtbot, glioma_small, unet2d):
-    from napari_medadv.core.pipeline import LiveEps
+    from napari_medadv.core.live import LiveEps
 
     viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
     _open(viewer, glioma_small)

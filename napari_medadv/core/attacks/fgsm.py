@@ -77,10 +77,14 @@ class FGSM(Attack):
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         ctx = self._cache["ctx"]
-        delta = (eps * ctx.range.width) * self._cache["sign"]
-        if ctx.roi is not None:
-            delta = delta * ctx.roi
-        return ctx.range.clamp(ctx.x + delta)
+        step = self._cache.get("step")
+        if step is None:  # width · sign · ROI once, so each ε is one multiply-add and a clamp
+            step = ctx.range.width * self._cache["sign"]
+            if ctx.roi is not None:
+                step = step * ctx.roi
+            self._cache["step"] = step
+        return ctx.range.clamp(torch.addcmul(ctx.x, step, torch.tensor(float(eps), dtype=step.dtype,
+                                                                          device=step.device)))
 
     @torch.no_grad()
     def predict_at_eps(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

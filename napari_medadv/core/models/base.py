@@ -187,6 +187,35 @@ class ModelInfo:
         return list(range(n_outputs))
 
 
+def channel_argmax(output: torch.Tensor) -> torch.Tensor:
+    """``output.argmax(1)`` as ``uint8`` (first maximum on ties, as torch's), for up to 255 channels.
+
+    Written out because torch's arg-max over a non-last axis of few channels is slow on CPU (1.7 s
+    for a 4×240×240×155 output on 2 cores, against 0.15 s for these K - 1 comparisons); more
+    channels, or outputs with NaN, take torch's.
+    """
+    k = int(output.shape[1])
+    if k > 255 or output.is_cuda or bool(torch.isnan(output).any()):
+        return output.argmax(1).to(torch.uint8 if k <= 255 else torch.int64)
+    best = output[:, 0]
+    idx = torch.zeros(best.shape, dtype=torch.uint8, device=output.device)
+    for c in range(1, k):
+        cur = output[:, c]
+        idx.masked_fill_(cur > best, c)
+        best = torch.maximum(best, cur)
+    return idx
+
+
+def small_labels(values: np.ndarray) -> np.ndarray:
+    """Label values in the smallest integer type that holds them (uint8 for BraTS' 0..4)."""
+    values = np.asarray(values)
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if values.size == 0 or (info.min <= values.min() and values.max() <= info.max):
+            return values.astype(dtype)
+    return values.astype(np.int64)
+
+
 class Normalize(nn.Module):
     """Differentiable intensity normalisation ``native -> network input`` (per sample, per channel)."""
 
@@ -492,7 +521,7 @@ class LoadedModel:
                 values = values[1:]
             return np.where(fg.cpu().numpy(), values[best.cpu().numpy()], 0)
         values = np.asarray(self.info.output_labels(n_out))
-        return values[output.argmax(1).cpu().numpy()]
+        return small_labels(values)[channel_argmax(output).cpu().numpy()]
 
     def label_map_to_target(self, labels: np.ndarray | torch.Tensor, n_outputs: int | None = None) -> torch.Tensor:
         """Ground-truth label values -> what the loss compares outputs with (``B *spatial``).

@@ -1,0 +1,146 @@
+"""Live ε: FGSM's fast path on one image and one model, with readouts that cost little next to the
+forward pass (the Attack dock's slider, the Plots dock's ε sweep, ``benchmarks/bench_real_size.py``).
+
+:class:`LiveEps` prepares once (one forward + one backward, then the clean side of every readout:
+the clean label map as ``uint8`` indices, the ground truth's, the Dice of clean vs ground truth,
+each channel's range and FGSM's headroom table). Each ε then costs one forward pass for the image
+and the segmentation (:meth:`LiveEps.outcome`), plus a binary search and one or two ``bincount``
+passes for the readouts (:meth:`LiveEps.readouts`); SSIM, which needs filtered passes over the
+image, comes last and separately (:meth:`LiveEps.add_ssim`), so a front end can show everything
+else first and mark SSIM as pending.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .attacks import AttackResult, FGSM
+from .brats import BRATS_REGIONS
+from .io import ImageData
+from .models.base import LoadedModel
+from .pipeline import AttackOutcome, content_roi, label_values, outcome_metrics, prepare_input
+from .readouts import DiceTable, FgsmQuality, channel_ranges, computed_quality
+
+
+class LiveEps:
+    """FGSM's fast ε path on an image: ``prepare`` once, then each ε costs one forward pass."""
+
+    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi="auto"):
+        self.image = image
+        self.model = model
+        self.labels = None if labels is None else np.asarray(labels)
+        if isinstance(roi, str):
+            roi = content_roi(image)
+        self.roi = roi
+        x, self.channel_mapping = prepare_input(image, model)
+        lab = None
+        if labels is not None:
+            lab = model.label_map_to_target(labels, model.n_outputs or model.forward(x).shape[1])
+        self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
+        self.ranges = channel_ranges(image.array)
+        self.quality = FgsmQuality(self.fgsm, image.channel_names, self.ranges)
+        self.roi_note = "whole image" if roi is None else f"mask ({int(np.count_nonzero(roi))} voxels)"
+        self._seg = None  # clean side of the Dice readouts (segmentation models)
+        self.seg_clean = None
+        if model.info.task == "segmentation":
+            self.seg_clean = model.to_label_map(self.fgsm.clean_output)[0]
+
+    def at(self, eps: float) -> tuple[np.ndarray, torch.Tensor]:
+        adv, out = self.fgsm.predict_at_eps(eps)
+        return adv[0].detach().cpu().numpy(), out
+
+    def outcome(self, eps: float, *, seed: int = 0, metrics: bool = True) -> AttackOutcome:
+        """The :class:`AttackOutcome` at ``eps`` for one forward pass (the clean output comes from
+        :meth:`FGSM.prepare`'s forward); ``metrics=False`` leaves ``metrics`` for the caller
+        (:meth:`readouts` then :meth:`add_ssim`, or :meth:`add_metrics`), e.g. to update images
+        first and readouts after."""
+        adv, out = self.at(eps)
+        fgsm = self.fgsm
+        ctx = fgsm._cache["ctx"]
+        clean_out = fgsm.clean_output
+        result = AttackResult(
+            attack="fgsm", clean=ctx.x, adversarial=torch.as_tensor(adv)[None], eps=float(eps),
+            eps_native=fgsm.native_eps(eps), params={**fgsm.get_params(), "eps": float(eps)},
+            n_forward=ctx.n_forward + 1, n_backward=ctx.n_backward,
+        )
+        o = AttackOutcome(image=self.image, model=self.model, attack="fgsm", params=result.params, seed=seed,
+                          adversarial=adv.astype(np.float32, copy=False), result=result,
+                          clean_output=clean_out, adv_output=out, labels=self.labels,
+                          channel_mapping=self.channel_mapping)
+        if self.model.info.task == "segmentation":
+            o.seg_clean = self.seg_clean
+            o.seg_adv = self.model.to_label_map(out)[0]
+        else:
+            o.probs_clean = self.model.probabilities(clean_out)[0].cpu().numpy()
+            o.probs_adv = self.model.probabilities(out)[0].cpu().numpy()
+        if metrics:
+            self.add_metrics(o)
+        return o
+
+    # ------------------------------------------------------------------ readouts
+    def _dice_side(self, o: AttackOutcome):
+        """The clean side of the Dice readouts, built once: the table, the clean and ground-truth
+        index maps, and the (constant) clean-vs-ground-truth block."""
+        if self._seg is None:
+            info = self.model.info
+            n_out = int(o.clean_output.shape[1])
+            values = label_values(o)
+            table = DiceTable(values, BRATS_REGIONS if info.brats_regions(n_out) else None,
+                              {v: info.label_name(v) for v in values if v != 0})
+            clean = table.indices(self.seg_clean)
+            gt = gt_block = None
+            if self.labels is not None:
+                gt = table.indices(self.labels)
+                gt_block = table.block(table.confusion(clean, gt))
+            self._seg = (table, clean, gt, gt_block)
+        return self._seg
+
+    def segmentation_readouts(self, o: AttackOutcome) -> tuple[dict, int]:
+        """The Dice blocks and changed-voxel count of ``o``, from one or two ``bincount`` passes."""
+        table, clean, gt, gt_block = self._dice_side(o)
+        adv = table.indices(o.seg_adv)
+        conf = table.confusion(adv, clean)
+        dice = {"clean_vs_adversarial": table.block(conf)}
+        if gt is not None:
+            dice["ground_truth_vs_clean"] = gt_block
+            dice["ground_truth_vs_adversarial"] = table.block(table.confusion(adv, gt))
+        return dice, table.changed(conf)
+
+    def image_quality(self, o: AttackOutcome) -> dict:
+        """The ``image_quality`` block of ``o`` without SSIM (pending): analytic for FGSM's image
+        at ε (no pass over the image), computed on the images otherwise."""
+        eps = float(o.result.eps)
+        if o.attack == "fgsm" and o.adversarial is not None and self.quality.covers(eps):
+            return self.quality.at(eps)
+        return computed_quality(torch.from_numpy(self.image.array), torch.from_numpy(o.adversarial),
+                                self.image.channel_names, self.ranges)
+
+    def readouts(self, o: AttackOutcome) -> AttackOutcome:
+        """Fill ``o.metrics`` as :func:`run_attack` does, except SSIM, which stays ``None``
+        (pending) until :meth:`add_ssim`."""
+        seg = self.segmentation_readouts(o) if self.model.info.task == "segmentation" else None
+        o.metrics = outcome_metrics(o, quality=self.image_quality(o), segmentation=seg)
+        o.metrics["roi"] = self.roi_note
+        return o
+
+    def add_ssim(self, o: AttackOutcome) -> AttackOutcome:
+        """Fill the pending SSIM figures of ``o.metrics`` (one filtered pass per channel)."""
+        q = o.metrics["image_quality"]
+        clean = self.image.array
+        values = []
+        for c, name in enumerate(self.image.channel_names):
+            v = M.ssim(clean[c], o.adversarial[c], self.ranges[c])
+            q["per_channel"][name]["ssim"] = v
+            values.append(v)
+        q["ssim"] = float(np.mean(values))
+        return o
+
+    def add_metrics(self, o: AttackOutcome) -> AttackOutcome:
+        """Fill ``o.metrics`` completely (the readouts, then SSIM)."""
+        return self.add_ssim(self.readouts(o))
+
+    @staticmethod
+    def ssim_pending(metrics: dict) -> bool:
+        return metrics.get("image_quality", {}).get("ssim", 0.0) is None

@@ -1,0 +1,228 @@
+"""Readouts that cost little next to a forward pass, for the live ε path at real size.
+
+:func:`~napari_medadv.core.pipeline.outcome_metrics` is the reference (MONAI's Dice, float64
+image quality) and stays the definition; the classes here give the same numbers with less work
+for a stream of outcomes on one image and one model:
+
+* :class:`DiceTable`: Dice per label, foreground Dice and the BraTS regions from one confusion
+  matrix, i.e. one ``bincount`` over a pair of ``uint8`` label-index maps, instead of one masked
+  pass per label and region. Written by hand because MONAI's ``compute_dice`` takes one one-hot
+  channel per label or region (several full-volume float tensors per block: 3.9 s per live update
+  at BraTS size); tested equal to :mod:`~napari_medadv.core.metrics`.
+* :class:`FgsmQuality`: PSNR, RMSE, L0, L2 and L∞ of FGSM's image at any ε without touching the
+  image. FGSM's change at a voxel is ``clip(x + ε·w·s) - x``, so its magnitude is
+  ``min(ε·w, h)`` with ``h`` the voxel's headroom towards the bound in the direction ``s``; the
+  headrooms smaller than ``w`` are sorted once (with cumulative squares) and each ε is a binary
+  search. The figures equal the ones computed on the float32 image to float32 rounding.
+* :func:`quality_summary`: the ``image_quality`` block of metrics.json from per-channel sums, used
+  by both the computed and the analytic path so they cannot drift apart in form.
+
+SSIM needs the image (a filtered pass per channel): it is left out of the fast readouts
+(``None`` = pending) and filled in afterwards (:meth:`~napari_medadv.core.live.LiveEps.add_ssim`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+# --------------------------------------------------------------------------- image quality
+
+
+def quality_summary(names: Sequence[str], ranges: Sequence[float], sse: Sequence[float],
+                    linf: Sequence[float], n_voxels: int, l0: int,
+                    ssim: Sequence[float | None] | None = None) -> dict:
+    """metrics.json's ``image_quality`` block from per-channel sums.
+
+    ``ranges``: each clean channel's max - min (1 for a constant one); ``sse``: each channel's sum
+    of squared changes; ``linf``: each channel's largest change; ``n_voxels``: voxels per channel;
+    ``l0``: voxels where any channel changed; ``ssim``: per-channel SSIM, ``None`` while pending.
+    The image-level PSNR is :func:`~napari_medadv.core.metrics.psnr_channels`'
+    ``10 log10(1 / mean_c(MSE_c / range_c²))``.
+    """
+    ssim = list(ssim) if ssim is not None else [None] * len(names)
+    per = {}
+    nmse = []
+    for name, rng, s, li, ss in zip(names, ranges, sse, linf, ssim):
+        mse = float(s) / n_voxels
+        rmse = float(np.sqrt(mse))
+        per[name] = {"psnr": float("inf") if rmse == 0 else float(20.0 * np.log10(rng / rmse)),
+                     "ssim": ss, "rmse": rmse, "linf": float(li),
+                     "linf_fraction_of_range": float(li) / rng}
+        nmse.append(mse / rng ** 2)
+    finite = [p["psnr"] for p in per.values() if np.isfinite(p["psnr"])]
+    mean_nmse = float(np.mean(nmse))
+    pending = any(s is None for s in ssim)
+    total = n_voxels
+    return {
+        "psnr": float("inf") if mean_nmse == 0 else float(10.0 * np.log10(1.0 / mean_nmse)),
+        "psnr_mean_of_channels": float(np.mean(finite)) if finite else float("inf"),
+        "ssim": None if pending else float(np.mean(ssim)),
+        "rmse": float(np.mean([p["rmse"] for p in per.values()])),
+        "l0": int(l0),
+        "l0_fraction": float(l0 / total) if total else 0.0,
+        "l2": float(np.sqrt(float(np.sum(sse)))),
+        "linf": float(max(linf)) if len(linf) else 0.0,
+        "per_channel": per,
+    }
+
+
+def channel_ranges(image: np.ndarray) -> list[float]:
+    """Each channel's max - min (1 for a constant channel), as the quality figures use it."""
+    return [float(image[c].max() - image[c].min()) or 1.0 for c in range(image.shape[0])]
+
+
+class FgsmQuality:
+    """Analytic image-quality figures of :class:`~napari_medadv.core.attacks.FGSM`'s image at any ε.
+
+    Built from a prepared FGSM (its cached gradient sign, ROI and clamp bounds) in one pass over
+    the image; :meth:`at` then costs a binary search per channel. Exact for ``0 <= ε <= 1``
+    (beyond, the headroom table would need the uncapped headrooms: :meth:`covers` says False and
+    callers compute on the image).
+    """
+
+    def __init__(self, fgsm, names: Sequence[str], ranges: Sequence[float]):
+        ctx = fgsm._cache["ctx"]
+        x = ctx.x
+        # the change at ε = 1 is min(w, h) at every voxel the sign and the ROI move: the same
+        # arithmetic as at_eps, so clamping, the ROI and float32 follow FGSM exactly
+        full = (fgsm.at_eps(1.0) - x).abs()[0].float()  # C *spatial
+        width = ctx.range.width.reshape(-1)[: x.shape[1]].double().cpu().numpy()
+        self.names = list(names)
+        self.ranges = [float(r) for r in ranges]
+        self.width = width
+        self.n_voxels = int(np.prod(x.shape[2:]))
+        moved = full > 0
+        self.l0 = int(moved.any(0).sum())
+        # float32 cannot represent a change smaller than half an ulp of the value it is added to
+        self._tiny = (x[0].abs().flatten(1).amax(1).double().cpu().numpy() * np.finfo(np.float32).eps * 4)
+        self.count, self.partial, self.cumsq, self.hmax = [], [], [], []
+        for c in range(x.shape[1]):
+            h = full[c][moved[c]]
+            n = int(h.numel())
+            w32 = float(torch.tensor(width[c], dtype=torch.float32))
+            short = torch.sort(h[h < w32]).values.double().cpu().numpy() if n else np.zeros(0)
+            self.count.append(n)
+            self.partial.append(short)
+            self.cumsq.append(np.concatenate([[0.0], np.cumsum(short ** 2)]))
+            self.hmax.append(float(h.max()) if n else 0.0)
+
+    def covers(self, eps: float) -> bool:
+        """Whether :meth:`at` is exact at ``eps``: within the headroom table and large enough to
+        show in float32 (a change below the values' rounding step leaves voxels unchanged)."""
+        if not 0.0 <= eps <= 1.0:
+            return False
+        return eps == 0.0 or all(eps * w > t or n == 0 for w, t, n in zip(self.width, self._tiny, self.count))
+
+    def sums(self, eps: float) -> tuple[list[float], list[float], int]:
+        """Per-channel sum of squared changes and largest change, and L0, at ``eps``."""
+        sse, linf = [], []
+        for c, w in enumerate(self.width):
+            t = eps * w
+            n = self.count[c]
+            if n == 0 or t == 0:
+                sse.append(0.0)
+                linf.append(0.0)
+                continue
+            short = self.partial[c]
+            k = int(np.searchsorted(short, t, side="left"))  # these clamp before reaching ε·w
+            sse.append(float(self.cumsq[c][k] + (n - k) * t * t))
+            linf.append(min(t, self.hmax[c]))
+        return sse, linf, (self.l0 if eps > 0 else 0)
+
+    def at(self, eps: float, ssim: Sequence[float | None] | None = None) -> dict:
+        """The ``image_quality`` block at ``eps`` (SSIM pending unless given)."""
+        sse, linf, l0 = self.sums(eps)
+        return quality_summary(self.names, self.ranges, sse, linf, self.n_voxels, l0, ssim)
+
+
+def computed_quality(clean: torch.Tensor, adv: torch.Tensor, names: Sequence[str], ranges: Sequence[float],
+                     ssim: Sequence[float | None] | None = None) -> dict:
+    """The ``image_quality`` block computed on the images (``C *spatial`` tensors), float32 passes
+    with float64 sums: for attacks without an analytic form."""
+    d = (adv.float() - clean.float()).flatten(1)
+    sse = []
+    for row in d:  # one channel at a time in float64: a BraTS-size volume at once would be 290 MB
+        r = row.double()
+        sse.append(float(r @ r))
+    linf = d.abs().amax(1).double().tolist() if d.shape[1] else [0.0] * d.shape[0]
+    l0 = int((d != 0).any(0).sum())
+    return quality_summary(names, ranges, sse, linf, int(d.shape[1]), l0, ssim)
+
+
+# --------------------------------------------------------------------------- Dice
+
+
+class DiceTable:
+    """Dice of every label, the foreground and (optionally) the BraTS regions from one confusion
+    matrix over paired label-index maps.
+
+    ``labels``: the label values to report (0 ignored); ``regions``: name -> label values, or None;
+    ``names``: label value -> display name.
+    Label values map to small indices (0 = background, one per reported or region value, and one
+    "other non-zero" bucket), so a pair of maps is one ``bincount``. Dice of masks ``P`` and ``R``
+    is ``2|P∩R| / (|P| + |R|)``, 1 when both are empty (MONAI's ``ignore_empty=False``).
+    """
+
+    def __init__(self, labels: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None,
+                 names: Mapping[int, str] | None = None):
+        self.labels = [int(v) for v in labels if int(v) != 0]
+        self.regions = dict(regions) if regions else None
+        self.names = {int(k): str(v) for k, v in (names or {}).items()}
+        values = list(self.labels)
+        for members in (self.regions or {}).values():
+            values += [int(v) for v in members if int(v) != 0 and int(v) not in values]
+        self.values = [0, *values]
+        self.other = len(self.values)  # index of any other non-zero value
+        self.k = self.other + 1
+        if self.k > 255:
+            raise ValueError(f"{len(self.values)} label values: the confusion table keeps at most 254")
+        self._index = {v: i for i, v in enumerate(self.values)}
+
+    def indices(self, label_map: np.ndarray) -> np.ndarray:
+        """Label values -> ``uint8`` indices of this table."""
+        a = np.asarray(label_map)
+        if a.dtype.kind in "ui" and a.size and 0 <= int(a.min()) and int(a.max()) < 1 << 16:
+            # a lookup table over the value range: one gather, no sorting
+            lut = np.full(int(a.max()) + 1, self.other, np.uint8)
+            lut[0] = 0
+            for v, i in self._index.items():
+                if v < lut.size:
+                    lut[v] = i
+            return lut[a]
+        uniq, inv = np.unique(a, return_inverse=True)
+        lut = np.array([self._index.get(int(v), self.other) if v != 0 else 0 for v in uniq], np.uint8)
+        return lut[inv].reshape(a.shape)
+
+    def confusion(self, pred_idx: np.ndarray, ref_idx: np.ndarray) -> np.ndarray:
+        """``K x K`` counts: rows the prediction's index, columns the reference's."""
+        if pred_idx.shape != ref_idx.shape:
+            raise ValueError(f"label maps differ in shape: {pred_idx.shape} vs {ref_idx.shape}")
+        dtype = np.uint16 if self.k * self.k <= 1 << 16 else np.uint32
+        pair = pred_idx.astype(dtype) * dtype(self.k) + ref_idx
+        return np.bincount(pair.ravel(), minlength=self.k * self.k).reshape(self.k, self.k)
+
+    @staticmethod
+    def _dice(conf: np.ndarray, idx: list[int]) -> float:
+        inter = float(conf[np.ix_(idx, idx)].sum())
+        denom = float(conf[idx, :].sum() + conf[:, idx].sum())
+        return 1.0 if denom == 0 else 2.0 * inter / denom
+
+    def block(self, conf: np.ndarray) -> dict:
+        """The Dice block of metrics.json (as ``pipeline._dice_block`` writes it)."""
+        out = {"per_label": {str(v): self._dice(conf, [self._index[v]]) for v in self.labels},
+               "label_names": {str(v): self.names.get(v, str(v)) for v in self.labels},
+               "foreground": self._dice(conf, list(range(1, self.k)))}
+        if self.regions is not None:
+            out["regions"] = {n: self._dice(conf, [self._index[int(v)] for v in members if int(v) != 0])
+                              for n, members in self.regions.items()}
+        return out
+
+    @staticmethod
+    def changed(conf: np.ndarray) -> int:
+        """Voxels whose index differs between the two maps."""
+        return int(conf.sum() - np.trace(conf))
+

@@ -1,0 +1,155 @@
+"""The live path's fast readouts equal the reference metrics (issue 20): confusion-matrix Dice vs
+MONAI's, FGSM's analytic PSNR/RMSE/L0/L2/L∞ vs the figures computed on the float32 image, SSIM
+pending until filled, and the uint8 arg-max vs torch's."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medadv.core import metrics as M
+from napari_medadv.core.brats import BRATS_REGIONS
+from napari_medadv.core.io import Geometry, ImageData, read_image
+from napari_medadv.core.live import LiveEps
+from napari_medadv.core.models import load_model
+from napari_medadv.core.models.base import channel_argmax, small_labels
+from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.pipeline import image_quality_per_channel, outcome_metrics
+from napari_medadv.core.readouts import DiceTable, computed_quality
+
+CASE = sample_data_dir() / "glioma" / "glioma_001"
+
+
+@pytest.fixture(scope="module")
+def case():
+    return read_image(CASE)
+
+
+@pytest.fixture(scope="module")
+def live3d(case):
+    return LiveEps(case, load_model("demo:unet3d", device="cpu"), labels=case.labels)
+
+
+def _close(a, b, rel=1e-4, path=""):
+    """Nested dicts equal, floats to ``rel`` (inf equal to inf)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _close(a[k], b[k], rel, f"{path}.{k}")
+    elif isinstance(a, float) or isinstance(b, float):
+        if math.isinf(a) or math.isinf(b):
+            assert a == b, path
+        else:
+            assert a == pytest.approx(b, rel=rel, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.004, 0.03, 0.5, 1.0])
+def test_live_readouts_equal_the_reference_metrics(live3d, eps):
+    o = live3d.outcome(eps, metrics=False)
+    live3d.add_metrics(o)
+    ref = outcome_metrics(o)
+    ref["roi"] = o.metrics["roi"]
+    ref["seconds"] = o.metrics["seconds"]
+    _close(o.metrics, ref, rel=2e-4)
+
+
+def test_ssim_is_pending_until_filled(live3d):
+    o = live3d.outcome(0.02, metrics=False)
+    live3d.readouts(o)
+    q = o.metrics["image_quality"]
+    assert LiveEps.ssim_pending(o.metrics)
+    assert q["ssim"] is None and all(p["ssim"] is None for p in q["per_channel"].values())
+    assert q["psnr"] > 0 and o.metrics["dice"]["clean_vs_adversarial"]["foreground"] <= 1.0
+    live3d.add_ssim(o)
+    assert not LiveEps.ssim_pending(o.metrics)
+    ref = image_quality_per_channel(live3d.image.array, o.adversarial, live3d.image.channel_names)
+    assert q["ssim"] == pytest.approx(ref["ssim"], rel=1e-6)
+
+
+def test_analytic_fgsm_quality_equals_computed_on_the_image(live3d):
+    """Including clamping: at ε = 0.5 most brain voxels hit a bound before moving ε·range."""
+    image = live3d.image
+    for eps in (0.001, 0.05, 0.5, 0.9):
+        adv, _ = live3d.at(eps)
+        analytic = live3d.quality.at(eps)
+        computed = computed_quality(torch.from_numpy(image.array), torch.from_numpy(adv),
+                                    image.channel_names, live3d.ranges)
+        _close(analytic, computed, rel=2e-4)
+        norms = M.perturbation_norms(image.array, adv)
+        assert analytic["l0"] == norms["l0"]
+        assert analytic["linf"] == pytest.approx(norms["linf"], rel=1e-5)
+        assert analytic["l2"] == pytest.approx(norms["l2"], rel=1e-4)
+    assert not live3d.quality.covers(1.5) and not live3d.quality.covers(1e-12)
+
+
+def test_image_quality_falls_back_to_the_image_outside_the_table(live3d):
+    o = live3d.outcome(1e-12, metrics=False)
+    q = live3d.image_quality(o)
+    ref = image_quality_per_channel(live3d.image.array, o.adversarial, live3d.image.channel_names)
+    assert q["l0"] == ref["l0"] and q["rmse"] == pytest.approx(ref["rmse"], rel=1e-5, abs=1e-12)
+
+
+def test_dice_table_equals_monai_on_random_maps_with_foreign_values():
+    rng = np.random.default_rng(0)
+    pred = rng.choice([0, 1, 2, 4], size=(30, 40, 20), p=[0.7, 0.1, 0.1, 0.1]).astype(np.uint8)
+    ref = rng.choice([0, 1, 2, 3, 4, 9], size=(30, 40, 20), p=[0.6, 0.1, 0.1, 0.05, 0.1, 0.05]).astype(np.int32)
+    table = DiceTable([0, 1, 2, 4], BRATS_REGIONS, {1: "NCR", 2: "ED", 4: "ET"})
+    block = table.block(table.confusion(table.indices(pred), table.indices(ref)))
+    want = M.dice_per_label(pred, ref, [1, 2, 4])
+    for v, d in want.items():
+        assert block["per_label"][str(v)] == pytest.approx(d, rel=1e-6)
+    assert block["foreground"] == pytest.approx(M.foreground_dice(pred, ref), rel=1e-6)
+    for name, d in M.dice_regions(pred, ref).items():
+        assert block["regions"][name] == pytest.approx(d, rel=1e-6)
+    assert block["label_names"] == {"1": "NCR", "2": "ED", "4": "ET"}
+    # a label absent from both maps: Dice 1 (MONAI's ignore_empty=False)
+    empty = DiceTable([0, 7])
+    z = np.zeros((4, 4), np.uint8)
+    assert empty.block(empty.confusion(empty.indices(z), empty.indices(z)))["per_label"]["7"] == 1.0
+    # negative or huge values take the sorting path
+    odd = np.array([[-3, 0], [70000, 1]])
+    assert DiceTable([1]).indices(odd).tolist() == [[2, 0], [2, 1]]
+
+
+def test_uint8_argmax_equals_torch_including_ties():
+    g = torch.Generator().manual_seed(0)
+    out = torch.randint(0, 3, (2, 5, 7, 6, 4), generator=g).float()  # many ties
+    assert torch.equal(channel_argmax(out).long(), out.argmax(1))
+    assert channel_argmax(out).dtype == torch.uint8
+    nan = out.clone()
+    nan[0, 2, 0, 0, 0] = float("nan")
+    assert torch.equal(channel_argmax(nan).long(), nan.argmax(1))
+    assert small_labels(np.array([0, 1, 2, 4])).dtype == np.uint8
+    assert small_labels(np.array([0, 300])).dtype == np.uint16
+    assert small_labels(np.array([-1, 3])).dtype == np.int16
+
+
+def test_label_maps_keep_the_model_dtype(live3d):
+    o = live3d.outcome(0.02, metrics=False)
+    assert o.seg_adv.dtype == np.uint8 and o.seg_clean.dtype == np.uint8
+    assert set(np.unique(o.seg_adv).tolist()) <= {0, 1, 2, 4}
+
+
+def test_classifier_readouts_equal_the_reference():
+    cxr = read_image(sample_data_dir() / "cxr" / "chest_pa.png")
+    live = LiveEps(cxr, load_model("demo:cxr", device="cpu"))
+    o = live.outcome(0.01, metrics=True)
+    ref = outcome_metrics(o)
+    ref["roi"], ref["seconds"] = o.metrics["roi"], o.metrics["seconds"]
+    _close(o.metrics, ref, rel=2e-4)
+
+
+def test_whole_image_roi_with_bright_and_dark_bounds():
+    """No ROI, many voxels at both bounds: the headroom table carries the clamping."""
+    rng = np.random.default_rng(1)
+    a = rng.choice([0.0, 50.0, 100.0], size=(1, 48, 40), p=[0.3, 0.4, 0.3]).astype(np.float32)
+    a += rng.normal(0, 3, a.shape).astype(np.float32)
+    image = ImageData(a, Geometry(np.diag([1.0, 1.0, 1.0, 1.0])), ["image"], "synthetic", "png")
+    live = LiveEps(image, load_model("demo:cxr", device="cpu"), roi=None)
+    for eps in (0.01, 0.2, 0.7):
+        adv, _ = live.at(eps)
+        ref = computed_quality(torch.from_numpy(a), torch.from_numpy(adv), ["image"], live.ranges)
+        _close(live.quality.at(eps), ref, rel=2e-4)
