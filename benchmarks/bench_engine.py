@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py            # ~3-5 min on 2 CPU cores
     python benchmarks/bench_engine.py --quick    # smaller sizes, < 1 min (smoke test)
+    python benchmarks/bench_engine.py --device cuda   # on a GPU (benchmarks/gpu_check.sh)
 
 Timings are paired and interleaved (A, B, A, B, ...) and the median of each is used, so a
 background load affects both sides alike. Goals (from the engine issue) are printed beside each
@@ -26,6 +27,13 @@ from napari_medadv.core.attacks import DGDE, FGSM, IFGSM, PGD
 from napari_medadv.core.attacks.base import _Context
 from napari_medadv.core.losses import SoftDiceLoss
 
+DEVICE = torch.device("cpu")  # --device
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: time what they did, not their launch
+        torch.cuda.synchronize(DEVICE)
+
 
 def paired(fa, fb, repeats: int, warmup: int = 1) -> tuple[float, float]:
     for _ in range(warmup):
@@ -33,11 +41,14 @@ def paired(fa, fb, repeats: int, warmup: int = 1) -> tuple[float, float]:
         fb()
     ta, tb = [], []
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         fa()
+        _sync()
         ta.append(time.perf_counter() - t)
         t = time.perf_counter()
         fb()
+        _sync()
         tb.append(time.perf_counter() - t)
     return statistics.median(ta), statistics.median(tb)
 
@@ -47,7 +58,7 @@ def unet(spatial_dims: int, in_ch: int, out_ch: int, channels=(16, 32, 64, 128))
 
     torch.manual_seed(0)
     return UNet(spatial_dims=spatial_dims, in_channels=in_ch, out_channels=out_ch, channels=channels,
-                strides=(2,) * (len(channels) - 1), num_res_units=1).eval()
+                strides=(2,) * (len(channels) - 1), num_res_units=1).eval().to(DEVICE)
 
 
 def fwd_bwd(model, x, y, loss):
@@ -74,8 +85,8 @@ class SmallCNN(nn.Module):
 def bench_gradient_paths(q: bool) -> dict:
     size = 96 if q else 160
     model = unet(2, 4, 4)
-    x = torch.randn(2, 4, size, size)
-    y = torch.randint(0, 4, (2, size, size))
+    x = torch.randn(2, 4, size, size, device=DEVICE)
+    y = torch.randint(0, 4, (2, size, size), device=DEVICE)
     loss = SoftDiceLoss()
     reps = 3 if q else 7
     t_ours, t_ref = paired(lambda: FGSM(model, eps=0.05, loss=loss)(x, y), lambda: fwd_bwd(model, x, y, loss), reps)
@@ -99,10 +110,10 @@ def bench_vs_torchattacks(q: bool) -> dict:
     except ImportError:
         return {"skipped": "torchattacks not installed (pip install --no-deps torchattacks)"}
     torch.manual_seed(0)
-    model = SmallCNN().eval()
+    model = SmallCNN().eval().to(DEVICE)
     n = 16 if q else 32
-    x = torch.rand(n, 3, 64, 64)
-    y = torch.randint(0, 10, (n,))
+    x = torch.rand(n, 3, 64, 64, device=DEVICE)
+    y = torch.randint(0, 10, (n,), device=DEVICE)
     reps = 3 if q else 7
     ours = FGSM(model, eps=8 / 255, loss="ce", data_range=(0, 1))
     theirs = torchattacks.FGSM(model, eps=8 / 255)
@@ -120,12 +131,12 @@ def bench_dgde(q: bool) -> dict:
     from napari_medadv.core.attacks.dgde import _Search
 
     torch.manual_seed(0)
-    model = SmallCNN(in_ch=1, n=1, width=8).eval()
-    x = torch.rand(1, 1, 224, 224)
+    model = SmallCNN(in_ch=1, n=1, width=8).eval().to(DEVICE)
+    x = torch.rand(1, 1, 224, 224, device=DEVICE)
     n_cand = 64 if q else 256
     pix = torch.arange(224 * 224)
-    sets = torch.stack([pix[torch.randperm(pix.numel())[:5000]] for _ in range(n_cand)])
-    values = (torch.rand(n_cand, 5000, 1) - 0.5) * 0.6
+    sets = torch.stack([pix[torch.randperm(pix.numel())[:5000]] for _ in range(n_cand)]).to(DEVICE)
+    values = ((torch.rand(n_cand, 5000, 1) - 0.5) * 0.6).to(DEVICE)
     out = {}
 
     def throughput(bs):
@@ -135,8 +146,10 @@ def bench_dgde(q: bool) -> dict:
                     ctx.eps[0].reshape(1, 1), 0)
         s._setup_criterion()
         s.evaluate(sets[:4], values[:4])  # warm-up
+        _sync()
         t = time.perf_counter()
         s.evaluate(sets, values)
+        _sync()
         return n_cand / (time.perf_counter() - t), s.batch_size
 
     # interleaved repeats, median of each (one pass each was at the mercy of background load)
@@ -177,7 +190,28 @@ print((peak - base) * 1024)
 """
 
 
+def bench_memory_cuda(q: bool) -> dict:
+    """Peak GPU memory of FGSM ÷ that of one forward + input-gradient backward (same process)."""
+    size = 64 if q else 128
+    model = unet(3, 4, 4, channels=(8, 16, 32))
+    x = torch.randn(1, 4, size, size, size, device=DEVICE)
+    y = torch.randint(0, 4, (1, size, size, size), device=DEVICE)
+    peaks = {}
+    for which, fn in (("ref", lambda: fwd_bwd(model, x, y, SoftDiceLoss())),
+                      ("ours", lambda: FGSM(model, eps=0.05, loss=SoftDiceLoss())(x, y))):
+        _sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base = torch.cuda.memory_allocated(DEVICE)
+        fn()
+        _sync()
+        peaks[which] = torch.cuda.max_memory_allocated(DEVICE) - base
+    return {"fgsm3d_peak_over_fwd_bwd_peak": peaks["ours"] / peaks["ref"], "shape": [1, 4, size, size, size],
+            "ours_peak_MiB": peaks["ours"] / 2**20, "ref_peak_MiB": peaks["ref"] / 2**20}
+
+
 def bench_memory(q: bool) -> dict:
+    if DEVICE.type == "cuda":
+        return bench_memory_cuda(q)
     size = 64 if q else 128
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = {}
@@ -206,10 +240,15 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    gpu = f", {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+        "machine": (f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+                    f"torch {torch.__version__}, device {DEVICE}{gpu}"),
     }
     for name, fn in [("gradient", bench_gradient_paths), ("torchattacks", bench_vs_torchattacks),
                      ("dgde", bench_dgde), ("memory", bench_memory)]:

@@ -9,7 +9,7 @@ with ``demo:cxr``. Prints ratios measured in one run (medians of interleaved rep
   ÷ one forward;
 * the channel-matching gather inside the wrapped model ÷ one forward (issue 10's addition).
 
-    python benchmarks/bench_real_size.py [--repeats 3]
+    python benchmarks/bench_real_size.py [--repeats 3] [--device cuda] [--case brats-size|cxr-full]
 """
 
 from __future__ import annotations
@@ -51,9 +51,16 @@ def radiograph() -> ImageData:
                      src.source, "png")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # time the kernels, not their launch
+        torch.cuda.synchronize()
+
+
 def _t(fn) -> float:
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -83,13 +90,21 @@ def measure(name: str, image: ImageData, model, labels, repeats: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--case", choices=["brats-size", "cxr-full"], action="append",
+                    help="one case only (repeatable; default both)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    image, labels = brats_size_case()
-    measure("BraTS-size 4×240×240×155, demo:unet3d", image, load_model("demo:unet3d", device="cpu"), labels,
-            args.repeats)
-    measure("radiograph 1955×1841, demo:cxr", radiograph(), load_model("demo:cxr", device="cpu"), None,
-            args.repeats)
+    torch.set_num_threads(args.threads)
+    cases = args.case or ["brats-size", "cxr-full"]
+    print(f"# torch {torch.__version__}, {args.threads} threads, device {args.device}")
+    if "brats-size" in cases:
+        image, labels = brats_size_case()
+        measure("BraTS-size 4×240×240×155, demo:unet3d", image, load_model("demo:unet3d", device=args.device),
+                labels, args.repeats)
+    if "cxr-full" in cases:
+        measure("radiograph 1955×1841, demo:cxr", radiograph(), load_model("demo:cxr", device=args.device), None,
+                args.repeats)
 
 
 if __name__ == "__main__":
