@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats as S
-from .files import atomic_write
-from .study_store import NO_ATTACK, REGIONS, load_rows
+from .. import stats as S
+from ...files import atomic_write
+from ..store import NO_ATTACK, REGIONS, load_rows
 
 MARKERS = "osD^v<>ph*"
 
@@ -294,7 +294,7 @@ KIND_STYLE = {"adversarial": ("-", True), "natural": ("--", False), "random": ("
 def source_kind(attack: str) -> str:
     """``"natural"`` for an MR artifact, ``"random"`` for the random L∞ noise baseline, else
     ``"adversarial"`` (every source that uses the model: gradient attacks and DGDE)."""
-    from .attacks import ATTACKS
+    from ...attacks import ATTACKS
 
     spec = ATTACKS.get(attack)
     kind = spec.kind if spec is not None else "adversarial"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import InputFileError
+from ..errors import InputFileError
 
 #: grid key of the clean (no attack) evaluation of every case
 NO_ATTACK = "none"

@@ -64,9 +64,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputFileError, MedadvError
-from .files import atomic_write, package_versions, write_json
-from .study_store import NO_ATTACK, REGIONS, load_rows  # noqa: F401 (the study's public names)
+from ..errors import InputFileError, MedadvError
+from ..files import atomic_write, package_versions, write_json
+from .store import NO_ATTACK
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 
 
@@ -120,7 +120,7 @@ class GridPoint:
     def label(self) -> str:
         if self.attack == NO_ATTACK:
             return "no attack"
-        from .attacks import ATTACKS
+        from ..attacks import ATTACKS
 
         name = ATTACKS[self.attack].label if self.attack in ATTACKS else self.attack
         parts = [f"{'ε' if k == 'eps' else k}={_fmt_value(v)}" for k, v in self.params]
@@ -172,7 +172,7 @@ def expand_grid(entries: Sequence[dict]) -> list[GridPoint]:
 
 
 def _param_axes(name: str, entry: dict, where: str) -> list[list[tuple]]:
-    from .attacks import ATTACKS
+    from ..attacks import ATTACKS
 
     if name not in ATTACKS:
         raise MedadvError(f"{where}: unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
@@ -222,7 +222,7 @@ def _match_axes(entry: dict, where: str) -> list[list[tuple]]:
 
 
 def _check_matchable(name: str, params: dict, metric: str, where: str) -> None:
-    from .matching import knob_for
+    from ..matching import knob_for
 
     try:
         knob = knob_for(name)
@@ -259,7 +259,7 @@ def grid_from_flags(attacks: Sequence[str], eps: Sequence[float] | None = None,
     With ``psnr``/``ssim`` every attack gets a matched-quality entry (its knob found per case);
     attacks that take ε also keep an entry with the fixed ``eps`` values when those are given.
     """
-    from .attacks import ATTACKS
+    from ..attacks import ATTACKS
 
     if psnr and ssim:
         raise MedadvError("give PSNR or SSIM targets, not both")
@@ -328,7 +328,7 @@ def parse_phantom_spec(spec: str) -> tuple[str, list[int]]:
                 seeds.append(int(chunk))
     except ValueError:
         raise MedadvError(f"phantom dataset {spec!r}: seeds must be integers like 5-24 or 1,2,7") from None
-    from .phantoms import TRAIN_SEED_START
+    from ..phantoms import TRAIN_SEED_START
 
     bad = [s for s in seeds if s < 1 or s >= TRAIN_SEED_START]
     if bad or not seeds:
@@ -339,7 +339,7 @@ def parse_phantom_spec(spec: str) -> tuple[str, list[int]]:
 
 def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """Generate held-out phantom cases into ``folder`` (existing ones are kept: resumable)."""
-    from . import phantoms
+    from .. import phantoms
 
     kind, seeds = parse_phantom_spec(spec)
     folder = Path(folder)
@@ -379,7 +379,7 @@ def discover_dataset(path: str | Path, labels_csv: str | Path | None = None) -> 
     Labels CSV: a ``file`` column (paths relative to the CSV) and one 0/1 column per class.
     Every problem raises :class:`InputFileError` naming the file or folder.
     """
-    from .io.nifti import find_brats_files
+    from ..io.nifti import find_brats_files
 
     root = Path(path).expanduser()
     if not root.exists():
@@ -562,7 +562,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _model(spec: str, device: str, trust: bool):
     """Models cached per (spec, device, thread): Dask worker threads never share a module."""
-    from .models import load_model
+    from ..models import load_model
 
     key = (spec, device, trust, threading.get_ident())
     with _MODELS_LOCK:
@@ -605,8 +605,8 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
     ``config`` is :func:`dataclasses.asdict` of a :class:`StudyConfig`; ``extra`` holds what the
     study derived from the whole dataset (class names, inverse co-occurrence matrix).
     """
-    from .io import read_image
-    from .pipeline import model_input
+    from ..io import read_image
+    from ..pipeline import model_input
 
     extra = extra or {}
     cfg = StudyConfig(**config)
@@ -647,7 +647,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                 if extra.get("inverse_cooccurrence") is None:
                     raise MedadvError("pgd-risk needs a labels CSV to build the inverse co-occurrence matrix")
                 params["cooccurrence"] = np.asarray(extra["inverse_cooccurrence"])
-            from .attacks import ATTACKS
+            from ..attacks import ATTACKS
 
             iterative = any(p.name == "steps" for p in ATTACKS[gp.attack].params)
             track = cfg.track_iterations and iterative and not ATTACKS[gp.attack].gradient_free
@@ -690,7 +690,7 @@ def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed
 
     Returns ``(adversarial C *spatial, clean output, adversarial output, AttackResult, seconds)``.
     """
-    from .pipeline import start_attack
+    from ..pipeline import start_attack
 
     s = start_attack(image, model, attack, params=params, labels=labels, roi="auto" if roi_mode == "auto" else None,
                      seed=seed, clean_output=clean_out)
@@ -714,7 +714,7 @@ def _matched_attack(image, model, gp: GridPoint, params: dict, labels, roi_mode:
     """
     from types import SimpleNamespace
 
-    from .matching import match_for_image
+    from ..matching import match_for_image
 
     t0 = time.perf_counter()
     try:
@@ -759,7 +759,7 @@ def _case_labels(case: Case, image, model, extra: dict):
 def _quality(clean: np.ndarray, adv: np.ndarray) -> dict:
     if np.array_equal(clean, adv):
         return {"psnr": math.inf, "ssim": 1.0, "rmse": 0.0, "linf": 0.0, "l0_fraction": 0.0}
-    from .pipeline import image_quality_per_channel
+    from ..pipeline import image_quality_per_channel
 
     iq = image_quality_per_channel(clean, adv, [str(i) for i in range(clean.shape[0])])
     return {k: iq[k] for k in ("psnr", "ssim", "rmse", "linf", "l0_fraction")}
@@ -767,7 +767,7 @@ def _quality(clean: np.ndarray, adv: np.ndarray) -> dict:
 
 def _evaluate(model, clean_out, adv_out, labels, case: Case, extra: dict) -> dict:
     """Per-case metrics of one (target) model's outputs."""
-    from . import metrics as M
+    from .. import metrics as M
 
     if model.info.task == "segmentation":
         seg_clean = model.to_label_map(clean_out)[0]
@@ -821,12 +821,12 @@ def transfer_attack(image, source, target, attack: str, *, params: dict | None =
     classifiers, the target's probabilities and k-robust accuracy — the numbers of one cell of
     the transfer matrix.
     """
-    from .pipeline import run_attack
+    from ..pipeline import run_attack
 
     target.check_image(image.array, str(image.source), image.channel_names)
     o = run_attack(image, source, attack, params=params, labels=labels, roi=roi, seed=seed,
                    callback=callback, should_stop=should_stop)
-    from .pipeline import model_input
+    from ..pipeline import model_input
 
     x_clean = model_input(image, target)
     t_clean = target.forward(x_clean)
@@ -885,7 +885,7 @@ class Study:
     def extra(self) -> dict:
         """Dataset-wide inputs of every case: class names and the inverse co-occurrence matrix."""
         if self._extra is None:
-            from . import metrics as M
+            from .. import metrics as M
 
             ds = self.dataset()
             y = ds.label_matrix()
