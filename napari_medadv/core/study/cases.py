@@ -33,7 +33,7 @@ _MODELS: dict = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _model(spec: str, device: str, trust: bool):
+def cached_model(spec: str, device: str, trust: bool):
     """Models cached per (spec, device, thread): Dask worker threads never share a module."""
     key = (spec, device, trust, threading.get_ident())
     with _MODELS_LOCK:
@@ -78,7 +78,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
     cfg = StudyConfig(**config)
     points = cfg.points()
     image = read_image(case.path)
-    models = {s: _model(s, cfg.device, cfg.trust_model_code) for s in cfg.models}
+    models = {s: cached_model(s, cfg.device, cfg.trust_model_code) for s in cfg.models}
     rows: list[dict] = []
     history: list[dict] = []
     t_case = time.perf_counter()

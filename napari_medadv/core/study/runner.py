@@ -28,7 +28,7 @@ from .. import metrics as M
 from ..errors import MedadvError
 from ..files import package_versions, write_json
 from . import store
-from .cases import _model, run_case
+from .cases import cached_model, run_case
 from .config import ProgressCallback, StudyConfig, StudyProgress, default_workers
 from .dataset import Case, Dataset, discover_dataset, materialize_phantoms, parse_phantom_spec
 from .report import build_report
@@ -83,8 +83,8 @@ class Study:
 
     def model_checksums(self) -> dict:
         if self._checksums is None:
-            self._checksums = {spec: _model(spec, self.config.device, self.config.trust_model_code).checksum
-                               for spec in self.config.models}
+            c = self.config
+            self._checksums = {spec: cached_model(spec, c.device, c.trust_model_code).checksum for spec in c.models}
         return self._checksums
 
     def fingerprint(self, case: Case) -> str:
