@@ -16,8 +16,9 @@ import scipy.stats
 sys.path.insert(0, str(Path(__file__).parent))
 import _tiny_models  # noqa: E402,F401  (registers the tiny: scheme)
 
-from napari_medadv.core import stats as S  # noqa: E402
 from napari_medadv.core import study as ST  # noqa: E402
+from napari_medadv.core.study import stats as S  # noqa: E402
+from napari_medadv.core.study.cases import _evaluate  # noqa: E402
 from napari_medadv.core.errors import InputFileError, MedadvError  # noqa: E402
 from napari_medadv.core.paths import sample_data_dir  # noqa: E402
 
@@ -283,7 +284,7 @@ def test_classifier_metrics_hand_checked():
     assert np.allclose(inv[0], [0, 2 / 3, 1])
     clean = torch.tensor([[0.7, 0.2, 0.1]])
     adv = torch.tensor([[0.1, 0.3, 0.6]])
-    out = ST._evaluate(Fake(), clean, adv, [1, 1, 0], ST.Case("x", "x"), {"inverse_cooccurrence": inv.tolist()})
+    out = _evaluate(Fake(), clean, adv, [1, 1, 0], ST.Case("x", "x"), {"inverse_cooccurrence": inv.tolist()})
     # top-1 of adv = c, of truth = a -> 0; top-3 of both = {a,b,c} -> 1
     assert out["k1_acc"] == 0.0 and out["k3_acc"] == 1.0
     assert out["mse"] == pytest.approx(((0.6**2) + 0.1**2 + 0.5**2) / 3)
@@ -511,8 +512,6 @@ def test_non_brats_model_study_reports_per_label_dice_by_name(tmp_path):
     mapping (the model declares T1, T1c, T2, FLAIR; the cases are t1, t1ce, t2, flair)."""
     import nibabel as nib
 
-    from napari_medadv.core.report import build_report
-
     root = _tiny_models.make_small_cases(tmp_path / "cases", names=("glioma_001", "glioma_002"), size=SIZE)
     for f in root.glob("*/*_seg.nii.gz"):
         im = nib.load(f)
@@ -523,7 +522,7 @@ def test_non_brats_model_study_reports_per_label_dice_by_name(tmp_path):
     assert "dice_label_tumour" in df and not any(c in df for c in ("dice_WT", "dice_TC", "dice_ET"))
     assert df["dice_label_tumour"].notna().all()
     assert set(df["channels"]) == {"matched by name: T1 <- t1, T1c <- t1ce, T2 <- t2, FLAIR <- flair"}
-    build_report(tmp_path / "out")
+    ST.build_report(tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| Dice tumour | p adj tumour |" in md and "Dice WT" not in md
 

@@ -31,7 +31,7 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> tuple[float, floa
     Pairs where either value is NaN are dropped. ``(nan, nan, 0)`` when no pair is left;
     ``(0.0, 1.0, n)`` when all differences are 0 (nothing to rank).
     """
-    from scipy.stats import wilcoxon
+    from scipy.stats import wilcoxon  # deferred: scipy.stats takes ~0.5 s to import; only the report tests
 
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
@@ -94,7 +94,7 @@ def fmt_p(p: float) -> str:
 
 def auc(scores: Sequence[float], labels: Sequence[float]) -> float:
     """Area under the ROC curve = Mann-Whitney U / (n_pos · n_neg) (scipy); NaN if one class is absent."""
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu  # deferred, as in wilcoxon_paired
 
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels) > 0.5
