@@ -38,7 +38,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     """Open the sample, add the four docks, load the matching demo model and, once it is loaded,
     select FGSM at ``eps`` with live ε on. Returns the dock widgets by name."""
     viewer.open_sample(PLUGIN, sample)
-    from .attack_widget import AttackWidget
+    from .attack import AttackWidget
     from .model_widget import ModelWidget
     from .orientation import OrientationWidget
     from .plots_widget import PlotsWidget

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from napari_medadv.core.errors import MedadvError
 
-from .layers import (
+from ..layers import (
     META,
     Source,
     context_from_choices,
@@ -41,10 +41,10 @@ from .layers import (
     show_outcome,
     source_from_layer,
 )
-from .matched import MAX_EVALS, METRIC_LABELS, METRIC_UNITS, Matched, SideBySide, artifact_choices, match_job
+from ..matched import MAX_EVALS, METRIC_LABELS, METRIC_UNITS, Matched, SideBySide, artifact_choices, match_job
+from ..session import Choices, Session, Shown
+from ..workers import Job, LatestWins, report_error
 from .params import ParamField
-from .session import Choices, Session, Shown
-from .workers import Job, LatestWins, report_error
 
 if TYPE_CHECKING:
     import napari
