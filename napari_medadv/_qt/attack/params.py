@@ -1,4 +1,6 @@
-"""Parameter forms for registry attacks: magicgui builds each widget from the typed :class:`Param`.
+"""The Attack dock's method and parameters: the "Attack" box (method from the engine's registry,
+ε slider + spin box with the native values per channel, the live-ε switch) and the "Parameters"
+box, where magicgui builds each widget from the method's typed :class:`Param`.
 
 ``create_widget(value, annotation, options)`` maps ``int``/``float``/``bool``/``str`` and a
 choices tuple onto spin boxes, a check box, a line edit or a combo box with the parameter's range.
@@ -8,13 +10,26 @@ then picks its own value, e.g. PGD's α = 2.5·ε/steps) gets an *auto* check bo
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, Container, create_widget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSlider
+
+from napari_medadv.core.errors import MedadvError
+
+from ..layers import source_from_layer
 
 if TYPE_CHECKING:
+    import napari
+
+    from napari_medadv.core.attacks import AttackRegistry, AttackSpec
     from napari_medadv.core.attacks.base import Param
 
+EPS_STEPS_PER_PERCENT = 10  # slider resolution: 0.1 % of the intensity range
+EPS_MAX_PERCENT = 50.0
 _INT_LIMIT = 2**31 - 1
 
 
@@ -86,3 +101,173 @@ class ParamField:
         if v is None:
             v = ""  # a text parameter with nothing in it
         self.input.value = self.param.kind(v) if self.param.kind in (int, float) else v
+
+
+def _fmt(v: float) -> str:
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(v)))))
+    return f"{v:.{digits}f}"
+
+
+class MethodPanel:
+    """The "Attack" box (``attack_box``: method, ε, native ε, the ``live`` check box) and the
+    "Parameters" box (``params_box``: one :class:`ParamField` per parameter of the method).
+
+    ``source_layer()`` is the image picked in the dock (its intensity ranges give the native ε);
+    ``on_method_changed(spec)`` runs after the form is filled for a new method,
+    ``on_eps_changed()`` after every change of ε."""
+
+    def __init__(self, viewer: napari.Viewer, registry: AttackRegistry, *, source_layer: Callable[[], Any],
+                 on_method_changed: Callable[[AttackSpec], None], on_eps_changed: Callable[[], None]):
+        self.viewer = viewer
+        self.registry = registry
+        self._source_layer = source_layer
+        self._on_method_changed = on_method_changed
+        self._on_eps_changed = on_eps_changed
+        self._fields: dict[str, ParamField] = {}
+        self._has_eps = True
+        self._ranges: tuple[str, list[str], Any] | None = None  # (layer name, channel names, intensity ranges)
+        self.attack_box = self._build_attack_box()
+        self.params_box = QGroupBox("Parameters")
+        self.params_form = QFormLayout(self.params_box)
+        self.method.currentIndexChanged.connect(self.refresh)
+        self.eps_slider.valueChanged.connect(self._slider_moved)
+        self.eps_spin.valueChanged.connect(self._spin_changed)
+
+    def _build_attack_box(self) -> QGroupBox:
+        """Method (from the registry), ε slider + spin box with the native values, live ε."""
+        self.method = QComboBox()
+        for spec in self.registry.values():
+            self.method.addItem(spec.label, spec.name)
+            self.method.setItemData(self.method.count() - 1, spec.description, Qt.ToolTipRole)
+        self.eps_slider = QSlider(Qt.Horizontal)
+        self.eps_slider.setRange(0, int(EPS_MAX_PERCENT * EPS_STEPS_PER_PERCENT))
+        self.eps_spin = QDoubleSpinBox()
+        self.eps_spin.setRange(0.0, EPS_MAX_PERCENT)
+        self.eps_spin.setDecimals(1)
+        self.eps_spin.setSingleStep(0.5)
+        self.eps_spin.setSuffix(" %")
+        self.eps_native = QLabel("")
+        self.eps_native.setWordWrap(True)
+        self.eps_native.setToolTip("ε in the image's own units, per channel (ε × that channel's intensity range)")
+        self.live = QCheckBox("live ε (FGSM: one forward per slider move)")
+        attack_box = QGroupBox("Attack")
+        fa = QFormLayout(attack_box)
+        fa.addRow("method", self.method)
+        row = QHBoxLayout()
+        row.addWidget(self.eps_slider, 1)
+        row.addWidget(self.eps_spin)
+        fa.addRow("ε", row)
+        fa.addRow("", self.eps_native)
+        fa.addRow("", self.live)
+
+        return attack_box
+
+    # ------------------------------------------------------------------ method / params
+    def spec(self) -> AttackSpec:
+        return self.registry.get_spec(self.method.currentData())
+
+    def refresh(self, *_) -> None:
+        """Fill the form for the selected method (keeping the values of the parameters it shares
+        with the previous one), enable ε and live ε as it allows, then ``on_method_changed``."""
+        spec = self.spec()
+        old = {k: f.value() for k, f in self._fields.items()}
+        while self.params_form.rowCount():
+            self.params_form.removeRow(0)
+        self._fields = {}
+        for p in spec.params:
+            if p.name == "eps":
+                continue
+            f = ParamField(p)
+            if p.name in old and old[p.name] is not None:
+                f.set_value(old[p.name])
+            self._fields[p.name] = f
+            self.params_form.addRow(p.name, f.widget)
+        self.params_box.setVisible(bool(self._fields))
+        eps_default = next((p.default for p in spec.params if p.name == "eps"), None)
+        self._has_eps = any(p.name == "eps" for p in spec.params)  # MR artifacts have a severity instead
+        for w in (self.eps_slider, self.eps_spin, self.eps_native):
+            w.setEnabled(self._has_eps)
+        self.eps_native.setVisible(self._has_eps)
+        if eps_default is not None and not old and self.eps_slider.value() == 0:
+            self.set_eps(eps_default)
+        self.live.setEnabled(spec.live_eps)
+        if not spec.live_eps and self.live.isChecked():
+            self.live.setChecked(False)
+        self._on_method_changed(spec)
+
+    def attack_name(self) -> str:
+        return self.method.currentData()
+
+    def set_attack(self, name: str, **params) -> None:
+        """Select an attack and set its parameters (for scripts, the demo and tests)."""
+        idx = self.method.findData(name)
+        if idx < 0:
+            raise ValueError(f"unknown attack {name!r}")
+        self.method.setCurrentIndex(idx)
+        for k, v in params.items():
+            if k == "eps" and self._has_eps:
+                self.set_eps(v)
+            elif k in self._fields:
+                self._fields[k].set_value(v)
+            else:
+                raise ValueError(f"{name} has no parameter {k!r}")
+
+    def params(self) -> dict:
+        out = {"eps": self.eps()} if self._has_eps else {}
+        for k, f in self._fields.items():
+            v = f.value()
+            if v is not None:
+                out[k] = v
+        return out
+
+    # ------------------------------------------------------------------ ε
+    def eps(self) -> float:
+        return round(self.eps_spin.value(), 4) / 100.0
+
+    def set_eps(self, eps: float) -> None:
+        self.eps_spin.setValue(100.0 * float(eps))
+
+    def _slider_moved(self, v: int) -> None:
+        pct = v / EPS_STEPS_PER_PERCENT
+        if abs(self.eps_spin.value() - pct) > 1e-9:
+            self.eps_spin.blockSignals(True)
+            self.eps_spin.setValue(pct)
+            self.eps_spin.blockSignals(False)
+        self._eps_changed()
+
+    def _spin_changed(self, pct: float) -> None:
+        v = int(round(pct * EPS_STEPS_PER_PERCENT))
+        if self.eps_slider.value() != v:
+            self.eps_slider.blockSignals(True)
+            self.eps_slider.setValue(v)
+            self.eps_slider.blockSignals(False)
+        self._eps_changed()
+
+    def _eps_changed(self) -> None:
+        self._update_native()
+        self._on_eps_changed()
+
+    def source_changed(self) -> None:
+        """Another image was picked: its intensity ranges are read again for the native ε."""
+        self._ranges = None
+        self._update_native()
+
+    def _update_native(self) -> None:
+        layer = self._source_layer()
+        if layer is None:
+            self.eps_native.setText("")
+            return
+        if self._ranges is None or self._ranges[0] != layer.name:
+            try:
+                src = source_from_layer(self.viewer, layer)
+            except MedadvError as exc:  # say why there are no native values (Run reports it too)
+                self.eps_native.setText(str(exc).splitlines()[0])
+                return
+            a = src.image.array.reshape(src.image.n_channels, -1)
+            self._ranges = (layer.name, src.image.channel_names, a.max(1) - a.min(1))
+        _, names, widths = self._ranges
+        e = self.eps()
+        parts = [f"{n} ±{_fmt(e * w)}" for n, w in zip(names, widths)]
+        self.eps_native.setText("native: " + " · ".join(parts))
