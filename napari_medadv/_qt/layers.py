@@ -344,6 +344,8 @@ def flush_deferred(viewer: napari.Viewer) -> int:
 
 def is_artifact(attack: str) -> bool:
     """True for registry entries that simulate an MR artifact (a severity, no ε)."""
+    # deferred: the reader and the sample-data hooks import this module to open files, and the
+    # attack registry imports torch (opening an image in napari stays free of it)
     from napari_medadv.core.attacks import ATTACKS
 
     spec = ATTACKS.get(attack)
