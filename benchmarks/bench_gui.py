@@ -34,7 +34,7 @@ def _wait(app, cond, timeout=600.0):
 def _viewer_with_docks(image, model):
     import napari
 
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.layers import layer_data_for_image
     from napari_medadv._qt.readouts_widget import ReadoutsWidget
 

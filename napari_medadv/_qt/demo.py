@@ -21,7 +21,7 @@ def axial_view(viewer: napari.Viewer, layer, convention: str = "radiological") -
     layer: on each axis, the slice with the most labelled voxels; else the volume's centre)."""
     if layer.ndim != 3:
         return
-    from .orientation import set_view
+    from .orientation import set_view  # deferred, as the docks in setup_demo (Qt)
 
     data = np.asarray(layer.data)
     if layer.__class__.__name__ == "Labels" and data.any():
@@ -38,7 +38,9 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     """Open the sample, add the four docks, load the matching demo model and, once it is loaded,
     select FGSM at ``eps`` with live ε on. Returns the dock widgets by name."""
     viewer.open_sample(PLUGIN, sample)
-    from .attack_widget import AttackWidget
+    # deferred: the `napari-medadv` script and `medadv demo` import this module before napari
+    # starts; the docks import Qt, napari and torch (`napari-medadv --help` stays instant)
+    from .attack import AttackWidget
     from .model_widget import ModelWidget
     from .orientation import OrientationWidget
     from .plots_widget import PlotsWidget

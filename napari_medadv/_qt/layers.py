@@ -344,6 +344,8 @@ def flush_deferred(viewer: napari.Viewer) -> int:
 
 def is_artifact(attack: str) -> bool:
     """True for registry entries that simulate an MR artifact (a severity, no ε)."""
+    # deferred: the reader and the sample-data hooks import this module to open files, and the
+    # attack registry imports torch (opening an image in napari stays free of it)
     from napari_medadv.core.attacks import ATTACKS
 
     spec = ATTACKS.get(attack)
@@ -426,94 +428,137 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
     event loop a turn between layers (adding a dozen 3-D layers at once stalls it)."""
     image = source.image
     common = source.layer_kwargs()  # derived layers: exactly the source layer's transform
-    show = source.to_display  # core arrays are in stored order; layers in display order
-    adv = outcome.adversarial
     tag = result_tag(outcome.attack)
     names = result_layer_names(source, outcome.attack)
-    image_role = "adversarial" if tag == "adversarial" else "artifact"
-    layers = {}
-    ranges = source.extra.get("ranges")
-    if ranges is None:  # per-channel intensity range, once per source (live ε calls this a lot)
-        flat = image.array.reshape(image.n_channels, -1)
-        ranges = source.extra["ranges"] = [float(r) or 1.0 for r in flat.max(1) - flat.min(1)]
+    ranges = _channel_ranges(source)
     if visible_channel is None:
         cnames = image.channel_names
         visible_channel = cnames.index("flair") if "flair" in cnames else 0
-    swapped = _swap_out_other_results(viewer, source, tag)
+    s = _Showing(viewer, source, outcome, live, tag, names, common, _swap_out_other_results(viewer, source, tag))
     for c in range(image.n_channels):
-        src_name = source.channel_layers[c]
-        src_layer = viewer.layers[src_name] if src_name in viewer.layers else None
-        limits = tuple(src_layer.contrast_limits) if src_layer is not None else display_limits(image.array[c])
-        name = names["image"][c]
+        yield from _show_channel(s, c, ranges[c], visible_channel)
+    if outcome.seg_clean is not None:
+        yield from _show_segmentations(s)
+    yield from _show_perturbed_pixels(s)
+    return s.layers
+
+
+@dataclass
+class _Showing:
+    """What the steps of :func:`iter_show_outcome` share: one result going onto the layers."""
+
+    viewer: napari.Viewer
+    source: Source
+    outcome: AttackOutcome
+    live: bool
+    tag: str  # result_tag(outcome.attack)
+    names: dict  # result_layer_names(source, outcome.attack)
+    common: dict  # source.layer_kwargs(): every derived layer gets the source layer's transform
+    swapped: set  # slots this result takes over from another result family's layers
+    layers: dict = field(default_factory=dict)  # name -> layer, as they are set
+
+    def meta(self, role: str, **extra) -> dict:
+        meta = result_metadata(self.source, self.outcome, role, self.live)
+        meta[META].update(extra)
+        return meta
+
+
+def _channel_ranges(source: Source) -> list[float]:
+    """Per-channel intensity range, once per source (live ε shows results on it a lot)."""
+    ranges = source.extra.get("ranges")
+    if ranges is None:
+        flat = source.image.array.reshape(source.image.n_channels, -1)
+        ranges = source.extra["ranges"] = [float(r) or 1.0 for r in flat.max(1) - flat.min(1)]
+    return ranges
+
+
+def _show_channel(s: _Showing, c: int, rng: float, visible_channel: int):
+    """Channel ``c``'s result image, then its perturbation (yields each layer's name)."""
+    viewer, source, outcome = s.viewer, s.source, s.outcome
+    image, adv, common = source.image, outcome.adversarial, s.common
+    show = source.to_display  # core arrays are in stored order; layers in display order
+    src_name = source.channel_layers[c]
+    src_layer = viewer.layers[src_name] if src_name in viewer.layers else None
+    limits = tuple(src_layer.contrast_limits) if src_layer is not None else display_limits(image.array[c])
+    name = s.names["image"][c]
+    existed = name in viewer.layers
+    meta = s.meta("adversarial" if s.tag == "adversarial" else "artifact", channel_index=c)
+    lyr = _set_layer(viewer, name, "image", show(adv[c]), contrast_limits=limits, colormap="gray",
+                     metadata=meta, defer_hidden=s.live, **common)
+    if ("image", c) in s.swapped:
+        lyr.visible = True
+    elif not existed:
+        lyr.visible = c == visible_channel
+        if src_layer is not None and c == visible_channel:
+            src_layer.visible = False  # the adversarial replaces it on screen; toggle to compare
+    s.layers[name] = lyr
+    yield name
+    eps = float(outcome.result.eps or 0.0) if s.tag == "adversarial" else 0.0  # artifacts: no ε budget
+    if eps > 0:  # full colour at ±ε: the budget, not the (clamped) peak
+        lim = eps * rng
+    else:
+        lim = float(np.abs(adv[c] - image.array[c]).max()) or 1e-6
+    pname = s.names["perturbation"][c]
+    existed = pname in viewer.layers
+    # display_gain: the perturbation is shown × this vs the image contrast
+    meta = s.meta("perturbation", channel_index=c, display_gain=rng / (2 * lim))
+    lyr = _set_layer(viewer, pname, "image", lambda: show(adv[c] - image.array[c]), contrast_limits=(-lim, lim),
+                     colormap=perturbation_colormap(), blending="additive", metadata=meta,
+                     defer_hidden=s.live, **common)
+    if ("perturbation", c) in s.swapped:
+        lyr.visible = True
+    elif not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
+        lyr.visible = False
+    s.layers[pname] = lyr
+    yield pname
+
+
+def _show_segmentations(s: _Showing):
+    """The clean and the perturbed segmentation, then their diff (yields each layer's name)."""
+    viewer, source, outcome = s.viewer, s.source, s.outcome
+    common, show = s.common, source.to_display
+    values = sorted(set(outcome.model.info.label_values or [])
+                    | set(np.unique(outcome.seg_clean).tolist())
+                    | set(np.unique(outcome.seg_adv).tolist()))
+    cmap = brats_colormap(values) if set(values) <= set(BRATS_LABELS) else None
+    extra = {"colormap": cmap} if cmap is not None else {}
+    for name, role, seg, vis in (
+            (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
+            (s.names["segmentation"], f"segmentation ({s.tag})", outcome.seg_adv, True)):
         existed = name in viewer.layers
-        meta = result_metadata(source, outcome, image_role, live)
-        meta[META]["channel_index"] = c
-        lyr = _set_layer(viewer, name, "image", show(adv[c]), contrast_limits=limits, colormap="gray",
-                         metadata=meta, defer_hidden=live, **common)
-        if ("image", c) in swapped:
+        lyr = _set_layer(viewer, name, "labels", show(seg), opacity=0.55, defer_hidden=s.live,
+                         metadata=s.meta(role), **extra, **common)
+        if role != "segmentation (clean)" and ("segmentation", None) in s.swapped:
             lyr.visible = True
         elif not existed:
-            lyr.visible = c == visible_channel
-            if src_layer is not None and c == visible_channel:
-                src_layer.visible = False  # the adversarial replaces it on screen; toggle to compare
-        layers[name] = lyr
+            lyr.visible = vis
+        s.layers[name] = lyr
         yield name
-        rng = ranges[c]
-        eps = float(outcome.result.eps or 0.0) if tag == "adversarial" else 0.0  # artifacts: no ε budget
-        if eps > 0:  # full colour at ±ε: the budget, not the (clamped) peak
-            lim = eps * rng
-        else:
-            lim = float(np.abs(adv[c] - image.array[c]).max()) or 1e-6
-        pname = names["perturbation"][c]
-        existed = pname in viewer.layers
-        meta = result_metadata(source, outcome, "perturbation", live)
-        meta[META]["channel_index"] = c
-        meta[META]["display_gain"] = rng / (2 * lim)  # perturbation shown × this vs the image contrast
-        lyr = _set_layer(viewer, pname, "image", lambda c=c: show(adv[c] - image.array[c]), contrast_limits=(-lim, lim),
-                         colormap=perturbation_colormap(), blending="additive", metadata=meta,
-                         defer_hidden=live, **common)
-        if ("perturbation", c) in swapped:
-            lyr.visible = True
-        elif not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
-            lyr.visible = False
-        layers[pname] = lyr
-        yield pname
-    if outcome.seg_clean is not None:
-        values = sorted(set(outcome.model.info.label_values or [])
-                        | set(np.unique(outcome.seg_clean).tolist())
-                        | set(np.unique(outcome.seg_adv).tolist()))
-        cmap = brats_colormap(values) if set(values) <= set(BRATS_LABELS) else None
-        extra = {"colormap": cmap} if cmap is not None else {}
-        for name, role, seg, vis in (
-                (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
-                (names["segmentation"], f"segmentation ({tag})", outcome.seg_adv, True)):
-            existed = name in viewer.layers
-            lyr = _set_layer(viewer, name, "labels", show(seg), opacity=0.55, defer_hidden=live,
-                             metadata=result_metadata(source, outcome, role, live), **extra, **common)
-            if role != "segmentation (clean)" and ("segmentation", None) in swapped:
-                lyr.visible = True
-            elif not existed:
-                lyr.visible = vis
-            layers[name] = lyr
-            yield name
-        def diff():
-            return show(diff_map(outcome.seg_clean, outcome.seg_adv))
 
-        name = names["diff"]
-        existed = name in viewer.layers
-        lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8, defer_hidden=live,
-                         metadata=result_metadata(source, outcome, "diff", live), **common)
-        if not existed:
-            lyr.visible = False
-            lyr.features = {"index": [0, 1, 2, 3], "change": ["unchanged", *DIFF_VALUES.values()]}
-        if ("diff", None) in swapped:
-            lyr.visible = True
-        layers[name] = lyr
-        yield name
+    def diff():
+        return show(diff_map(outcome.seg_clean, outcome.seg_adv))
+
+    name = s.names["diff"]
+    existed = name in viewer.layers
+    lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8, defer_hidden=s.live,
+                     metadata=s.meta("diff"), **common)
+    if not existed:
+        lyr.visible = False
+        lyr.features = {"index": [0, 1, 2, 3], "change": ["unchanged", *DIFF_VALUES.values()]}
+    if ("diff", None) in s.swapped:
+        lyr.visible = True
+    s.layers[name] = lyr
+    yield name
+
+
+def _show_perturbed_pixels(s: _Showing):
+    """DGDE: markers on the few perturbed voxels; another attack removes stale ones."""
+    viewer, source, outcome = s.viewer, s.source, s.outcome
     pts_name = source.result_name("perturbed pixels")
     if outcome.attack == "dgde":
         # voxel indices in the layers' (display) order, drawn with the same transform
-        coords = source.frame.coords_to_display(np.argwhere(np.any(adv != image.array, axis=0))).astype(float)
+        changed = np.any(outcome.adversarial != source.image.array, axis=0)
+        coords = source.frame.coords_to_display(np.argwhere(changed)).astype(float)
         size = 3 * float(np.mean(source.frame.spacing))
         # 3-D: show the few perturbed voxels on every slice, or they are hard to find. napari 0.9
         # deprecates out_of_slice_display for thick slicing, which has no per-layer equivalent.
@@ -522,12 +567,11 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
             warnings.filterwarnings("ignore", message=".*out_of_slice_display.*", category=FutureWarning)
             lyr = _set_layer(viewer, pts_name, "points", coords, size=size, face_color="transparent",
                              border_color="red", border_width=0.15, **extra,
-                             metadata=result_metadata(source, outcome, "perturbed pixels", live), **common)
-        layers[pts_name] = lyr
+                             metadata=s.meta("perturbed pixels"), **s.common)
+        s.layers[pts_name] = lyr
         yield pts_name
-    elif pts_name in viewer.layers and tag == "adversarial":
+    elif pts_name in viewer.layers and s.tag == "adversarial":
         viewer.layers.remove(pts_name)  # a newer non-DGDE attack: the pixel markers no longer apply
-    return layers
 
 
 def diff_map(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:

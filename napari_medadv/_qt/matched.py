@@ -18,9 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# core.matching as a module: match_job looks its functions up at call time (a GUI test holds the search)
+from napari_medadv.core import matching
+from napari_medadv.core.attacks import ATTACKS
+from napari_medadv.core.errors import MedadvError
+from napari_medadv.core.pipeline import run_attack
+
 from .compat import camera as _camera
 from .compat import grid as _grid
-from .layers import META, result_layer_names
+from .layers import META, is_artifact, labels_for, result_layer_names
 
 if TYPE_CHECKING:
     import napari
@@ -38,8 +44,6 @@ METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM"}
 
 def artifact_choices() -> list[tuple[str, str]]:
     """``(label, registry name)`` of every MR artifact in the registry, in registry order."""
-    from napari_medadv.core.attacks import ATTACKS
-
     return [(_short_label(s.label), n) for n, s in ATTACKS.items() if s.kind == "artifact"]
 
 
@@ -49,16 +53,12 @@ def _short_label(label: str) -> str:
 
 def short_label(attack: str) -> str:
     """``"FGSM"``, ``"MR motion"``: the registry label without the library in brackets."""
-    from napari_medadv.core.attacks import ATTACKS
-
     spec = ATTACKS.get(attack)
     return _short_label(spec.label) if spec is not None else attack
 
 
 def knob_text(outcome) -> str:
     """``"ε 3.0 %"`` for an attack, ``"severity 0.250"`` for an MR artifact."""
-    from .layers import is_artifact
-
     if is_artifact(outcome.attack):
         sev = outcome.result.extra.get("severity", outcome.params.get("severity", 0.0))
         return f"severity {float(sev):.3f}"
@@ -67,8 +67,6 @@ def knob_text(outcome) -> str:
 
 def column_label(outcome) -> str:
     """Short table header: ``"FGSM ε 3.0 %"``, ``"bias field s=0.250"``."""
-    from .layers import is_artifact
-
     if is_artifact(outcome.attack):
         sev = float(outcome.result.extra.get("severity", outcome.params.get("severity", 0.0)))
         return f"{short_label(outcome.attack).removeprefix('MR ')} s={sev:.3f}"
@@ -109,17 +107,14 @@ def match_job(source: Source, model, artifact: str, metric: str, attack_adversar
     stopped by ``should_stop``), then one run of the artifact at that severity. Returns
     ``(MatchResult, AttackOutcome)``, or ``None`` when cancelled.
     """
-    from napari_medadv.core.matching import image_quality, match_for_image
-    from napari_medadv.core.pipeline import run_attack
-
     total = max_evals + 1
-    target = image_quality(source.image.array[None], np.asarray(attack_adversarial)[None], metric)
+    target = matching.image_quality(source.image.array[None], np.asarray(attack_adversarial)[None], metric)
     yield 0, total, {"target": target}
 
     def progress(n: int, value: float, quality: float) -> None:
         report(n, total, {"n": n, "value": value, "quality": quality, "target": target})
 
-    m = match_for_image(source.image, model, artifact, **{metric: target}, labels=labels, roi=roi, seed=seed,
+    m = matching.match_for_image(source.image, model, artifact, **{metric: target}, labels=labels, roi=roi, seed=seed,
                         max_evals=max_evals, callback=progress, should_stop=should_stop)
     if m.cancelled:
         return None
@@ -251,8 +246,6 @@ class SideBySide:
     def show(self, matched: Matched, channel: int | None = None) -> None:
         """The attack and the artifact of ``matched`` side by side, with the case's ground truth
         (if any) outlined in both cells."""
-        from .layers import labels_for
-
         self.enable(self.cells_for(matched, channel), outline=labels_for(self.viewer, matched.attack.source))
 
     def cells_for(self, matched: Matched, channel: int | None = None) -> list[tuple[list, str]]:
@@ -268,8 +261,6 @@ class SideBySide:
             wanted = [names["image"][channel], names["segmentation"]]
             layers = [self.viewer.layers[n] for n in wanted if n in self.viewer.layers]
             if not layers:
-                from napari_medadv.core.errors import MedadvError
-
                 raise MedadvError(f"the layers of {shown.outcome.attack} on {shown.source.case} were removed; "
                                   "run the match again")
             cells.append((layers, caption(shown)))

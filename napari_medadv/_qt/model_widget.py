@@ -21,6 +21,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medadv.core.errors import MedadvError
+from napari_medadv.core.models import load_model
+from napari_medadv.core.models.channels import parse_channel_list
+from napari_medadv.core.models.registry import describe_device
+from napari_medadv.core.pipeline import model_input
+
+from .layers import show_clean_prediction as show_prediction_layer
+from .layers import source_from_layer
 from .session import Session
 from .workers import Job
 
@@ -39,8 +47,6 @@ CHOICES = [
 
 
 def _load_job(spec: str, weights: str | None, trust: bool, device: str):
-    from napari_medadv.core.models import load_model
-
     yield 0, 1, None
     model = load_model(spec, weights=weights or None, trust_code=trust, device=device)
     yield 1, 1, None
@@ -48,8 +54,6 @@ def _load_job(spec: str, weights: str | None, trust: bool, device: str):
 
 
 def describe_model(model) -> str:
-    from napari_medadv.core.models.registry import describe_device
-
     info = model.info
     lines = [f"<b>{info.name or model.spec}</b>"]
     if info.description:
@@ -234,8 +238,6 @@ class ModelWidget(QWidget):
         """Set the model's channel mapping from the 'channels' field (empty: match by name)."""
         from napari.utils.notifications import show_error
 
-        from napari_medadv.core.models.channels import parse_channel_list
-
         model = self.session.model
         try:
             mapping = parse_channel_list(self.channels.text().strip() or None)
@@ -248,10 +250,6 @@ class ModelWidget(QWidget):
 
     def update_channel_note(self) -> str:
         """Show which image channel feeds which model input for the selected image (or why none can)."""
-        from napari_medadv.core.errors import MedadvError
-
-        from .layers import source_from_layer
-
         model = self.session.model
         if model is None:
             self.channel_note.setText("")
@@ -300,8 +298,6 @@ class ModelWidget(QWidget):
                 self.session.set_transfer_model(model)
                 self.info_b.setText(describe_model(model))
             else:
-                from napari_medadv.core.models.channels import parse_channel_list
-
                 try:
                     model.channel_map = parse_channel_list(self.channels.text().strip() or None)
                 except ValueError:
@@ -329,8 +325,6 @@ class ModelWidget(QWidget):
     def show_clean_prediction(self) -> Job | None:
         from napari.utils.notifications import show_error
 
-        from .layers import source_from_layer
-
         model = self.session.model
         if model is None:
             show_error("load a model first")
@@ -343,8 +337,6 @@ class ModelWidget(QWidget):
             return None
 
         def job(source, model):
-            from napari_medadv.core.pipeline import model_input
-
             yield 0, 1, None
             out = model.forward(model_input(source.image, model))
             if model.info.task == "segmentation":
@@ -354,11 +346,9 @@ class ModelWidget(QWidget):
         def done(res):
             from napari.utils.notifications import show_info
 
-            from .layers import show_clean_prediction
-
             src, seg, probs = res
             if seg is not None:
-                show_clean_prediction(self.viewer, src, model, seg)
+                show_prediction_layer(self.viewer, src, model, seg)
             else:
                 names = model.info.class_names or [str(i) for i in range(len(probs))]
                 show_info("clean prediction: " + ", ".join(f"{n} {p:.2f}" for n, p in zip(names, probs)))

@@ -19,7 +19,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .layers import context_from_choices
+from napari_medadv.core import metrics as M
+from napari_medadv.core.live import LiveEps
+
+from .compat import text_overlay
+from .export import write_gif
+from .layers import context_from_choices, show_outcome
 from .session import Session
 from .workers import Job, report_error
 
@@ -32,8 +37,6 @@ def sweep_job(src, live, eps_values, with_outcomes: bool = False):
 
     Yields ``(i, n, row)``; a row has ε, Dice per region (vs ground truth if given, else vs the
     clean prediction), mean PSNR and, for classifiers, the probabilities."""
-    from napari_medadv.core import metrics as M
-
     n = len(eps_values)
     rows = []
     for i, eps in enumerate(eps_values):
@@ -194,8 +197,6 @@ class PlotsWidget(QWidget):
         self.status.setText(f"ε sweep on {src.case}: gradient sign, then {len(eps_values)} forward passes …")
 
         def job():
-            from napari_medadv.core.live import LiveEps
-
             yield 0, len(eps_values) + 1, None
             live = LiveEps(src.image, model, labels=labels, roi=roi)
             rows = []
@@ -229,16 +230,11 @@ class PlotsWidget(QWidget):
         """Run the sweep, putting each ε on the layers and grabbing the canvas; write a GIF."""
         from napari.utils.notifications import show_info
 
-        from .export import write_gif
-        from .layers import show_outcome
-
         if path is None:
             path = QFileDialog.getSaveFileName(self, "Export the ε sweep as GIF", "eps-sweep.gif", "GIF (*.gif)")[0]
             if not path:
                 return None
         frames: list[np.ndarray] = []
-        from .compat import text_overlay
-
         overlay = text_overlay(self.viewer)
         was_visible, old_text = overlay.visible, overlay.text
 

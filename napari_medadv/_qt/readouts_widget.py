@@ -24,6 +24,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .layers import is_artifact
+from .matched import comparison_rows, knob_text
 from .session import Session, Shown
 
 if TYPE_CHECKING:
@@ -162,8 +164,6 @@ class ReadoutsWidget(QWidget):
 
     def update_matched(self, matched) -> None:
         """The attack and the matched artifact side by side (hidden when there is no match)."""
-        from .matched import comparison_rows
-
         on = matched is not None
         for w in (self.match_title, self.match_table):
             w.setVisible(on)
@@ -175,9 +175,6 @@ class ReadoutsWidget(QWidget):
         _fill(self.match_table, self.match_header, self.match_rows)
 
     def update_from(self, shown: Shown) -> None:
-        from .layers import is_artifact
-        from .matched import knob_text
-
         o = shown.outcome
         where = "live ε" if shown.live else "run"
         severity = (float(o.result.extra.get("severity", o.params.get("severity", 0.0)))

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
+from .layers import is_artifact
+
 if TYPE_CHECKING:
     import napari
 
@@ -116,8 +118,6 @@ class Session:
         self.transfer_model_changed.emit(model)
 
     def set_shown(self, shown: Shown) -> None:
-        from .layers import is_artifact
-
         self.shown = shown
         if not is_artifact(shown.outcome.attack):
             self.last_attack = shown

@@ -14,6 +14,9 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, Signal
 
+from napari_medadv.core.errors import MedadvError
+from napari_medadv.core.paths import internal_error_line, write_error_log
+
 _NOTHING = object()
 
 
@@ -36,8 +39,6 @@ def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | Non
 
     A GPU out-of-memory error offers the CPU: with ``on_oom`` the notification has a
     "Use the CPU" button that calls it."""
-    from napari_medadv.core.errors import MedadvError
-
     if is_out_of_memory(exc):
         msg = f"{what}: the GPU ran out of memory. Move the model to the CPU and press Run again?"
         if on_oom is None:
@@ -53,8 +54,6 @@ def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | Non
         show_error(f"{what} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}")
         return
     # anything else is a bug (ours or the model's): one line, the traceback in a log file
-    from napari_medadv.core.paths import internal_error_line, write_error_log
-
     show_error(f"{what} failed: {internal_error_line(exc, write_error_log(exc, f'napari-medadv: {what}'))}")
 
 

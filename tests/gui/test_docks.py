@@ -23,7 +23,7 @@ def _open(viewer, image):
 
 @pytest.fixture
 def docks(make_napari_viewer, qtbot):
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.model_widget import ModelWidget
     from napari_medadv._qt.plots_widget import PlotsWidget
     from napari_medadv._qt.readouts_widget import ReadoutsWidget
@@ -163,7 +163,7 @@ def test_attack_dock_builds_parameters_from_the_registry(docks):
     """A new registry entry (e.g. an MR artifact with a `severity`) appears with no GUI edit."""
     from napari_medadv.core.attacks import ATTACKS, Param
     from napari_medadv.core.attacks.noise import RandomNoise
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
 
     class Ghosting(RandomNoise):
         name = "test-ghosting"

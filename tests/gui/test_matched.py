@@ -22,7 +22,7 @@ CHANNELS = ("t1", "t1ce", "t2", "flair")
 @pytest.fixture
 def dock(make_napari_viewer, qtbot, glioma_small, unet2d):
     """Attack + Readouts docks on the small glioma crop, with the 2-D demo UNet."""
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.layers import layer_data_for_image
     from napari_medadv._qt.readouts_widget import ReadoutsWidget
 

@@ -14,7 +14,7 @@ WAIT = 60_000
 
 @pytest.fixture
 def docks(make_napari_viewer, qtbot):
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.model_widget import ModelWidget
     from napari_medadv._qt.readouts_widget import ReadoutsWidget
 

@@ -102,7 +102,7 @@ def test_derived_layers_and_writers_follow_a_permuted_source(make_napari_viewer,
     the written result is back in the stored (PSR) order with the input's affine."""
     import nibabel as nib
 
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.layers import layer_data_for_image
     from napari_medadv._writer import write_image, write_labels
     from napari_medadv.core.io import Geometry, read_image

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_docks_share_choices_and_device_through_the_session(make_napari_viewer, glioma_small, unet2d):
-    from napari_medadv._qt.attack_widget import AttackWidget
+    from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.layers import layer_data_for_image
     from napari_medadv._qt.model_widget import ModelWidget
     from napari_medadv._qt.plots_widget import PlotsWidget

@@ -1,0 +1,236 @@
+"""The Attack dock's inputs: which layers it attacks (image, ground truth, region and target, in
+combos refilled from the viewer's layers and shared with the other docks as
+:class:`~napari_medadv._qt.session.Choices`), and the seed and per-iteration tracking beside them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QSpinBox
+
+from napari_medadv.core.errors import MedadvError
+
+from ..layers import META, context_from_choices, labels_for, source_from_layer
+from ..session import Choices, Session
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medadv.core.attacks import AttackSpec
+
+_NONE = "none"
+
+
+def _refill(combo: QComboBox, items: list[tuple[str, Any]], keep: bool = True) -> bool:
+    """Replace a combo's items (signals blocked), keeping the current choice if it is still there;
+    True when the choice changed."""
+    current = combo.currentData() if keep else None
+    combo.blockSignals(True)
+    combo.clear()
+    for text, data in items:
+        combo.addItem(text, data)
+    idx = combo.findData(current) if current is not None else -1
+    combo.setCurrentIndex(idx if idx >= 0 else 0)
+    combo.blockSignals(False)
+    return combo.currentData() != current
+
+
+def _user_layers(viewer: napari.Viewer, *types: str) -> list:
+    """Layers of the given types that are not results of this plugin."""
+    return [lyr for lyr in viewer.layers if lyr.__class__.__name__ in types
+            and not lyr.metadata.get(META, {}).get("derived")]
+
+
+class InputsPanel:
+    """The "Input" box (``input_box``: image, ground truth) and the "Target, region, seed" box
+    (``options_box``: target, region, seed, per-iteration tracking).
+
+    ``spec`` is the selected method (which targets it takes; :meth:`set_method` changes it);
+    ``on_source_changed()`` runs when another image is picked, ``on_inputs_changed()`` when the
+    ground truth or the region changes. Every change is published to the session's choices."""
+
+    def __init__(self, viewer: napari.Viewer, session: Session, spec: AttackSpec, *,
+                 on_source_changed: Callable[[], None], on_inputs_changed: Callable[..., None]):
+        self.viewer = viewer
+        self.session = session
+        self._spec = spec
+        self._on_source_changed = on_source_changed
+        self._image_picked = False  # until the user picks an image: the contrast on screen
+        self._labels_picked = False  # until the user picks a ground truth: the case's own
+        self.input_box = self._build_input_box()
+        self.options_box = self._build_options_box()
+        self.image_combo.currentIndexChanged.connect(self._source_changed)
+        self.image_combo.activated.connect(lambda *_: setattr(self, "_image_picked", True))
+        self.labels_combo.activated.connect(lambda *_: setattr(self, "_labels_picked", True))
+        self.labels_combo.currentIndexChanged.connect(on_inputs_changed)
+        self.roi_combo.currentIndexChanged.connect(on_inputs_changed)
+        for combo in (self.image_combo, self.labels_combo, self.roi_combo, self.target_combo):
+            combo.currentIndexChanged.connect(self.publish)
+
+    def _build_input_box(self) -> QGroupBox:
+        """Image and ground truth pickers."""
+        self.image_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.labels_combo.setToolTip("Ground truth: gradient attacks and Dice use it; 'none' uses the "
+                                     "model's clean prediction as the reference")
+        inputs = QGroupBox("Input")
+        fi = QFormLayout(inputs)
+        fi.addRow("image", self.image_combo)
+        fi.addRow("ground truth", self.labels_combo)
+
+        return inputs
+
+    def _build_options_box(self) -> QGroupBox:
+        """Target, region, seed and per-iteration tracking."""
+        self.target_combo = QComboBox()
+        self.target_combo.setToolTip("Targeted attacks: every voxel pushed to a label value, or a Labels "
+                                     "layer painted with the target labels")
+        self.roi_combo = QComboBox()
+        self.roi_combo.setToolTip("Where the perturbation may go: a Labels or Shapes layer (non-zero inside)")
+        self.seed = QSpinBox()
+        self.seed.setRange(-1, 2**31 - 1)
+        self.seed.setSpecialValueText("random")
+        self.seed.setValue(0)
+        self.track = QCheckBox("per-iteration Dice/PSNR (plots)")
+        self.track.setChecked(True)
+        self.track.setToolTip("Record PSNR and Dice at every iteration (one extra forward at the end)")
+        opts = QGroupBox("Target, region, seed")
+        fo = QFormLayout(opts)
+        fo.addRow("target", self.target_combo)
+        fo.addRow("region", self.roi_combo)
+        fo.addRow("seed", self.seed)
+        fo.addRow("", self.track)
+
+        return opts
+
+    # ------------------------------------------------------------------ layer combos
+    def _image_layers(self):
+        out = []
+        for lyr in self.viewer.layers:
+            if lyr.__class__.__name__ != "Image" or getattr(lyr, "rgb", False):
+                continue
+            role = lyr.metadata.get(META, {}).get("role", "image")
+            if role == "image":
+                out.append(lyr)
+        return out
+
+    def refresh(self, event=None) -> None:
+        """Refill the combos from the viewer's layers (a layer was added, removed or moved)."""
+        images = self._image_layers()
+        had = self.image_combo.currentData()
+        _refill(self.image_combo, [(lyr.name, lyr.name) for lyr in images])
+        if not self._image_picked and images:  # until the user picks: the contrast on screen
+            visible = [lyr.name for lyr in images if lyr.visible]
+            if visible:
+                self.image_combo.blockSignals(True)
+                self.image_combo.setCurrentIndex(self.image_combo.findData(visible[-1]))
+                self.image_combo.blockSignals(False)
+        changed = self.image_combo.currentData() != had
+        cur_labels = self.labels_combo.currentData()
+        _refill(self.labels_combo, [("none (clean prediction as reference)", _NONE)]
+                + [(lyr.name, lyr.name) for lyr in _user_layers(self.viewer, "Labels")])
+        _refill(self.roi_combo, [("auto (non-zero voxels)", "auto"), ("whole image", _NONE)]
+                + [(f"mask: {lyr.name}", lyr.name) for lyr in _user_layers(self.viewer, "Labels", "Shapes")])
+        self.refresh_targets()
+        if changed or cur_labels is None:
+            self._source_changed()
+        elif not self._labels_picked:
+            self._preselect_ground_truth()
+        self.publish()  # the combos were refilled with their signals blocked
+
+    def set_method(self, spec: AttackSpec) -> None:
+        """The selected method changed: which targets it takes, whether it can track iterations."""
+        self._spec = spec
+        self.track.setEnabled(not spec.gradient_free and spec.iterative)
+        self.refresh_targets()
+
+    def refresh_targets(self) -> None:
+        """Targets for the method and the model: class names for a classifier, else label values
+        and the Labels layers painted with target labels."""
+        spec = self._spec
+        current = self.target_combo.currentData()
+        self.target_combo.blockSignals(True)
+        self.target_combo.clear()
+        if spec.targeted != "required":
+            self.target_combo.addItem("none (untargeted)", None)
+        model = self.session.model
+        if model is not None and model.info.task == "classification":
+            for n in model.info.class_names or []:
+                self.target_combo.addItem(f"class: {n}", f"class:{n}")
+        else:
+            values = (model.info.label_values if model is not None and model.info.label_values else [0, 1, 2, 4])
+            for v in values:
+                self.target_combo.addItem(f"label {v} everywhere", f"value:{int(v)}")
+            for lyr in _user_layers(self.viewer, "Labels"):
+                self.target_combo.addItem(f"mask: {lyr.name}", f"mask:{lyr.name}")
+        idx = self.target_combo.findData(current)
+        if idx < 0 and spec.targeted == "required":
+            idx = self.target_combo.findData("value:1")
+        self.target_combo.setCurrentIndex(max(idx, 0))
+        self.target_combo.blockSignals(False)
+        self.target_combo.setEnabled(spec.targeted != "no")
+        self.publish()
+
+    def source_layer(self):
+        """The image layer picked in the dock, or None."""
+        name = self.image_combo.currentData()
+        if name is None or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    def _source_changed(self, *_) -> None:
+        self._preselect_ground_truth()
+        self._on_source_changed()
+
+    def _preselect_ground_truth(self) -> None:
+        """The ground truth that came with the source's case (reader convention), if any."""
+        layer = self.source_layer()
+        if layer is None:
+            return
+        try:
+            src = source_from_layer(self.viewer, layer)
+        except MedadvError:  # a layer the dock cannot attack: Run reports why; nothing to pre-select
+            return
+        gt = labels_for(self.viewer, src)
+        idx = self.labels_combo.findData(gt.name if gt is not None else _NONE)
+        if idx >= 0 and idx != self.labels_combo.currentIndex():
+            self.labels_combo.blockSignals(True)
+            self.labels_combo.setCurrentIndex(idx)
+            self.labels_combo.blockSignals(False)
+            self.publish()
+
+    # ------------------------------------------------------------------ what the dock has picked
+    def image_name(self) -> str | None:
+        return self.image_combo.currentData()
+
+    def layer_key(self) -> tuple:
+        """The picked image, ground truth and region (what a live-ε gradient sign holds for)."""
+        return self.image_combo.currentData(), self.labels_combo.currentData(), self.roi_combo.currentData()
+
+    def seed_value(self) -> int | None:
+        """The seed, or None for "random"."""
+        return None if self.seed.value() < 0 else self.seed.value()
+
+    def track_metrics(self) -> bool:
+        """Record Dice/PSNR at every iteration (where the method allows it)."""
+        return self.track.isEnabled() and self.track.isChecked()
+
+    def choices(self) -> Choices:
+        """The dock's current choices as layer names (what the session shares with the other docks)."""
+        lname = self.labels_combo.currentData()
+        rname = self.roi_combo.currentData()
+        return Choices(
+            image=self.image_combo.currentData(),
+            labels=None if lname in (None, _NONE) else lname,
+            roi="auto" if rname == "auto" else (None if rname in (None, _NONE) else rname),
+            target=self.target_combo.currentData() if self.target_combo.isEnabled() else None,
+        )
+
+    def publish(self, *_) -> None:
+        self.session.set_choices(self.choices())
+
+    def context(self) -> tuple:
+        """(source, labels array, roi, target) for the current choices; raises MedadvError."""
+        self.publish()
+        return context_from_choices(self.viewer, self.session.choices)

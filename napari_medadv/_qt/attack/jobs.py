@@ -1,0 +1,183 @@
+"""The Attack dock's jobs: the worker-side generators (an attack, saving a result), the
+Run / Cancel / Save row with the progress bar and the status line that drive one job at a time,
+and the one-line headline of a result for the status line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari.utils import notifications
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton
+
+from napari_medadv.core.pipeline import iter_attack, transfer_outcome, write_outcome
+
+from ..export import save_screenshot
+from ..workers import Job, report_error
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..layers import Source
+    from ..session import Shown
+
+
+# ----------------------------------------------------------------------------- jobs (worker side)
+
+
+def attack_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, model_b):
+    """Generator for a napari worker: ``(done, total, history record)`` per step; returns
+    ``(outcome, transfer outcome or None)``."""
+    gen = iter_attack(source.image, model, name, params=params, labels=labels, target=target, roi=roi,
+                      seed=seed)
+    try:
+        step = next(gen)
+        while True:
+            record = {"step": step.step, "loss": step.loss, **step.metrics}
+            yield step.step, step.n_steps, record
+            step = gen.send(None)
+    except StopIteration as done:
+        outcome = done.value
+    finally:
+        gen.close()
+    transfer = transfer_outcome(outcome, model_b) if model_b is not None else None
+    return outcome, transfer
+
+
+def save_job(outcome, folder: str, extra: dict):
+    yield 0, 1, None
+    return write_outcome(outcome, folder, record_extra=extra, command=["napari", "napari-medadv", "Save attack"])
+
+
+def expected_steps(spec, params: dict) -> int:
+    """How many progress steps a run of ``spec`` with ``params`` reports (the bar's maximum)."""
+    if spec.gradient_free and "max_queries" in params:
+        return int(params["max_queries"])
+    steps = int(params.get("steps", 1))
+    return steps * int(params.get("restarts", 1))
+
+
+# ----------------------------------------------------------------------------- the run row
+
+
+class JobBar:
+    """Run / Cancel / Save attack…, the progress bar and the status line, and the dock's one job
+    at a time that they drive (an attack, a match or a save).
+
+    A finished job's layers go on screen one per event-loop turn (:meth:`apply_gradually`)."""
+
+    def __init__(self):
+        self.run_btn = QPushButton("Run")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setValue(0)
+        self.status = QLabel("load a model (Model dock), pick an image, press Run")
+        self.status.setWordWrap(True)
+        self.save_btn = QPushButton("Save attack…")
+        self.save_btn.setToolTip("Write the result folder (as `medadv attack`) plus a screenshot")
+        self.save_btn.setEnabled(False)
+        self.buttons = QHBoxLayout()
+        self.buttons.addWidget(self.run_btn)
+        self.buttons.addWidget(self.cancel_btn)
+        self.buttons.addWidget(self.save_btn)
+        self.job: Job | None = None
+        self._applying = 0
+
+    @property
+    def busy(self) -> bool:
+        """A job (attack, match or save) is running."""
+        return self.job is not None and self.job.running
+
+    @property
+    def applying(self) -> bool:
+        """A finished job's layers are still going on screen."""
+        return bool(self._applying)
+
+    def say(self, text: str) -> None:
+        self.status.setText(text)
+
+    def begin(self, total: int, text: str) -> None:
+        """A job starts: progress 0 of ``total``, ``text`` in the status line, Cancel instead of Run."""
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.status.setText(text)
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+
+    def end(self) -> None:
+        """The job finished (done, failed or cancelled): Run again, no Cancel."""
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+
+    def apply_gradually(self, steps, then) -> None:
+        """Run a layer-update generator one layer per event-loop turn, then ``then()``."""
+        self._applying += 1
+
+        def tick():
+            try:
+                next(steps)
+            except StopIteration:
+                self._applying -= 1
+                then()
+            except Exception as e:  # a layer could not be updated (e.g. removed meanwhile)
+                self._applying -= 1
+                report_error(e, "showing the result")
+            else:
+                QTimer.singleShot(0, tick)
+
+        tick()
+
+    def start_save(self, viewer: napari.Viewer, shown: Shown, folder: str) -> Job:
+        """Write the result folder of ``shown`` (same as `medadv attack`) + screenshot.png, in a worker."""
+        if not shown.outcome.metrics:
+            shown.outcome.metrics = {}
+        extra = {"gui": {"live": shown.live, "source_layers": shown.source.channel_layers,
+                         "model_b": shown.transfer.model.spec if shown.transfer is not None else None}}
+        if shown.transfer is not None:
+            extra["transfer_metrics"] = shown.transfer.metrics
+
+        def done(written):
+            shot = Path(folder) / "screenshot.png"
+            try:
+                save_screenshot(viewer, shot)
+            except OSError as e:
+                notifications.show_error(f"screenshot not written: {e}")
+            notifications.show_info(f"saved the attack to {folder} ({len(written) + 1} files)")
+            self.status.setText(f"saved to {folder}")
+
+        self.job = Job(save_job, shown.outcome, folder, extra, desc="saving the attack", total=1,
+                       on_done=done).start()
+        return self.job
+
+
+# ----------------------------------------------------------------------------- status line
+
+
+def _named_per_label(block: dict) -> dict:
+    """Per-label Dice under the model's label names, and the foreground when there are several."""
+    names = block.get("label_names") or {}
+    out = {names.get(k, f"label {k}"): v for k, v in (block.get("per_label") or {}).items()}
+    if len(out) != 1:
+        out["foreground"] = block["foreground"]
+    return out
+
+
+def headline(o) -> str:
+    """The result in one line: Dice per region (or label) for a segmentation, probabilities
+    clean → adversarial for a classifier."""
+    m = o.metrics or {}
+    if "dice" in m:
+        block = m["dice"].get("ground_truth_vs_adversarial") or m["dice"]["clean_vs_adversarial"]
+        ref = "vs ground truth" if "ground_truth_vs_adversarial" in m["dice"] else "vs clean"
+        regs = block.get("regions") or _named_per_label(block)
+        return "Dice " + ref + ": " + ", ".join(f"{k} {v:.3f}" for k, v in regs.items())
+    if "probabilities" in m:
+        return ", ".join(f"{k} {v['clean']:.2f}→{v['adversarial']:.2f}" for k, v in m["probabilities"].items())
+    return ""
