@@ -90,7 +90,8 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
 
     if iq:
         one("PSNR dB (all channels)", f"{iq['psnr']:.2f}")
-        one("SSIM (mean of channels)", f"{iq['ssim']:.4f}")
+        # the live path fills SSIM last, in the background (core.live.LiveEps.add_ssim)
+        one("SSIM (mean of channels)", "pending …" if iq["ssim"] is None else f"{iq['ssim']:.4f}")
         one("RMSE (native)", f"{iq['rmse']:.4g}")
         one("L0 (changed voxels)", f"{int(iq['l0'])}")
         one("L∞ (native)", f"{iq['linf']:.4g}")

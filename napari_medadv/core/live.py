@@ -15,12 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import metrics as M
 from .attacks import AttackResult, FGSM
 from .brats import BRATS_REGIONS
 from .io import ImageData
 from .models.base import LoadedModel
-from .pipeline import AttackOutcome, content_roi, label_values, outcome_metrics, prepare_input
+from .pipeline import AttackOutcome, content_roi, fill_ssim, label_values, outcome_metrics, prepare_input
 from .readouts import DiceTable, FgsmQuality, channel_ranges, computed_quality
 
 
@@ -127,15 +126,7 @@ class LiveEps:
 
     def add_ssim(self, o: AttackOutcome) -> AttackOutcome:
         """Fill the pending SSIM figures of ``o.metrics`` (one filtered pass per channel)."""
-        q = o.metrics["image_quality"]
-        clean = self.image.array
-        values = []
-        for c, name in enumerate(self.image.channel_names):
-            v = M.ssim(clean[c], o.adversarial[c], self.ranges[c])
-            q["per_channel"][name]["ssim"] = v
-            values.append(v)
-        q["ssim"] = float(np.mean(values))
-        return o
+        return fill_ssim(o, self.ranges)
 
     def add_metrics(self, o: AttackOutcome) -> AttackOutcome:
         """Fill ``o.metrics`` completely (the readouts, then SSIM)."""

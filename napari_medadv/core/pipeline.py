@@ -360,6 +360,23 @@ def image_quality_per_channel(clean: np.ndarray, adv: np.ndarray, names) -> dict
     return {**agg, **norms, "per_channel": per}
 
 
+def fill_ssim(o: AttackOutcome, ranges=None) -> AttackOutcome:
+    """Fill SSIM where ``o.metrics`` left it pending (``None``: the live path computes it last);
+    ``ranges``: each channel's max - min when the caller has them cached."""
+    q = o.metrics.get("image_quality")
+    if not q or q.get("ssim", 0.0) is not None:
+        return o
+    clean = o.image.array
+    values = []
+    for c, name in enumerate(o.image.channel_names):
+        rng = ranges[c] if ranges is not None else (float(clean[c].max() - clean[c].min()) or 1.0)
+        v = M.ssim(clean[c], o.adversarial[c], rng)
+        q["per_channel"][name]["ssim"] = v
+        values.append(v)
+    q["ssim"] = float(np.mean(values))
+    return o
+
+
 def outcome_metrics(o: AttackOutcome, *, quality: dict | None = None,
                     segmentation: tuple[dict, int] | None = None) -> dict:
     """metrics.json content: Dice vs ground truth/clean, image quality, ε, probabilities.
@@ -501,6 +518,7 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
                                                          like=o.image).name
             written["segmentation_adversarial"] = write_labels(
                 o.seg_adv, tmp / f"segmentation_adversarial{lab_suffix}", like=o.image).name
+        fill_ssim(o)  # a live result saved before its SSIM arrived
         (tmp / "metrics.json").write_text(to_json(o.metrics))
         written["metrics"] = "metrics.json"
         (tmp / "record.json").write_text(to_json(outcome_record(o, command=command, extra=record_extra)))

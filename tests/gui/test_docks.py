@@ -211,6 +211,42 @@ def test_live_eps_updates_after_a_slider_move(docks, qtbot, glioma_small, unet2d
     qtbot.waitUntil(lambda: {r[0]: r[1] for r in rw.rows}.get("ε (% of range)") == "8.00", timeout=WAIT)
 
 
+def test_live_readouts_come_first_and_ssim_follows(docks, qtbot, glioma_small, unet2d, monkeypatch):
+    """SSIM shows as pending until its own worker fills it; the numbers then equal the core's."""
+    import threading
+
+    from napari_medadv.core.live import LiveEps
+    from napari_medadv.core.pipeline import outcome_metrics
+
+    gate = threading.Event()
+    real = LiveEps.add_ssim
+
+    def slow_ssim(self, o):
+        gate.wait(30)
+        return real(self, o)
+
+    monkeypatch.setattr(LiveEps, "add_ssim", slow_ssim)
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.03)
+    aw.live.setChecked(True)
+    rows = lambda: {r[0]: r[1] for r in rw.rows}  # noqa: E731
+    qtbot.waitUntil(lambda: rows().get("SSIM (mean of channels)") == "pending …", timeout=WAIT)
+    assert rows()["PSNR dB (all channels)"] not in ("", None)
+    gate.set()
+    qtbot.waitUntil(lambda: rows().get("SSIM (mean of channels)", "pending …") != "pending …" and not aw.running,
+                    timeout=WAIT)
+    o = aw.session.shown.outcome
+    ref = outcome_metrics(o)
+    assert o.metrics["image_quality"]["ssim"] == pytest.approx(ref["image_quality"]["ssim"], rel=1e-6)
+    assert o.metrics["image_quality"]["psnr"] == pytest.approx(ref["image_quality"]["psnr"], rel=1e-4)
+    for k, block in ref["dice"].items():
+        assert o.metrics["dice"][k]["foreground"] == pytest.approx(block["foreground"], rel=1e-6)
+        assert o.metrics["dice"][k]["per_label"] == pytest.approx(block["per_label"], rel=1e-6)
+    assert rows()["SSIM (mean of channels)"] == f"{ref['image_quality']['ssim']:.4f}"
+
+
 def test_cancel_leaves_consistent_layers(docks, qtbot, glioma_small, unet2d):
     viewer, aw = docks["viewer"], docks["attack"]
     _open(viewer, glioma_small)

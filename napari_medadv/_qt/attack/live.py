@@ -61,6 +61,9 @@ class LivePreview:
         self.flush.setInterval(FLUSH_MS)
         self.images = LatestWins(self._compute, self._show, "live ε", on_error=self._error)
         self.metrics = LatestWins(self._metrics_compute, self._metrics_show, "live ε readouts")
+        # SSIM (filtered passes over the image) after the other readouts, in its own worker: the
+        # next slider move never waits for it, and the Readouts dock shows it as pending meanwhile
+        self.ssim = LatestWins(self._ssim_compute, self._ssim_show, "live ε SSIM")
 
         self.toggle.toggled.connect(self._toggled)
         self.debounce.timeout.connect(self.submit)
@@ -68,7 +71,8 @@ class LivePreview:
 
     @property
     def busy(self) -> bool:
-        return bool((self._job is not None and self._job.running) or self.images.busy or self.metrics.busy)
+        return bool((self._job is not None and self._job.running) or self.images.busy or self.metrics.busy
+                    or self.ssim.busy)
 
     def eps_changed(self) -> None:
         if self.toggle.isChecked():
@@ -86,10 +90,12 @@ class LivePreview:
             self._job.cancel()
         self.images.clear()
         self.metrics.clear()
+        self.ssim.clear()
 
     def shutdown(self) -> None:
         self.images.shutdown()
         self.metrics.shutdown()
+        self.ssim.shutdown()
 
     def _toggled(self, on: bool) -> None:
         if on:
@@ -156,7 +162,7 @@ class LivePreview:
     @staticmethod
     def _metrics_compute(job):
         shown, live = job
-        live.add_metrics(shown.outcome)
+        live.readouts(shown.outcome)  # everything but SSIM: Dice from bincounts, analytic PSNR/norms
         return shown
 
     def _metrics_show(self, job, shown) -> None:
@@ -164,3 +170,14 @@ class LivePreview:
             self.session.metrics_changed.emit(shown)
             self._say(f"live ε = {100 * shown.outcome.result.eps:.1f} % on {shown.source.case} — "
                       f"{headline(shown.outcome)}")
+            self.ssim.submit(job)
+
+    @staticmethod
+    def _ssim_compute(job):
+        shown, live = job
+        live.add_ssim(shown.outcome)
+        return shown
+
+    def _ssim_show(self, job, shown) -> None:
+        if self.session.shown is shown:
+            self.session.metrics_changed.emit(shown)
