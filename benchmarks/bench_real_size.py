@@ -22,7 +22,7 @@ from scipy import ndimage
 from napari_medadv.core.io import Geometry, ImageData
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.pipeline import LiveEps, prepare_input
 
 

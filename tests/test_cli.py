@@ -14,7 +14,7 @@ import pytest
 
 from napari_medadv.cli import main
 from napari_medadv.core.io import read_image
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 
 SD = sample_data_dir()
 CASE = SD / "glioma" / "glioma_001"

@@ -53,7 +53,7 @@ def report_error(exc: BaseException, what: str, on_oom: Callable[[], None] | Non
         show_error(f"{what} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}")
         return
     # anything else is a bug (ours or the model's): one line, the traceback in a log file
-    from napari_medadv.core.paths import internal_error_line, write_error_log
+    from napari_medadv.core.errors import internal_error_line, write_error_log
 
     show_error(f"{what} failed: {internal_error_line(exc, write_error_log(exc, f'napari-medadv: {what}'))}")
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .io import read_image
 from .models import load_model
-from .paths import sample_data_dir
+from .data.paths import sample_data_dir
 from .pipeline import AttackOutcome, run_attack, write_outcome
 
 SEG_RUNS = [  # (attack, params, target label value)

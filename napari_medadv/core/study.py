@@ -328,7 +328,7 @@ def parse_phantom_spec(spec: str) -> tuple[str, list[int]]:
                 seeds.append(int(chunk))
     except ValueError:
         raise MedadvError(f"phantom dataset {spec!r}: seeds must be integers like 5-24 or 1,2,7") from None
-    from .phantoms import TRAIN_SEED_START
+    from .data.seeds import TRAIN_SEED_START
 
     bad = [s for s in seeds if s < 1 or s >= TRAIN_SEED_START]
     if bad or not seeds:
@@ -339,7 +339,7 @@ def parse_phantom_spec(spec: str) -> tuple[str, list[int]]:
 
 def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], None] | None = None) -> Path:
     """Generate held-out phantom cases into ``folder`` (existing ones are kept: resumable)."""
-    from . import phantoms
+    from .data import cxr, glioma
 
     kind, seeds = parse_phantom_spec(spec)
     folder = Path(folder)
@@ -351,8 +351,8 @@ def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], Non
             if dest.is_dir():
                 continue
             tmp = Path(tempfile.mkdtemp(prefix=f".{cid}.", dir=folder))
-            channels, seg, affine = phantoms.make_glioma_case(s)
-            phantoms.write_brats_case(tmp, cid, channels, seg, affine)
+            channels, seg, affine = glioma.make_glioma_case(s)
+            glioma.write_brats_case(tmp, cid, channels, seg, affine)
             os.chmod(tmp, 0o755)
             os.replace(tmp, dest)
             if log:
@@ -362,13 +362,13 @@ def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], Non
 
     rows = []
     for s in seeds:
-        img, labels = phantoms.make_cxr_case(s)
+        img, labels = cxr.make_cxr_case(s)
         name = f"case_{s:03d}.png"
         if not (folder / name).is_file():
             arr = np.clip(np.round(np.asarray(img, dtype=np.float64) * 65535), 0, 65535).astype(np.uint16)
             atomic_write(folder / name, lambda f, a=arr: iio.imwrite(f, a, extension=".png"))
-        rows.append([name] + [int(labels[f]) for f in phantoms.CXR_FINDINGS])
-    text = "file," + ",".join(phantoms.CXR_FINDINGS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+        rows.append([name] + [int(labels[f]) for f in cxr.CXR_FINDINGS])
+    text = "file," + ",".join(cxr.CXR_FINDINGS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
     atomic_write(folder / "labels.csv", lambda f: Path(f).write_text(text))
     return folder
 

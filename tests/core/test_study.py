@@ -19,7 +19,7 @@ import _tiny_models  # noqa: E402,F401  (registers the tiny: scheme)
 from napari_medadv.core import stats as S  # noqa: E402
 from napari_medadv.core import study as ST  # noqa: E402
 from napari_medadv.core.errors import InputFileError, MedadvError  # noqa: E402
-from napari_medadv.core.paths import sample_data_dir  # noqa: E402
+from napari_medadv.core.data.paths import sample_data_dir  # noqa: E402
 
 GRID = [{"attack": "fgsm", "eps": [0.02, 0.08]}, {"attack": "ifgsm", "eps": [0.02, 0.08], "steps": 3}]
 SIZE = 24

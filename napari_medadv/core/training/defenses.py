@@ -47,10 +47,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MedadvError
-from .files import atomic_write, write_json
-from .models.base import ModelInfo, NativeInputModel
-from .models.demo import build_architecture, demo_paths
+from ..errors import MedadvError
+from ..files import atomic_write, write_json
+from ..models.base import ModelInfo, NativeInputModel
+from ..models.demo import build_architecture, demo_paths
 
 Log = Callable[[str], None]
 
@@ -83,7 +83,7 @@ def fgsm_examples(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     given; then no extra forward pass is needed. Only the input gradient is taken
     (``torch.autograd.grad``), so no parameter ``.grad`` accumulates.
     """
-    from .intensity import compute_range
+    from ..intensity import compute_range
 
     if loss_clean is None:
         x = x.detach().requires_grad_(True)
@@ -107,7 +107,7 @@ def adversarial_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
 
 def uniform_noise(x: torch.Tensor, radius: float, generator: torch.Generator) -> torch.Tensor:
     """``x + U(−r, r)·range`` per channel, on the non-zero support, clamped to the range."""
-    from .intensity import compute_range
+    from ..intensity import compute_range
 
     rng = compute_range(x)
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2.0 - 1.0
@@ -145,8 +145,10 @@ def train_defended(
     phantoms (tests use a few small cases); ``evaluate=False`` skips the held-out Dice.
     Returns the training record.
     """
-    from . import phantoms
-    from .training import DEMO_CONFIGS, _fit, evaluate_glioma, glioma_arrays, segmentation_batches
+    from ..data import seeds as phantoms
+    from .demo import DEMO_CONFIGS, glioma_arrays
+    from .loop import evaluate_glioma, segmentation_batches
+    from .loop import fit as _fit
 
     name = defended_name(base, defense)
     cfg = json.loads(json.dumps(DEMO_CONFIGS.get(base, {})))
@@ -179,7 +181,7 @@ def train_defended(
     info = ModelInfo.from_dict(info_d)
     net = build_architecture(cfg["arch"], cfg["arch_kwargs"])
     if init is not None:
-        from .models import load_model
+        from ..models import load_model
 
         start = load_model(init, device="cpu", sliding_window=False).module.net
         try:
@@ -203,8 +205,8 @@ def train_defended(
     steps = max(1, len(data) // tr["batch"])
     params: dict = {}
     if defense == "distill":
-        from .losses import DistillationDiceLoss
-        from .models import load_model
+        from ..losses import DistillationDiceLoss
+        from ..models import load_model
 
         teacher_model = load_model(teacher, device="cpu", sliding_window=False).module
         teacher_model.eval()

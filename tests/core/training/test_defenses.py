@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medadv.core import defenses as D
+from napari_medadv.core.training import defenses as D
 from napari_medadv.core.errors import MedadvError
 from napari_medadv.core.losses import DistillationDiceLoss
 
