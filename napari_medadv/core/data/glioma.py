@@ -310,21 +310,52 @@ def make_glioma_case(seed: int, grid: Grid = GLIOMA_GRID):
     """
     p = sample_glioma_params(seed, grid)
     anat = load_mni_anatomy(grid)
-    sp = grid.spacing_mm
-    shape = grid.shape
     inv = np.linalg.inv(grid.affine)
     c_vox = inv[:3, :3] @ np.asarray(p.center_mm) + inv[:3, 3]
+    tissue = _displaced_tissue(anat, p, c_vox, grid.spacing_mm)
+    tumour = _tumour(seed, p, grid, c_vox, anat.brain, tissue)
+    channels = _contrasts(seed, p, grid, anat.brain, tissue, tumour)
+    return channels, tumour.seg, grid.affine.copy()
 
-    # 1. mass effect: push the tissue away from the tumour; the skull (brain mask) stays put,
-    #    so tissue pushed past it is cut off and whatever is pulled in from outside becomes CSF
+
+@dataclass(frozen=True, eq=False)
+class _Tissue:
+    """Template T1 and tissue fractions after the mass effect, inside the brain only."""
+
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Tumour:
+    """Partial-volume weights of the tumour compartments, its texture field and its labels."""
+
+    w_core: np.ndarray  # tumour core (necrosis + enhancing rim)
+    w_nec: np.ndarray  # necrosis within the core
+    w_edema: np.ndarray  # oedema, weighted by the tissue's susceptibility
+    f_tex: np.ndarray  # lesion texture (unit-variance random field)
+    seg: np.ndarray  # uint8 BraTS labels 0/1/2/4
+
+
+def _displaced_tissue(anat: MNIAnatomy, p: GliomaParams, c_vox: np.ndarray, sp: float) -> _Tissue:
+    """Step 1, mass effect: push the tissue away from the tumour; the skull (brain mask) stays
+    put, so tissue pushed past it is cut off and whatever is pulled in from outside becomes CSF."""
     brain = anat.brain
     t1r, gm, wm = _mass_effect_warp(
         [anat.t1, anat.gm, anat.wm], c_vox, sigma_vox=1.5 * p.core_radius_mm / sp, m=p.mass_effect
     )
     t1r, gm, wm = t1r * brain, gm * brain, wm * brain
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
+    return _Tissue(t1r, gm, wm, csf)
 
-    # 2. tumour geometry: ellipsoidal distance + smooth random fields
+
+def _tumour(seed: int, p: GliomaParams, grid: Grid, c_vox: np.ndarray, brain: np.ndarray, tissue: _Tissue) -> _Tumour:
+    """Step 2, tumour geometry: ellipsoidal distance + smooth random fields (stream ``STREAM_SHAPE``)."""
+    sp = grid.spacing_mm
+    shape = grid.shape
+    gm, wm = tissue.gm, tissue.wm
     srng = stream_rng(seed, STREAM_SHAPE)
     f_core = smooth_field(srng, shape, 6.0 / sp)
     f_nec = smooth_field(srng, shape, 4.0 / sp)
@@ -352,15 +383,21 @@ def make_glioma_case(seed: int, grid: Grid = GLIOMA_GRID):
     seg[(w_edema > 0.5) & ~core] = 2
     seg[core & (s_nec >= 0)] = 4
     seg[core & (s_nec < 0)] = 1
+    return _Tumour(w_core, w_nec, w_edema, f_tex, seg)
 
-    # 3. intensities (gm + wm + csf = 1 inside the brain)
+
+def _contrasts(seed: int, p: GliomaParams, grid: Grid, brain: np.ndarray, tissue: _Tissue, tumour: _Tumour) -> dict:
+    """Step 3, intensities of each contrast (gm + wm + csf = 1 inside the brain), then a bias
+    field (stream ``STREAM_BIAS``) and Rician noise (stream ``STREAM_NOISE``); float32."""
+    shape = grid.shape
+    gm, wm, csf = tissue.gm, tissue.wm, tissue.csf
     tissue_sum = np.maximum(gm + wm + csf, 1e-6)
     brng = stream_rng(seed, STREAM_BIAS)
     nrng = stream_rng(seed, STREAM_NOISE)
     coords = (np.indices(shape, dtype=np.float64) - (np.asarray(shape) - 1).reshape(3, 1, 1, 1) / 2) / (
         np.asarray(shape).reshape(3, 1, 1, 1) / 2
     )
-    real_t1 = t1r / max(float(np.median(t1r[(wm > 0.9) & brain])), 1e-6)
+    real_t1 = tissue.t1 / max(float(np.median(tissue.t1[(wm > 0.9) & brain])), 1e-6)
     channels = {}
     for ch in GLIOMA_CHANNELS:
         jg, jw, jc = p.tissue_jitter[ch]
@@ -369,27 +406,36 @@ def make_glioma_case(seed: int, grid: Grid = GLIOMA_GRID):
         img = (vg * gm + vw * wm + vc * csf) / tissue_sum * brain
         if ch in ("t1", "t1ce"):
             img = (1 - _REAL_T1_WEIGHT) * img + _REAL_T1_WEIGHT * real_t1 * vw * brain
-        k = p.lesion_contrast[ch]
-        l_nec, l_enh, l_ed = (vw + k * (v - _TISSUE[ch][1]) for v in _LESION[ch])
-        tex = 1.0 + 0.10 * f_tex
-        lesion_core = (w_nec * l_nec + (1 - w_nec) * l_enh) * tex
-        img = (1 - w_edema) * img + w_edema * l_ed * tex
-        img = (1 - w_core) * img + w_core * lesion_core
-        # smooth multiplicative bias field: random quadratic polynomial in normalised coordinates
-        x, y, z = coords
-        terms = (x, y, z, x * y, x * z, y * z, x * x, y * y, z * z)
-        logb = sum(brng.standard_normal() * t for t in terms)
-        logb = logb - logb[brain].mean()
-        logb *= p.bias_strength / max(float(logb[brain].std()), 1e-9)
-        img = img * np.exp(logb) * p.gain[ch]
+        img = _with_lesion(img, ch, vw, p.lesion_contrast[ch], tumour)
+        img = img * np.exp(_log_bias_field(brng, coords, brain, p.bias_strength)) * p.gain[ch]
         # Rician noise (magnitude of a complex signal with Gaussian noise in both parts)
         sigma = p.noise_sigma * p.gain[ch]
         re = img + sigma * nrng.standard_normal(shape)
         im = sigma * nrng.standard_normal(shape)
         img = np.sqrt(re * re + im * im) * brain  # skull-stripped: exactly 0 outside the brain
         channels[ch] = img.astype(np.float32)
+    return channels
 
-    return channels, seg, grid.affine.copy()
+
+def _with_lesion(img: np.ndarray, ch: str, vw: float, k: float, tumour: _Tumour) -> np.ndarray:
+    """``img`` with the oedema and the tumour core blended in, their contrast to white matter
+    (``vw``) scaled by ``k``."""
+    l_nec, l_enh, l_ed = (vw + k * (v - _TISSUE[ch][1]) for v in _LESION[ch])
+    tex = 1.0 + 0.10 * tumour.f_tex
+    lesion_core = (tumour.w_nec * l_nec + (1 - tumour.w_nec) * l_enh) * tex
+    img = (1 - tumour.w_edema) * img + tumour.w_edema * l_ed * tex
+    return (1 - tumour.w_core) * img + tumour.w_core * lesion_core
+
+
+def _log_bias_field(brng: np.random.Generator, coords: np.ndarray, brain: np.ndarray, strength: float) -> np.ndarray:
+    """Smooth multiplicative bias field (its log): a random quadratic polynomial in normalised
+    coordinates, zero mean and standard deviation ``strength`` inside the brain."""
+    x, y, z = coords
+    terms = (x, y, z, x * y, x * z, y * z, x * x, y * y, z * z)
+    logb = sum(brng.standard_normal() * t for t in terms)
+    logb = logb - logb[brain].mean()
+    logb *= strength / max(float(logb[brain].std()), 1e-9)
+    return logb
 
 
 def write_brats_case(folder, case_id: str, channels: dict, seg: np.ndarray, affine: np.ndarray) -> dict:
