@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.paths import sample_data_dir
 from .io import read_image
 from .models import load_model
-from .data.paths import sample_data_dir
 from .pipeline import AttackOutcome, run_attack, write_outcome
 
 SEG_RUNS = [  # (attack, params, target label value)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
-from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.pipeline import LiveEps, content_roi, run_attack
 
 CASE = sample_data_dir() / "glioma" / "glioma_001"

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
 from ..data.paths import demo_models_dir
+from ..errors import ModelError
 from .base import ModelInfo, file_checksum
 from .registry import register_scheme
 
