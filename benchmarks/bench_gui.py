@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     from napari_medadv._sample_data import chest_radiograph_path
     from napari_medadv.core.io import read_image
     from napari_medadv.core.models import load_model
-    from napari_medadv.core.paths import sample_data_dir
+    from napari_medadv.core.data.paths import sample_data_dir
 
     from napari._qt.qt_event_loop import get_qapp
 

@@ -25,7 +25,7 @@ from scipy import ndimage
 from napari_medadv.core.io import Geometry, ImageData
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.live import LiveEps
 from napari_medadv.core.pipeline import prepare_input
 

@@ -33,7 +33,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from napari_medadv.core.paths import sample_data_dir
+    from napari_medadv.core.data.paths import sample_data_dir
     from napari_medadv.core.study import Study, StudyConfig, load_rows
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_study."))

@@ -21,7 +21,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from napari_medadv._qt.compat import grid
 from napari_medadv._qt.demo import axial_view, fit_window_to_screen
 from napari_medadv._qt.orientation import OrientationWidget
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 
 
 def _as_las(path: Path, out: Path) -> Path:

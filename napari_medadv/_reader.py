@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_medadv.core.errors import MedadvError
+
 SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -21,6 +23,7 @@ def _accepts(path: Path) -> bool:
     if name.endswith(SUFFIXES):
         return True
     if "." not in name and path.is_file():  # DICOM files often have no suffix: check the magic bytes
+        # napari asks this reader about every file ("*" pattern): the readers load only for ours
         from napari_medadv.core.io.dicom import is_dicom_file
 
         return is_dicom_file(path)
@@ -38,8 +41,9 @@ def napari_get_reader(path):
 def read_layers(path) -> list[tuple]:
     from napari.utils.notifications import show_error
 
+    # the readers (nibabel, pydicom, imageio) load when a file is read, not when napari asks
+    # napari_get_reader about any file it opens
     from napari_medadv._qt.layers import layer_data_for_image
-    from napari_medadv.core.errors import MedadvError
     from napari_medadv.core.io import read_image
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)

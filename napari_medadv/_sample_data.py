@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+
+from napari_medadv._qt.layers import layer_data_for_image
+from napari_medadv.core.data.paths import sample_data_dir
+from napari_medadv.core.io import read_image
+
 
 def glioma_case() -> list[tuple]:
     """Glioma phantom ``glioma_001``: T1, T1Gd, T2, FLAIR (one layer each) + ground-truth labels."""
-    from napari_medadv._qt.layers import layer_data_for_image
-    from napari_medadv.core.io import read_image
-    from napari_medadv.core.paths import sample_data_dir
-
     return layer_data_for_image(read_image(sample_data_dir() / "glioma" / "glioma_001"))
 
 
 def chest_radiograph() -> list[tuple]:
     """A held-out chest radiograph phantom with a nodule and an opacity (for the demo classifier)."""
-    from napari_medadv._qt.layers import layer_data_for_image
-    from napari_medadv.core.io import read_image
-
     return layer_data_for_image(read_image(chest_radiograph_path()))
 
 
 def chest_radiograph_path():
     """The first held-out case that has both findings (labels.csv), as the headless demo uses."""
-    import csv
-
-    from napari_medadv.core.paths import sample_data_dir
-
     folder = sample_data_dir() / "cxr" / "heldout"
     with open(folder / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_medadv.core.io import Geometry, ImageData
+from napari_medadv.core.io import write_image as core_write_image
+from napari_medadv.core.io import write_labels as core_write_labels
+from napari_medadv.core.orientation import DisplayFrame, as_affine4
+
 
 def _like(data: np.ndarray, meta: dict, channels: int = 1):
     """``(like, info, data)``: the ImageData to borrow geometry and file metadata from, the
     layer's medadv metadata, and ``data`` (one channel) in ``like``'s stored voxel order."""
-    from napari_medadv.core.io import Geometry, ImageData
-    from napari_medadv.core.orientation import DisplayFrame, as_affine4
-
     md = meta.get("metadata") or {}
     base = md.get("medadv_image")
     info = md.get("medadv", {})
@@ -58,8 +60,6 @@ def _layer_matrix(meta: dict, ndim: int) -> np.ndarray:
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
-    from napari_medadv.core.io import write_image as core_write
-
     data = np.asarray(data)
     if meta.get("rgb"):
         raise ValueError("napari-medadv writes grayscale medical images, not RGB")
@@ -73,12 +73,10 @@ def write_image(path: str, data, meta: dict) -> list[str]:
                 "NOT the original")
     elif derived and info.get("attack"):
         desc = f"{info.get('role', 'derived')} ({info['attack']}, eps={info.get('eps', 0):g}) - napari-medadv; NOT the original"
-    return [str(core_write(data, path, like=like, description=desc, derived=derived))]
+    return [str(core_write_image(data, path, like=like, description=desc, derived=derived))]
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
-    from napari_medadv.core.io import write_labels as core_write
-
     data = np.asarray(data)
     like, _, data = _like(data, meta)
-    return [str(core_write(data, path, like=like))]
+    return [str(core_write_labels(data, path, like=like))]

@@ -4,8 +4,8 @@
     python sample_data/make_sample_data.py            # rewrite the shipped files
     python sample_data/make_sample_data.py --check    # rebuild in a temp dir and compare
 
-The generators live in ``napari_medadv.core.phantoms``; this script only picks the seeds and
-the file names and prints the sizes. See PROVENANCE.md for what each file is.
+The generators live in ``napari_medadv.core.data`` (``glioma``, ``cxr``, ``seeds``); this script
+only picks the seeds and the file names and prints the sizes. See PROVENANCE.md for what each file is.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing the package
 
-from napari_medadv.core import phantoms  # noqa: E402
+from napari_medadv.core.data import cxr, glioma  # noqa: E402
+from napari_medadv.core.data.seeds import CXR_HELDOUT_SEEDS, GLIOMA_HELDOUT_SEEDS  # noqa: E402
 
 
 def glioma_case_id(seed: int) -> str:
@@ -36,12 +37,12 @@ def build(out: Path) -> list[Path]:
 
     gdir = out / "glioma"
     rows = []
-    for seed in phantoms.GLIOMA_HELDOUT_SEEDS:
-        channels, seg, affine = phantoms.make_glioma_case(seed)
+    for seed in GLIOMA_HELDOUT_SEEDS:
+        channels, seg, affine = glioma.make_glioma_case(seed)
         case_id = glioma_case_id(seed)
         # one folder per case, as BraTS distributes them (each folder opens as one 4-channel image)
-        written += phantoms.write_brats_case(gdir / case_id, case_id, channels, seg, affine).values()
-        p = phantoms.sample_glioma_params(seed)
+        written += glioma.write_brats_case(gdir / case_id, case_id, channels, seg, affine).values()
+        p = glioma.sample_glioma_params(seed)
         rows.append(
             {
                 "case_id": case_id,
@@ -65,20 +66,20 @@ def build(out: Path) -> list[Path]:
 
     cdir = out / "cxr"
     cdir.mkdir(parents=True, exist_ok=True)
-    base = phantoms.load_base_cxr(phantoms.CXR_BASE_SIZE)
-    phantoms.write_base_cxr_png(cdir / "chest_pa.png", base)
+    base = cxr.load_base_cxr(cxr.CXR_BASE_SIZE)
+    cxr.write_base_cxr_png(cdir / "chest_pa.png", base)
     written.append(cdir / "chest_pa.png")
     hdir = cdir / "heldout"
     hdir.mkdir(parents=True, exist_ok=True)
     labels = []
-    for seed in phantoms.CXR_HELDOUT_SEEDS:
-        img, lab = phantoms.make_cxr_case(seed, size=phantoms.CXR_CLASSIFIER_SIZE, base=base)
+    for seed in CXR_HELDOUT_SEEDS:
+        img, lab = cxr.make_cxr_case(seed, size=cxr.CXR_CLASSIFIER_SIZE, base=base)
         name = cxr_case_file(seed)
-        phantoms.write_base_cxr_png(hdir / name, img)
+        cxr.write_base_cxr_png(hdir / name, img)
         written.append(hdir / name)
-        labels.append({"file": name, **{k: lab[k] for k in phantoms.CXR_FINDINGS}})
+        labels.append({"file": name, **{k: lab[k] for k in cxr.CXR_FINDINGS}})
     with open(hdir / "labels.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["file", *phantoms.CXR_FINDINGS], lineterminator="\n")
+        w = csv.DictWriter(fh, fieldnames=["file", *cxr.CXR_FINDINGS], lineterminator="\n")
         w.writeheader()
         w.writerows(labels)
     written.append(hdir / "labels.csv")

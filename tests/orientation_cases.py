@@ -19,8 +19,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
-from napari_medadv.core.paths import sample_data_dir
 
 CASE = sample_data_dir() / "glioma" / "glioma_001"
 NIFTI_CASES = ("RAS", "LAS", "LPS", "PSR", "oblique")

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from napari_medadv.cli import main
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from napari_medadv.cli import main
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
-from napari_medadv.core.paths import sample_data_dir
 
 SD = sample_data_dir()
 CASE = SD / "glioma" / "glioma_001"
@@ -228,3 +228,13 @@ def test_demo_dgde_hides_the_least_confident_positive_finding():
     assert dgde_class([0.966, 0.998]) == 0
     assert dgde_class([0.2, 0.7]) == 1
     assert dgde_class([0.1, 0.3]) == 1  # none positive: the most probable
+
+
+def test_parser_start_up_stays_light():
+    """`medadv --help` builds every command's options (the attack registry, the defense defaults);
+    the readers, the phantom generators, monai and the GUI load only when a command runs."""
+    code = ("import sys\nfrom napari_medadv.cli import build_parser\nbuild_parser()\n"
+            "heavy = [m for m in ('scipy', 'nibabel', 'pydicom', 'imageio', 'monai', 'matplotlib', 'napari', 'qtpy')"
+            " if m in sys.modules]\nassert not heavy, heavy\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr

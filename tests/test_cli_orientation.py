@@ -10,7 +10,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from napari_medadv.cli import main
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 
 CASE = sample_data_dir() / "glioma" / "glioma_001"
 

@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from napari_medadv.core.errors import MedadvError
-from napari_medadv.core.paths import internal_error_line, write_error_log
+from napari_medadv.core.errors import internal_error_line, write_error_log
 
 _NOTHING = object()
 

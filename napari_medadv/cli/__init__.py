@@ -16,6 +16,9 @@ import argparse
 import os
 import sys
 
+from napari_medadv import __version__
+from napari_medadv.core.errors import MedadvError, internal_error_line, write_error_log
+
 from . import attack, demo, listing, study, train
 from ._common import EXIT_INTERNAL, EXIT_USAGE, CLIError, _hint
 from .demo import _no_display_reason  # noqa: F401 (tests and the GUI demo check the display with it)
@@ -24,8 +27,6 @@ __all__ = ["CLIError", "EXIT_INTERNAL", "EXIT_USAGE", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_medadv import __version__
-
     parser = argparse.ArgumentParser(
         prog="medadv", description="Adversarial robustness of medical imaging models (napari-medadv).")
     parser.add_argument("--version", action="version", version=f"napari-medadv {__version__}")
@@ -44,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    from napari_medadv.core.errors import MedadvError
-
     try:
         return int(args.func(args) or 0)
     except (CLIError, MedadvError, ValueError) as exc:
@@ -71,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         # anything else is a bug (ours or the model's): one line, the traceback in a log file;
         # outputs are written all-or-nothing, so nothing partial is left behind
-        from napari_medadv.core.paths import internal_error_line, write_error_log
-
         log = write_error_log(exc, "medadv " + " ".join(map(str, sys.argv[1:] if argv is None else argv)))
         print(f"medadv: {internal_error_line(exc, log)}", file=sys.stderr)
         return EXIT_INTERNAL

@@ -7,6 +7,8 @@ import argparse
 import sys
 import time
 
+from napari_medadv.core.models.channels import ChannelMismatch, canonical_contrast, parse_channel_list
+
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 
@@ -16,8 +18,6 @@ class CLIError(Exception):
 
 
 def _channel_list(text: str):
-    from napari_medadv.core.models.channels import parse_channel_list
-
     try:
         return parse_channel_list(text)
     except ValueError as exc:
@@ -35,8 +35,6 @@ CLI_FIXES = {
 
 def _hint(exc: BaseException) -> str:
     """What the user can do about a core error, in this front end's terms."""
-    from napari_medadv.core.models.channels import ChannelMismatch, canonical_contrast
-
     fix = getattr(exc, "fix", None)
     if fix in CLI_FIXES:
         return f" ({CLI_FIXES[fix]})"

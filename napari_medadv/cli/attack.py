@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from napari_medadv.core.attacks import ATTACKS
+from napari_medadv.core.models import load_model
+
 from ._common import CLIError, ProgressBar, _bool, _channel_list
 
 
@@ -14,8 +17,6 @@ _HANDLED = {"eps", "steps", "alpha", "restarts", "target_label"}
 
 def _attack_param_options(p: argparse.ArgumentParser) -> list[str]:
     """One option per registry parameter not covered by the fixed options (union over attacks)."""
-    from napari_medadv.core.attacks import ATTACKS
-
     added: dict[str, object] = {}
     g = p.add_argument_group("attack-specific parameters (from the attack registry)")
     for spec in ATTACKS.values():
@@ -32,8 +33,6 @@ def _attack_param_options(p: argparse.ArgumentParser) -> list[str]:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from napari_medadv.core.attacks import ATTACKS
-
     a = sub.add_parser("attack", help="run one attack on an image and write the results",
                        description="Run one attack on IMAGE with a model and write adversarial image, "
                                    "perturbation, segmentations, metrics.json and record.json into --out.")
@@ -81,7 +80,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _load_labels(args, image):
-    from napari_medadv.core.io import read_labels
+    from napari_medadv.core.io import read_labels  # nibabel/pydicom/imageio: not at `medadv` start-up
 
     if args.no_labels:
         return None
@@ -93,9 +92,8 @@ def _load_labels(args, image):
 def cmd_attack(args) -> int:
     import numpy as np
 
-    from napari_medadv.core.attacks import ATTACKS
+    # the readers (nibabel, pydicom, imageio) load only when a command runs, not for `medadv --help`
     from napari_medadv.core.io import read_image, read_labels
-    from napari_medadv.core.models import load_model
     from napari_medadv.core.pipeline import run_attack, write_outcome
 
     image = read_image(args.image)
@@ -158,6 +156,7 @@ def _match_quality(args, image, model, spec, params: dict, labels, target, roi) 
     """--match-psnr/--match-ssim: find the knob value, put it in ``params``; (record extra, seed)."""
     import secrets
 
+    # matching imports the pipeline and with it the readers: not at `medadv` start-up
     from napari_medadv.core.matching import knob_for, match_for_image
 
     knob = knob_for(spec.name)
@@ -176,8 +175,6 @@ def _match_quality(args, image, model, spec, params: dict, labels, target, roi) 
 
 
 def _summary_line(o) -> str:
-    from napari_medadv.core.attacks import ATTACKS
-
     m = o.metrics
     iq = m["image_quality"]
     spec = ATTACKS.get_spec(o.attack)

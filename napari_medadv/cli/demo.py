@@ -43,13 +43,13 @@ def cmd_demo(args) -> int:
                   "(for the napari window use a desktop session or `xvfb-run -a medadv demo`)", file=sys.stderr)
         else:
             try:
-                from napari_medadv._qt.demo import launch_demo  # the napari demo (GUI plugin)
+                from napari_medadv._qt.demo import launch_demo  # napari and Qt: only for the GUI demo
             except ImportError as exc:
                 print(f"medadv demo: napari/Qt cannot be imported ({exc}); running the headless demo instead",
                       file=sys.stderr)
             else:
                 return launch_demo(device=args.device, sample=args.sample)
-    from napari_medadv.core.demo_run import run_headless_demo
+    from napari_medadv.core.demo_run import run_headless_demo  # the readers, the pipeline: not at start-up
 
     summary = run_headless_demo(args.out, device=args.device, quick=args.quick, log=lambda s: print(s, file=sys.stderr))
     print(f"wrote the demo to {summary['out']} (figure: {summary['figure']})")

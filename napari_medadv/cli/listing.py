@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from napari_medadv.core.attacks import ATTACKS
+from napari_medadv.core.models import known_schemes
+from napari_medadv.core.models.demo import DEMO_MODELS
 
 
 def add_parsers(sub) -> None:
@@ -12,8 +15,6 @@ def add_parsers(sub) -> None:
 
 
 def cmd_attacks(args) -> int:
-    from napari_medadv.core.attacks import ATTACKS
-
     for spec in ATTACKS.values():
         kind = "black-box" if spec.gradient_free else "white-box"
         tgt = {"no": "", "optional": ", targeted or untargeted", "required": ", targeted"}[spec.targeted]
@@ -24,9 +25,6 @@ def cmd_attacks(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from napari_medadv.core.models import known_schemes
-    from napari_medadv.core.models.demo import DEMO_MODELS
-
     print("schemes: " + ", ".join(f"{s}:" for s in known_schemes()))
     for name, desc in DEMO_MODELS.items():
         print(f"demo:{name:8s} {desc}")

@@ -1,5 +1,5 @@
 """``medadv study`` — robustness studies on a dataset (thin layer over :mod:`napari_medadv.core.study`)
-and the ``--defense`` options of ``medadv train`` (over :mod:`napari_medadv.core.defenses`).
+and the ``--defense`` options of ``medadv train`` (over :mod:`napari_medadv.core.training.defenses`).
 
     medadv study DATASET --model SPEC [--model SPEC ...] --attack fgsm --eps 0.01 0.05 --out DIR
     medadv study DATASET --model SPEC --attack fgsm --attack motion --psnr 40 35 30 --out DIR

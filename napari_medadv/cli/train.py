@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from napari_medadv.core.training import DEFAULTS, DEFENSES, train_defended, train_demo
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (rebuild) a demo model from a seed on the CPU")
@@ -22,8 +24,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def add_defense_options(t: argparse.ArgumentParser) -> None:
     """``medadv train demo-unet3d --defense distill|adversarial|noise`` options."""
-    from napari_medadv.core.defenses import DEFAULTS, DEFENSES
-
     g = t.add_argument_group("defenses (Liu et al. 2021; demo-unet3d)")
     g.add_argument("--defense", choices=DEFENSES, help="train a defended variant: NAME-distill / -adv / -noise")
     g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="distill: temperature T")
@@ -38,8 +38,6 @@ def add_defense_options(t: argparse.ArgumentParser) -> None:
 
 
 def train_defended_from_args(args) -> dict:
-    from napari_medadv.core.defenses import train_defended
-
     base = args.model.removeprefix("demo-")
     return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases,
                           epochs=args.epochs, temperature=args.temperature, eps=args.eps, beta=args.beta,
@@ -49,8 +47,6 @@ def train_defended_from_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from napari_medadv.core.training import train_demo
-
     name = args.model.removeprefix("demo-")
     if getattr(args, "defense", None):
         print(json.dumps(train_defended_from_args(args), indent=1))

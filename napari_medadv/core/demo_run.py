@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.paths import sample_data_dir
 from .io import read_image
 from .models import load_model
-from .paths import sample_data_dir
 from .pipeline import AttackOutcome, run_attack, write_outcome
 
 SEG_RUNS = [  # (attack, params, target label value)
@@ -160,7 +160,7 @@ def _to_ras(affine: np.ndarray):
 
 def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path) -> Path:
     """Summary figure (matplotlib's object API with the Agg canvas: no global pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib: only for the figure
     from matplotlib.figure import Figure
 
     by_tag = dict(outcomes)
@@ -169,16 +169,39 @@ def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path
     fig = Figure(figsize=(16, 10), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     gs = fig.add_gridspec(3, 5)
-    fl = seg.image.channel_names.index("flair") if "flair" in seg.image.channel_names else 0
+    _segmentation_panels(fig, gs, seg)
+    _dice_panel(fig.add_subplot(gs[1, 1:3]), outcomes)
+    _psnr_panel(fig.add_subplot(gs[1, 3:5]), outcomes)
+    if cxr is not None:
+        _radiograph_panels(fig, gs, cxr)
+    fig.suptitle("napari-medadv — adversarial attacks on the shipped phantoms and demo models", fontsize=13)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _axial_slicer(seg: AttackOutcome) -> Callable[[np.ndarray], np.ndarray]:
+    """``volume -> 2-D slice``: the axial slice with the most labelled voxels, in radiological
+    convention whatever the file's storage order (rows run anterior -> posterior, columns patient's
+    right -> left, so left is on screen right); 2-D images pass through."""
     lab = seg.labels if seg.labels is not None else seg.seg_clean
     to_ras = _to_ras(seg.image.geometry.affine) if lab.ndim == 3 else None
     z = int(np.argmax((to_ras(lab) != 0).sum(axis=(0, 1)))) if to_ras is not None else None
 
     def sl(a):
-        # axial slice in radiological convention whatever the file's storage order: rows run
-        # anterior -> posterior, columns patient's right -> left (left on screen right)
         return to_ras(a)[::-1, ::-1, z].T if z is not None else a
 
+    return sl
+
+
+def _segmentation_panels(fig, gs, seg: AttackOutcome) -> None:
+    """Top row: FLAIR, ground truth, clean and adversarial predictions, the perturbation; then the
+    diff map of the predictions below the first."""
+    fl = seg.image.channel_names.index("flair") if "flair" in seg.image.channel_names else 0
+    lab = seg.labels if seg.labels is not None else seg.seg_clean
+    sl = _axial_slicer(seg)
     panels = [
         ("FLAIR (clean; radiological: L on right)", label_overlay(sl(seg.image.array[fl]), np.zeros_like(sl(lab)))),
         ("ground truth", label_overlay(sl(seg.image.array[fl]), sl(lab))),
@@ -209,8 +232,10 @@ def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path
     ax.set_title("diff: gained (blue), lost (red),\nchanged (yellow)", fontsize=9)
     ax.axis("off")
 
+
+def _dice_panel(ax, outcomes: list[tuple[str, AttackOutcome]]) -> None:
+    """Bars of the 3-D UNet's Dice per region, clean and under each attack."""
     seg_runs = [(t, o) for t, o in outcomes if o.seg_clean is not None and o.model.spec == "demo:unet3d"]
-    ax = fig.add_subplot(gs[1, 1:3])
     regions = ["WT", "TC", "ET"]
     width = 0.8 / (len(seg_runs) + 1)
     clean_block = seg_runs[0][1].metrics["dice"].get("ground_truth_vs_clean")
@@ -227,7 +252,9 @@ def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path
     ax.set_title("3-D UNet: Dice per region under each attack (ε = 5 % of range)", fontsize=10)
     ax.legend(fontsize=8, ncol=3)
 
-    ax = fig.add_subplot(gs[1, 3:5])
+
+def _psnr_panel(ax, outcomes: list[tuple[str, AttackOutcome]]) -> None:
+    """Horizontal bars of each run's input PSNR."""
     tags = [t for t, _ in outcomes]
     ax.barh(tags, [o.metrics["image_quality"]["psnr"] for _, o in outcomes], color="tab:purple")
     ax.set_xlabel("input PSNR (dB, all channels)")
@@ -235,42 +262,38 @@ def make_demo_figure(outcomes: list[tuple[str, AttackOutcome]], path: str | Path
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=8)
 
-    if cxr is not None:
-        img = cxr.image.array[0]
-        ax = fig.add_subplot(gs[2, 0])
-        ax.imshow(img, cmap="gray")
-        ax.set_title("chest radiograph (clean)", fontsize=10)
-        ax.axis("off")
-        ax = fig.add_subplot(gs[2, 1])
-        ax.imshow(cxr.adversarial[0], cmap="gray")
-        ys, xs = np.nonzero(np.abs(cxr.perturbation[0]) > 0)
-        ax.scatter(xs, ys, s=40, facecolors="none", edgecolors="red", linewidths=1)
-        ax.set_title(f"DGDE adversarial: {len(xs)} pixels changed", fontsize=10)
-        ax.axis("off")
-        ax = fig.add_subplot(gs[2, 2])
-        names = list(cxr.metrics["probabilities"])
-        pc = [cxr.metrics["probabilities"][n]["clean"] for n in names]
-        pa = [cxr.metrics["probabilities"][n]["adversarial"] for n in names]
-        xs_ = np.arange(len(names))
-        ax.bar(xs_ - 0.2, pc, 0.4, label="clean", color="0.6")
-        ax.bar(xs_ + 0.2, pa, 0.4, label="DGDE", color="tab:red")
-        ax.axhline(0.5, color="k", lw=0.8, ls="--")
-        ax.set_xticks(xs_, names)
-        ax.set_ylim(0, 1)
-        ax.set_title("classifier probabilities", fontsize=10)
-        ax.legend(fontsize=8)
-        hist = cxr.result.extra.get("l0_history", [[]])[0]
-        if hist:
-            ax = fig.add_subplot(gs[2, 3:5])
-            ax.plot(np.arange(len(hist)), hist, marker=".")
-            if min(hist) > 0:
-                ax.set_yscale("log")
-            ax.set_xlabel("DGDE generation")
-            ax.set_ylabel("perturbed pixels (L0)")
-            ax.set_title("DGDE: L0 never increases", fontsize=10)
-    fig.suptitle("napari-medadv — adversarial attacks on the shipped phantoms and demo models", fontsize=13)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
-    return path
+
+def _radiograph_panels(fig, gs, cxr: AttackOutcome) -> None:
+    """Bottom row: the radiograph, DGDE's changed pixels, the probabilities, DGDE's L0 history."""
+    img = cxr.image.array[0]
+    ax = fig.add_subplot(gs[2, 0])
+    ax.imshow(img, cmap="gray")
+    ax.set_title("chest radiograph (clean)", fontsize=10)
+    ax.axis("off")
+    ax = fig.add_subplot(gs[2, 1])
+    ax.imshow(cxr.adversarial[0], cmap="gray")
+    ys, xs = np.nonzero(np.abs(cxr.perturbation[0]) > 0)
+    ax.scatter(xs, ys, s=40, facecolors="none", edgecolors="red", linewidths=1)
+    ax.set_title(f"DGDE adversarial: {len(xs)} pixels changed", fontsize=10)
+    ax.axis("off")
+    ax = fig.add_subplot(gs[2, 2])
+    names = list(cxr.metrics["probabilities"])
+    pc = [cxr.metrics["probabilities"][n]["clean"] for n in names]
+    pa = [cxr.metrics["probabilities"][n]["adversarial"] for n in names]
+    xs_ = np.arange(len(names))
+    ax.bar(xs_ - 0.2, pc, 0.4, label="clean", color="0.6")
+    ax.bar(xs_ + 0.2, pa, 0.4, label="DGDE", color="tab:red")
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks(xs_, names)
+    ax.set_ylim(0, 1)
+    ax.set_title("classifier probabilities", fontsize=10)
+    ax.legend(fontsize=8)
+    hist = cxr.result.extra.get("l0_history", [[]])[0]
+    if hist:
+        ax = fig.add_subplot(gs[2, 3:5])
+        ax.plot(np.arange(len(hist)), hist, marker=".")
+        if min(hist) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("DGDE generation")
+        ax.set_ylabel("perturbed pixels (L0)")
+        ax.set_title("DGDE: L0 never increases", fontsize=10)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .attacks import ATTACKS, FGSM
+from .pipeline import content_roi, model_input, resolve_target
 
 METRICS = ("psnr", "ssim")
 DEFAULT_TOL = {"psnr": 0.1, "ssim": 0.002}
@@ -161,89 +163,126 @@ def match_knob(
         raise ValueError(f"tol must be > 0, got {tol}")
     if int(max_evals) < 3:
         raise ValueError(f"max_evals must be >= 3, got {max_evals}")
-    unit = " dB" if metric == "psnr" else ""
-    cache: dict[float, tuple[float, torch.Tensor]] = {}
+    search = _Search(perturb, clean, target, metric, tol, max_evals, strict, source, knob, callback, should_stop)
+    return search.run(lo, hi)
 
-    def quality(k: float) -> float:
+
+class _Search:
+    """One run of :func:`match_knob`: the evaluations so far (``cache``: knob -> (quality,
+    images)) and the steps of the search over them."""
+
+    def __init__(self, perturb, clean, target: float, metric: str, tol: float, max_evals: int, strict: bool,
+                 source: str, knob: str, callback, should_stop):
+        self.perturb, self.clean, self.target, self.metric, self.tol = perturb, clean, target, metric, tol
+        self.max_evals, self.strict, self.source, self.knob = max_evals, strict, source, knob
+        self.callback, self.should_stop = callback, should_stop
+        self.unit = " dB" if metric == "psnr" else ""
+        self.name = source or "the source"
+        self.cache: dict[float, tuple[float, torch.Tensor]] = {}
+
+    def quality(self, k: float) -> float:
+        cache = self.cache
         if k not in cache:
-            if len(cache) >= max_evals:
+            if len(cache) >= self.max_evals:
                 raise _OutOfEvals()
-            if cache and should_stop is not None and should_stop():
+            if cache and self.should_stop is not None and self.should_stop():
                 raise _Cancelled()
-            img = perturb(k)
-            cache[k] = (image_quality(clean, img, metric), img)
-            if callback is not None:
-                callback(len(cache), k, cache[k][0])
+            img = self.perturb(k)
+            cache[k] = (image_quality(self.clean, img, self.metric), img)
+            if self.callback is not None:
+                self.callback(len(cache), k, cache[k][0])
         return cache[k][0]
 
-    def result(k: float, reached: bool, note: str = "", cancelled: bool = False) -> MatchResult:
-        if strict and not reached and not cancelled:  # a cancel is not an error
+    def result(self, k: float, reached: bool, note: str = "", cancelled: bool = False) -> MatchResult:
+        if self.strict and not reached and not cancelled:  # a cancel is not an error
             raise ValueError(note)
-        q, img = cache[k]
-        evals = [(kk, cache[kk][0]) for kk in cache]
-        return MatchResult(source, knob, k, metric, target, q, tol, reached, evals, note, cancelled,
-                           perturbed=img)
+        q, img = self.cache[k]
+        evals = [(kk, self.cache[kk][0]) for kk in self.cache]
+        return MatchResult(self.source, self.knob, k, self.metric, self.target, q, self.tol, reached, evals, note,
+                           cancelled, perturbed=img)
 
-    def closest(note: str, cancelled: bool = False) -> MatchResult:
+    def closest(self, note: str, cancelled: bool = False) -> MatchResult:
+        cache, target = self.cache, self.target
         k = min(cache, key=lambda kk: (abs(cache[kk][0] - target), kk))
-        return result(k, abs(cache[k][0] - target) <= tol, note, cancelled)
+        return self.result(k, abs(cache[k][0] - target) <= self.tol, note, cancelled)
 
-    name = source or "the source"
-    try:
-        q_hi = quality(hi)
+    def run(self, lo: float, hi: float) -> MatchResult:
+        try:
+            return self._search(lo, hi)
+        except _OutOfEvals:
+            return self.closest(f"stopped after {self.max_evals} evaluations without reaching {self.metric} "
+                                f"{self.target:g}{self.unit} within {self.tol:g}")
+        except _Cancelled:
+            return self.closest(f"cancelled after {len(self.cache)} evaluations", cancelled=True)
+
+    def _search(self, lo: float, hi: float) -> MatchResult:
+        """Check both ends, bracket the target, then Brent's method inside the bracket."""
+        target, tol, metric, knob, unit = self.target, self.tol, self.metric, self.knob, self.unit
+        q_hi = self.quality(hi)
         if abs(q_hi - target) <= tol:
-            return result(hi, True)
+            return self.result(hi, True)
         if q_hi > target:
-            return closest(f"{name} cannot reach {metric} {target:g}{unit}: {knob}={hi:g} (its maximum) "
-                           f"only gives {q_hi:.4g}{unit}")
-        q_lo = quality(lo)
+            return self.closest(f"{self.name} cannot reach {metric} {target:g}{unit}: {knob}={hi:g} (its maximum) "
+                                f"only gives {q_hi:.4g}{unit}")
+        q_lo = self.quality(lo)
         if abs(q_lo - target) <= tol:
-            return result(lo, True)
+            return self.result(lo, True)
         if q_lo < target:
-            return closest(f"{name} is already below {metric} {target:g}{unit} at {knob}={lo:g} "
-                           f"({q_lo:.4g}{unit})")
+            return self.closest(f"{self.name} is already below {metric} {target:g}{unit} at {knob}={lo:g} "
+                                f"({q_lo:.4g}{unit})")
         # bracket [a, b]: quality(a) > target > quality(b), quality(a) finite
         a, b = lo, hi
         if not math.isfinite(q_lo):  # identical images at lo (PSNR inf): step down from hi
-            k = hi
-            while True:
-                k = lo + (k - lo) / 4.0
-                if k - lo <= (hi - lo) * 1e-9:
-                    return closest(f"{metric} {target:g}{unit} needs {knob} below {b:g}, beyond the "
-                                   "search resolution")
-                qk = quality(k)
-                if abs(qk - target) <= tol:
-                    return result(k, True)
-                if qk < target:
-                    b = k
-                elif math.isfinite(qk):
-                    a = k
-                    break
+            found = self._bracket_below(lo, hi)
+            if isinstance(found, MatchResult):
+                return found
+            a, b = found
+        return self._brent(a, b)
+
+    def _bracket_below(self, lo: float, hi: float) -> tuple[float, float] | MatchResult:
+        """Step geometrically down from ``hi`` towards ``lo`` until the quality is finite and above
+        the target: the bracket ``(a, b)``, or the result when a step hits the target or the
+        steps fall below the search resolution."""
+        a, b = lo, hi
+        k = hi
+        while True:
+            k = lo + (k - lo) / 4.0
+            if k - lo <= (hi - lo) * 1e-9:
+                return self.closest(f"{self.metric} {self.target:g}{self.unit} needs {self.knob} below {b:g}, "
+                                    "beyond the search resolution")
+            qk = self.quality(k)
+            if abs(qk - self.target) <= self.tol:
+                return self.result(k, True)
+            if qk < self.target:
+                b = k
+            elif math.isfinite(qk):
+                a = k
+                return a, b
+
+    def _brent(self, a: float, b: float) -> MatchResult:
+        """Brent's method on the quality as a function of ``log(knob)`` in ``[a, b]``; stops at the
+        first value within the tolerance."""
         use_log = a > 0  # PSNR is close to linear in log(knob) for additive perturbations
 
         def g(t: float) -> float:
             k = min(max(math.exp(t) if use_log else t, a), b)
-            v = quality(k) - target
-            if abs(v) <= tol:
+            v = self.quality(k) - self.target
+            if abs(v) <= self.tol:
                 raise _Found(k)
             return v
 
-        from scipy.optimize import brentq
+        from scipy.optimize import brentq  # scipy.optimize: only when a search gets this far
 
         ta, tb = (math.log(a), math.log(b)) if use_log else (a, b)
         try:
-            brentq(g, ta, tb, xtol=1e-12, rtol=4 * np.finfo(float).eps, maxiter=max_evals)
+            brentq(g, ta, tb, xtol=1e-12, rtol=4 * np.finfo(float).eps, maxiter=self.max_evals)
         except _Found as found:
-            return result(found.knob, True)
+            return self.result(found.knob, True)
         except RuntimeError:  # brentq's own iteration limit
             pass
-        return closest(f"no {knob} within {tol:g}{unit} of {metric} {target:g}{unit}: the quality "
-                       "jumps over the target (a step-wise source) or is not monotone in the knob")
-    except _OutOfEvals:
-        return closest(f"stopped after {max_evals} evaluations without reaching {metric} "
-                       f"{target:g}{unit} within {tol:g}")
-    except _Cancelled:
-        return closest(f"cancelled after {len(cache)} evaluations", cancelled=True)
+        return self.closest(f"no {self.knob} within {self.tol:g}{self.unit} of {self.metric} {self.target:g}"
+                            f"{self.unit}: the quality jumps over the target (a step-wise source) or is not "
+                            "monotone in the knob")
 
 
 # --------------------------------------------------------------------------- registered sources
@@ -251,8 +290,6 @@ def match_knob(
 
 def knob_for(source: str) -> str:
     """The scalar knob of a registered source: ``severity`` (artifacts) or ``eps`` (attacks)."""
-    from .attacks import ATTACKS
-
     spec = ATTACKS.get_spec(source)
     names = {p.name for p in spec.params}
     for k in KNOBS:
@@ -263,8 +300,6 @@ def knob_for(source: str) -> str:
 
 def knob_bounds(source: str) -> tuple[float, float]:
     """``(min, max)`` of the source's knob as declared in the registry."""
-    from .attacks import ATTACKS
-
     k = knob_for(source)
     p = next(p for p in ATTACKS.get_spec(source).params if p.name == k)
     return (0.0 if p.min is None else float(p.min), 1.0 if p.max is None else float(p.max))
@@ -279,8 +314,6 @@ def perturb_function(source: str, model: torch.nn.Module, images: torch.Tensor, 
     other sources are rerun per knob value with the same seed. ``attack_kwargs`` (``seed``,
     ``roi``, ``data_range``, ``activation``, ``spacing``, ...) go to the source as given.
     """
-    from .attacks import ATTACKS, FGSM
-
     spec = ATTACKS.get_spec(source)
     knob = knob_for(source)
     params = dict(params or {})
@@ -368,8 +401,6 @@ def match_for_image(
     activation), so ``run_attack(image, model, source, params=m.params, labels=labels,
     target=target, roi=roi, seed=seed)`` reproduces ``m.achieved`` in its ``metrics.json``.
     """
-    from .pipeline import content_roi, model_input, resolve_target
-
     if isinstance(roi, str):
         if roi != "auto":
             raise ValueError(f"roi must be a mask, 'auto' or None, got {roi!r}")

@@ -70,18 +70,18 @@ def make_small_cases(root, names=("glioma_001", "glioma_002", "glioma_003"), siz
     """Shipped glioma cases cropped to ``size``^3 around the tumour (BraTS folders under ``root``)."""
     import numpy as np
 
-    from napari_medadv.core import phantoms
-    from napari_medadv.core.paths import sample_data_dir
+    from napari_medadv.core.data.glioma import read_brats_case, write_brats_case
+    from napari_medadv.core.data.paths import sample_data_dir
 
     src = sample_data_dir() / "glioma"
     for cid in names:
-        channels, seg, affine = phantoms.read_brats_case(src / cid, cid)
+        channels, seg, affine = read_brats_case(src / cid, cid)
         c = np.round(np.argwhere(seg > 0).mean(0)).astype(int)
         lo = [int(np.clip(c[i] - size // 2, 0, seg.shape[i] - size)) for i in range(3)]
         sl = tuple(slice(lo[i], lo[i] + size) for i in range(3))
         aff = affine.copy()
         aff[:3, 3] = affine[:3, :3] @ np.array(lo) + affine[:3, 3]
-        phantoms.write_brats_case(root / cid, cid, {k: v[sl] for k, v in channels.items()}, seg[sl], aff)
+        write_brats_case(root / cid, cid, {k: v[sl] for k, v in channels.items()}, seg[sl], aff)
     return root
 
 

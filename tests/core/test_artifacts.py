@@ -13,9 +13,9 @@ from torch import nn
 
 from napari_medadv.core import metrics as M
 from napari_medadv.core.attacks import ARTIFACTS, ATTACKS, MRBlur
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
 from napari_medadv.core.matching import image_quality
-from napari_medadv.core.paths import sample_data_dir
 
 NAMES = [c.name for c in ARTIFACTS]
 CASE = sample_data_dir() / "glioma" / "glioma_001"

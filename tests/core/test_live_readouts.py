@@ -14,7 +14,7 @@ from napari_medadv.core.io import Geometry, ImageData, read_image
 from napari_medadv.core.live import LiveEps
 from napari_medadv.core.models import load_model
 from napari_medadv.core.models.base import channel_argmax, small_labels
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.pipeline import image_quality_per_channel, outcome_metrics
 from napari_medadv.core.readouts import DiceTable, computed_quality
 

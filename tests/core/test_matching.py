@@ -15,7 +15,7 @@ from napari_medadv.core.attacks import ATTACKS, FGSM
 from napari_medadv.core.matching import (
     image_quality, knob_bounds, knob_for, match_knob, match_quality,
 )
-from napari_medadv.core.paths import sample_data_dir
+from napari_medadv.core.data.paths import sample_data_dir
 
 CASE = sample_data_dir() / "glioma" / "glioma_001"
 

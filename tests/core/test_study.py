@@ -20,7 +20,7 @@ from napari_medadv.core import study as ST  # noqa: E402
 from napari_medadv.core.study import stats as S  # noqa: E402
 from napari_medadv.core.study.cases import _evaluate  # noqa: E402
 from napari_medadv.core.errors import InputFileError, MedadvError  # noqa: E402
-from napari_medadv.core.paths import sample_data_dir  # noqa: E402
+from napari_medadv.core.data.paths import sample_data_dir  # noqa: E402
 
 GRID = [{"attack": "fgsm", "eps": [0.02, 0.08]}, {"attack": "ifgsm", "eps": [0.02, 0.08], "steps": 3}]
 SIZE = 24

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import Geometry, read_image
-from napari_medadv.core.paths import sample_data_dir
 
 
 def crop(image, start, size):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
-from napari_medadv.core.paths import sample_data_dir
 
 pytestmark = pytest.mark.gui
 

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..intensity import DataRangeSpec, IntensityRange, compute_range
-from ..losses import LossFn, make_loss
+from ..losses import LossFn, class_indices, make_loss
+from ..metrics import foreground_dice, psnr_channels
 
 StepCallback = Callable[["AttackStep"], Any]
 StopCheck = Callable[[], bool]
@@ -407,8 +408,6 @@ class Attack:
         """PSNR of the iterate and hard Dice of its prediction vs the reference (if tracked)."""
         if not self.track_metrics:
             return {}
-        from ..metrics import foreground_dice, psnr_channels
-
         # the same image-level PSNR as metrics.json (each channel on its own range)
         m = {"psnr": float(np.mean([psnr_channels(ctx.x[i], adv[i]) for i in range(adv.shape[0])]))}
         ref = ctx.reference(output)
@@ -517,8 +516,6 @@ def _sums_to_one(p: torch.Tensor) -> bool:
 
 
 def _validate_labels_against_output(labels: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    from ..losses import class_indices
-
     if labels.is_floating_point() and labels.shape == output.shape:
         return labels.to(output.dtype)
     return class_indices(labels, output)
@@ -533,8 +530,6 @@ def _target_tensor(target, output: torch.Tensor) -> torch.Tensor:
     * a float vector ``K`` / ``B K`` (or float map shaped like the output): soft/multi-hot
       targets, e.g. Ghamizi's inverse co-occurrence row.
     """
-    from ..losses import class_indices
-
     b, k = output.shape[:2]
     spatial = output.shape[2:]
     if isinstance(target, (int, np.integer)):

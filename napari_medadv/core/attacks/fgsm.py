@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, AttackStep, Param, _Context, model_device
+from .base import Attack, AttackStep, Param, _Context, eval_mode, model_device
 
 
 class FGSM(Attack):
@@ -90,8 +90,6 @@ class FGSM(Attack):
     def predict_at_eps(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(adversarial, model output)`` for a new ε: exactly one forward pass."""
         adv = self.at_eps(eps)
-        from .base import eval_mode
-
         with eval_mode(self.model):
             out = self.model(adv)
         return adv, out

@@ -293,6 +293,37 @@ def _bundle_info(root: Path, metadata: dict, config: dict, medadv: dict | None) 
     d: dict[str, Any] = {}
     extra: dict[str, Any] = {"source": "bundle"}
     notes: list[str] = []
+    out_shape = _bundle_input_fields(d, extra, image, pred, config)
+    _bundle_output_fields(d, pred, out_shape, config)
+    _bundle_preprocessing_fields(d, extra, notes, config, medadv)
+    if metadata.get("name") or metadata.get("task"):
+        d["description"] = str(metadata.get("name") or metadata.get("task"))
+    if notes:
+        d["description"] = "; ".join(filter(None, [d.get("description", "")] + notes))
+    d["extra"] = extra
+
+    if medadv:
+        ex = medadv.get("extra")
+        d.update(medadv)
+        if isinstance(ex, Mapping):
+            d["extra"] = {**extra, **ex}
+    need = [k for k in ("task", "spatial_dims", "in_channels", "output") if k not in d]
+    if need:
+        raise ModelError(
+            f"{root}: cannot tell {', '.join(need)} from {meta_path.relative_to(root)} network_data_format "
+            + (f"(outputs.pred format {pred.get('format')!r}, channel_def {pred.get('channel_def')!r}); "
+               if fmt else "(it has none); ")
+            + f"write configs/medadv.json giving them — {_SIDECAR_HINT}"
+        )
+    try:
+        return ModelInfo.from_dict(d)
+    except (TypeError, ModelError) as exc:
+        raise ModelError(f"{root}: bundle metadata does not make a valid model description: {exc}") from None
+
+
+def _bundle_input_fields(d: dict, extra: dict, image: Mapping, pred: Mapping, config: dict) -> list[int] | None:
+    """Channels, spatial dims, size multiple, channel names and ROI of the bundle's input into
+    ``d`` (and ``extra``); returns the output's fixed spatial shape, if any."""
     if isinstance(image.get("num_channels"), int):
         d["in_channels"] = image["num_channels"]
     in_shape, in_mult = _int_shape(image.get("spatial_shape"))
@@ -318,8 +349,12 @@ def _bundle_info(root: Path, metadata: dict, config: dict, medadv: dict | None) 
     if roi is not None and (d.get("spatial_dims") in (None, len(roi))):
         d["roi_size"] = roi
         d.setdefault("spatial_dims", len(roi))
+    return out_shape
 
-    # task and output
+
+def _bundle_output_fields(d: dict, pred: Mapping, out_shape: list[int] | None, config: dict) -> None:
+    """Task and output kind (softmax labels, sigmoid regions, class names) into ``d``, from the
+    output's format and channel names and the postprocessing's activation."""
     pred_format = str(pred.get("format", "")).lower()
     pred_type = str(pred.get("type", "")).lower()
     out_names = _ordered_channel_names(pred.get("channel_def"))
@@ -347,7 +382,11 @@ def _bundle_info(root: Path, metadata: dict, config: dict, medadv: dict | None) 
             d["class_names"] = out_names
         if activation is not None:  # otherwise ambiguous (the network may apply it itself): medadv.json
             d["output"] = activation
-    # normalisation and spacing from the preprocessing transforms
+
+
+def _bundle_preprocessing_fields(d: dict, extra: dict, notes: list[str], config: dict, medadv: dict | None) -> None:
+    """Normalisation and spacing into ``d`` from the preprocessing transforms (where the
+    normalisation came from into ``extra``; a note when it is unknown)."""
     pre = _transforms(config.get("preprocessing"))
     norm = _normalization_from_preprocessing(pre, d.get("in_channels", 1))
     if norm is not None:
@@ -363,29 +402,6 @@ def _bundle_info(root: Path, metadata: dict, config: dict, medadv: dict | None) 
             pix = t.get("pixdim")
             if isinstance(pix, list) and all(_num(p) for p in pix) and len(pix) == d.get("spatial_dims"):
                 d["spacing"] = [float(p) for p in pix]
-    if metadata.get("name") or metadata.get("task"):
-        d["description"] = str(metadata.get("name") or metadata.get("task"))
-    if notes:
-        d["description"] = "; ".join(filter(None, [d.get("description", "")] + notes))
-    d["extra"] = extra
-
-    if medadv:
-        ex = medadv.get("extra")
-        d.update(medadv)
-        if isinstance(ex, Mapping):
-            d["extra"] = {**extra, **ex}
-    need = [k for k in ("task", "spatial_dims", "in_channels", "output") if k not in d]
-    if need:
-        raise ModelError(
-            f"{root}: cannot tell {', '.join(need)} from {meta_path.relative_to(root)} network_data_format "
-            + (f"(outputs.pred format {pred.get('format')!r}, channel_def {pred.get('channel_def')!r}); "
-               if fmt else "(it has none); ")
-            + f"write configs/medadv.json giving them — {_SIDECAR_HINT}"
-        )
-    try:
-        return ModelInfo.from_dict(d)
-    except (TypeError, ModelError) as exc:
-        raise ModelError(f"{root}: bundle metadata does not make a valid model description: {exc}") from None
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.paths import demo_models_dir
 from ..errors import ModelError
-from ..paths import demo_models_dir
 from .base import ModelInfo, file_checksum
 from .registry import register_scheme
 
@@ -81,7 +81,7 @@ DEMO_MODELS = {
     "unet3d": "3-D UNet (MONAI) on 4-channel glioma phantoms — labels 0/1/2/4",
     "unet2d": "2-D UNet (MONAI) applied slice by slice to 4-channel glioma phantoms",
     "cxr": "chest-radiograph multi-label classifier (small MONAI DenseNet): nodule, opacity",
-    # defended variants of unet3d (napari_medadv.core.defenses; `medadv train demo-unet3d --defense ...`)
+    # defended variants of unet3d (napari_medadv.core.training.defenses; `medadv train demo-unet3d --defense ...`)
     "unet3d-distill": "3-D UNet, defensive distillation (Liu et al. 2021, eq. 7)",
     "unet3d-adv": "3-D UNet, FGSM adversarial training (Liu et al. 2021, eq. 9)",
     "unet3d-noise": "3-D UNet, uniform L-inf noise augmentation (baseline defense)",

@@ -14,7 +14,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from .. import phantoms
+from ..data import cxr, glioma
+from ..data.seeds import TRAIN_SEED_START
 from ..errors import InputFileError, MedadvError
 from ..files import atomic_write
 from ..io.nifti import find_brats_files
@@ -60,10 +61,10 @@ def parse_phantom_spec(spec: str) -> tuple[str, list[int]]:
                 seeds.append(int(chunk))
     except ValueError:
         raise MedadvError(f"phantom dataset {spec!r}: seeds must be integers like 5-24 or 1,2,7") from None
-    bad = [s for s in seeds if s < 1 or s >= phantoms.TRAIN_SEED_START]
+    bad = [s for s in seeds if s < 1 or s >= TRAIN_SEED_START]
     if bad or not seeds:
-        raise MedadvError(f"phantom dataset {spec!r}: held-out seeds must lie in 1..{phantoms.TRAIN_SEED_START - 1} "
-                          f"(seeds >= {phantoms.TRAIN_SEED_START} are the demo models' training cases)")
+        raise MedadvError(f"phantom dataset {spec!r}: held-out seeds must lie in 1..{TRAIN_SEED_START - 1} "
+                          f"(seeds >= {TRAIN_SEED_START} are the demo models' training cases)")
     return parts[1], sorted(set(seeds))
 
 
@@ -79,8 +80,8 @@ def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], Non
             if dest.is_dir():
                 continue
             tmp = Path(tempfile.mkdtemp(prefix=f".{cid}.", dir=folder))
-            channels, seg, affine = phantoms.make_glioma_case(s)
-            phantoms.write_brats_case(tmp, cid, channels, seg, affine)
+            channels, seg, affine = glioma.make_glioma_case(s)
+            glioma.write_brats_case(tmp, cid, channels, seg, affine)
             os.chmod(tmp, 0o755)
             os.replace(tmp, dest)
             if log:
@@ -88,13 +89,13 @@ def materialize_phantoms(spec: str, folder: str | Path, log: Callable[[str], Non
         return folder
     rows = []
     for s in seeds:
-        img, labels = phantoms.make_cxr_case(s)
+        img, labels = cxr.make_cxr_case(s)
         name = f"case_{s:03d}.png"
         if not (folder / name).is_file():
             arr = np.clip(np.round(np.asarray(img, dtype=np.float64) * 65535), 0, 65535).astype(np.uint16)
             atomic_write(folder / name, lambda f, a=arr: iio.imwrite(f, a, extension=".png"))
-        rows.append([name] + [int(labels[f]) for f in phantoms.CXR_FINDINGS])
-    text = "file," + ",".join(phantoms.CXR_FINDINGS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+        rows.append([name] + [int(labels[f]) for f in cxr.CXR_FINDINGS])
+    text = "file," + ",".join(cxr.CXR_FINDINGS) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
     atomic_write(folder / "labels.csv", lambda f: Path(f).write_text(text))
     return folder
 

@@ -21,7 +21,7 @@ from torch import nn
 from napari_medadv.core.errors import ModelError
 
 # registry._ensure_loaders() skips importing its loader modules once *any* scheme is registered, so
-# whichever of adapters/demo is imported first (training.py imports demo) hides the other: import both.
+# whichever of adapters/demo is imported first (the training package imports demo) hides the other: import both.
 from napari_medadv.core.models import adapters, demo, known_schemes, load_model  # noqa: F401
 from napari_medadv.core.models.base import ModelInfo, Normalize, file_checksum
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
 from napari_medadv.core.metrics import dice_regions
 from napari_medadv.core.models import load_model
-from napari_medadv.core.paths import sample_data_dir
 from napari_medadv.core.training import train_demo
 
 SD = sample_data_dir()

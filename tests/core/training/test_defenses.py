@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medadv.core import defenses as D
 from napari_medadv.core.errors import MedadvError
 from napari_medadv.core.losses import DistillationDiceLoss
+from napari_medadv.core.training import defenses as D
 
 
 def test_distillation_dice_hand_computed():

@@ -47,12 +47,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MedadvError
-from .files import atomic_write, write_json
-from .models.base import ModelInfo, NativeInputModel
-from .models.demo import build_architecture, demo_paths
-
-Log = Callable[[str], None]
+from ..data.seeds import GLIOMA_HELDOUT_SEEDS
+from ..errors import MedadvError
+from ..intensity import compute_range
+from ..losses import DistillationDiceLoss
+from ..models import load_model
+from ..models.base import ModelInfo, NativeInputModel
+from ..models.demo import build_architecture
+from .demo import DEMO_CONFIGS, glioma_arrays, training_seeds, write_trained
+from .loop import Log, evaluate_glioma, fit, segmentation_batches
 
 DEFENSES = ("distill", "adversarial", "noise")
 #: file/model-name suffix of each defense: ``demo:unet3d-adv`` ...
@@ -83,8 +86,6 @@ def fgsm_examples(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch
     given; then no extra forward pass is needed. Only the input gradient is taken
     (``torch.autograd.grad``), so no parameter ``.grad`` accumulates.
     """
-    from .intensity import compute_range
-
     if loss_clean is None:
         x = x.detach().requires_grad_(True)
         loss_clean = loss_fn(model(x), y)
@@ -107,8 +108,6 @@ def adversarial_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
 
 def uniform_noise(x: torch.Tensor, radius: float, generator: torch.Generator) -> torch.Tensor:
     """``x + U(−r, r)·range`` per channel, on the non-zero support, clamped to the range."""
-    from .intensity import compute_range
-
     rng = compute_range(x)
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2.0 - 1.0
     return rng.clamp(x + u * rng.eps_native(radius) * _support(x))
@@ -145,21 +144,64 @@ def train_defended(
     phantoms (tests use a few small cases); ``evaluate=False`` skips the held-out Dice.
     Returns the training record.
     """
-    from . import phantoms
-    from .training import DEMO_CONFIGS, _fit, evaluate_glioma, glioma_arrays, segmentation_batches
-
     name = defended_name(base, defense)
+    cfg = _base_config(base)
+    if teacher_temperature is None:
+        teacher_temperature = temperature
+    _check_hyperparameters(temperature, eps, beta, radius, teacher_temperature)
+    tr = _training_settings(cfg, n_cases, epochs, lr)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    noise_gen = torch.Generator().manual_seed(seed + 1)
+    info = _defended_info(cfg, name, defense, dict(temperature=temperature, eps=eps, beta=beta, radius=radius))
+    net = _network(cfg, base, init)
+    model = NativeInputModel(net, info, sliding_window=False)
+    t0 = time.perf_counter()
+    seeds = training_seeds(seed, tr["n_cases"])
+    if data is None:
+        data = [glioma_arrays(s) for s in seeds]
+        log(f"generated {len(data)} training phantoms in {time.perf_counter() - t0:.0f} s")
+    else:
+        seeds = []
+    params, steps, batches, loss_of = _objective(
+        defense, model, data, tr, rng, noise_gen, temperature=temperature, eps=eps, beta=beta, radius=radius,
+        teacher=teacher, teacher_temperature=teacher_temperature)
+    log(f"training {name}: {defense} {params}")
+    fit(model, tr, steps, batches, loss_of, log)
+    model.eval()
+    heldout = evaluate_glioma(model, [glioma_arrays(s) for s in GLIOMA_HELDOUT_SEEDS]) if evaluate else {}
+    elapsed = time.perf_counter() - t0
+    log(f"held-out: {heldout}  ({elapsed:.0f} s in all)")
+    record = {
+        "defense": defense, **params, "init": init, "seed": seed,
+        "training_seeds": [seeds[0], seeds[-1]] if seeds else None,
+        **tr, "seconds": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": platform.machine(), "heldout": heldout,
+        "command": _command(base, defense, params, seed, tr, init),
+    }
+    return write_trained(name, out_dir, net, cfg, info, record)
+
+
+def _base_config(base: str) -> dict:
+    """A deep copy of the demo configuration of ``base``, which must be the 3-D segmentation UNet."""
     cfg = json.loads(json.dumps(DEMO_CONFIGS.get(base, {})))
     if not cfg or cfg["info"]["task"] != "segmentation" or cfg["arch"] != "monai.UNet":
         raise MedadvError(f"defenses are implemented for the 3-D segmentation demo model (unet3d), not {base!r}")
-    if teacher_temperature is None:
-        teacher_temperature = temperature
+    return cfg
+
+
+def _check_hyperparameters(temperature: float, eps: float, beta: float, radius: float,
+                           teacher_temperature: float) -> None:
     for label, v, lo in (("temperature", temperature, 0.0), ("eps", eps, 0.0), ("radius", radius, 0.0),
                          ("teacher_temperature", teacher_temperature, 0.0)):
         if not (np.isfinite(v) and v > lo):
             raise MedadvError(f"{label} must be > 0, got {v}")
     if not 0.0 <= beta <= 1.0:
         raise MedadvError(f"beta (weight of the adversarial loss) must be in [0, 1], got {beta}")
+
+
+def _training_settings(cfg: dict, n_cases: int | None, epochs: int | None, lr: float | None) -> dict:
+    """The base model's training settings (``cfg["train"]``, updated in place) with the overrides."""
     tr = cfg["train"]
     if n_cases is not None:
         tr["n_cases"] = int(n_cases)
@@ -169,18 +211,20 @@ def train_defended(
         if not (np.isfinite(lr) and lr > 0):
             raise MedadvError(f"the learning rate must be > 0, got {lr}")
         tr["lr"] = float(lr)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    noise_gen = torch.Generator().manual_seed(seed + 1)
+    return tr
+
+
+def _defended_info(cfg: dict, name: str, defense: str, values: dict) -> ModelInfo:
     info_d = dict(cfg["info"])
     info_d["name"] = f"demo:{name}"
-    info_d["description"] = (f"{cfg['info']['description']}; defense: "
-                             f"{_describe(defense, dict(temperature=temperature, eps=eps, beta=beta, radius=radius))}")
-    info = ModelInfo.from_dict(info_d)
+    info_d["description"] = f"{cfg['info']['description']}; defense: {_describe(defense, values)}"
+    return ModelInfo.from_dict(info_d)
+
+
+def _network(cfg: dict, base: str, init: str | None) -> nn.Module:
+    """A fresh network of the base architecture, or one holding the weights of model ``init``."""
     net = build_architecture(cfg["arch"], cfg["arch_kwargs"])
     if init is not None:
-        from .models import load_model
-
         start = load_model(init, device="cpu", sliding_window=False).module.net
         try:
             net.load_state_dict(start.state_dict())
@@ -189,23 +233,19 @@ def train_defended(
                               f"({str(exc).splitlines()[0]})") from None
     for prm in net.parameters():
         prm.requires_grad_(True)
-    model = NativeInputModel(net, info, sliding_window=False)
-    t0 = time.perf_counter()
-    seeds = [phantoms.TRAIN_SEED_START + seed * 10_000 + i for i in range(tr["n_cases"])]
-    if data is None:
-        data = [glioma_arrays(s) for s in seeds]
-        log(f"generated {len(data)} training phantoms in {time.perf_counter() - t0:.0f} s")
-    else:
-        seeds = []
-    from monai.losses import DiceCELoss
+    return net
+
+
+def _objective(defense: str, model: nn.Module, data: list, tr: dict, rng: np.random.Generator,
+               noise_gen: torch.Generator, *, temperature: float, eps: float, beta: float, radius: float,
+               teacher: str, teacher_temperature: float) -> tuple[dict, int, Callable, Callable]:
+    """What :func:`~.loop.fit` trains ``model`` with under ``defense``: ``(recorded parameters,
+    steps per epoch, batches of an epoch, loss of a batch)``."""
+    from monai.losses import DiceCELoss  # monai takes seconds to import: only when training
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     steps = max(1, len(data) // tr["batch"])
-    params: dict = {}
     if defense == "distill":
-        from .losses import DistillationDiceLoss
-        from .models import load_model
-
         teacher_model = load_model(teacher, device="cpu", sliding_window=False).module
         teacher_model.eval()
         distill = DistillationDiceLoss(temperature)
@@ -242,25 +282,7 @@ def train_defended(
 
     else:
         raise MedadvError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}")
-    log(f"training {name}: {defense} {params}")
-    _fit(model, tr, steps, batches, loss_of, log)
-    model.eval()
-    heldout = evaluate_glioma(model, [glioma_arrays(s) for s in phantoms.GLIOMA_HELDOUT_SEEDS]) if evaluate else {}
-    elapsed = time.perf_counter() - t0
-    log(f"held-out: {heldout}  ({elapsed:.0f} s in all)")
-    record = {
-        "defense": defense, **params, "init": init, "seed": seed, "training_seeds": [seeds[0], seeds[-1]] if seeds else None,
-        **tr, "seconds": round(elapsed, 1), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.machine(), "heldout": heldout,
-        "command": _command(base, defense, params, seed, tr, init),
-    }
-    meta = {"arch": cfg["arch"], "arch_kwargs": cfg["arch_kwargs"], "info": info.to_dict(), "training": record}
-    out = Path(out_dir) if out_dir is not None else Path(".")
-    out.mkdir(parents=True, exist_ok=True)
-    pt, js = demo_paths(name, out)
-    atomic_write(pt, lambda f: torch.save(net.state_dict(), f))
-    write_json(js, meta)
-    return {"weights": str(pt), "metadata": str(js), **record}
+    return params, steps, batches, loss_of
 
 
 def _describe(defense: str, v: dict) -> str:
