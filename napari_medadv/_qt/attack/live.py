@@ -52,6 +52,8 @@ class LivePreview:
         self._job: Job | None = None
         self._t0: dict[float, float] = {}
         self.last_latency: float | None = None  # slider move -> its images on screen, seconds
+        self.last_readouts_latency: float | None = None  # slider move -> readouts (not SSIM) shown
+        self.last_ssim_latency: float | None = None  # slider move -> SSIM shown
 
         self.debounce = QTimer(parent)
         self.debounce.setSingleShot(True)
@@ -153,7 +155,7 @@ class LivePreview:
             self.last_latency = time.perf_counter() - t0
         shown = Shown(src, outcome, live=True, roi=live.roi)
         self.session.set_shown(shown)
-        self.metrics.submit((shown, live))
+        self.metrics.submit((shown, live, t0))
 
     def _error(self, exc) -> None:
         report_error(exc, "live ε")
@@ -161,23 +163,27 @@ class LivePreview:
 
     @staticmethod
     def _metrics_compute(job):
-        shown, live = job
+        shown, live, _ = job
         live.readouts(shown.outcome)  # everything but SSIM: Dice from bincounts, analytic PSNR/norms
         return shown
 
     def _metrics_show(self, job, shown) -> None:
         if self.session.shown is shown:
             self.session.metrics_changed.emit(shown)
+            if job[2] is not None:
+                self.last_readouts_latency = time.perf_counter() - job[2]
             self._say(f"live ε = {100 * shown.outcome.result.eps:.1f} % on {shown.source.case} — "
                       f"{headline(shown.outcome)}")
             self.ssim.submit(job)
 
     @staticmethod
     def _ssim_compute(job):
-        shown, live = job
+        shown, live, _ = job
         live.add_ssim(shown.outcome)
         return shown
 
     def _ssim_show(self, job, shown) -> None:
         if self.session.shown is shown:
             self.session.metrics_changed.emit(shown)
+            if job[2] is not None:
+                self.last_ssim_latency = time.perf_counter() - job[2]
