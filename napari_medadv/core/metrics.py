@@ -84,6 +84,40 @@ def foreground_dice(pred, ref) -> float:
     return _dice_masks([p], [r])[0]
 
 
+def foreground_dice_fast(pred: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """:func:`foreground_dice` per sample of ``B *spatial`` tensors, by counting on their device.
+
+    Written out (the Dice of two masks is three counts) because MONAI's ``compute_dice`` wants
+    float one-hot channels: the per-iteration tracking of an attack calls this at every step on
+    full volumes. 1 when both are empty, as ``compute_dice(ignore_empty=False)``; tested equal.
+    """
+    p = (pred != 0).flatten(1)
+    r = (ref != 0).flatten(1)
+    inter = (p & r).sum(1).double()
+    denom = (p.sum(1) + r.sum(1)).double()
+    dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+    return dice.cpu().tolist()
+
+
+def channel_argmax(output: torch.Tensor) -> torch.Tensor:
+    """``output.argmax(1)`` as ``uint8`` (first maximum on ties, as torch's), for up to 255 channels.
+
+    Written out because torch's arg-max over a non-last axis of few channels is slow on CPU (1.7 s
+    for a 4×240×240×155 output on 2 cores, against 0.15 s for these K - 1 comparisons); more
+    channels, or outputs with NaN, take torch's.
+    """
+    k = int(output.shape[1])
+    if k > 255 or output.is_cuda or bool(torch.isnan(output).any()):
+        return output.argmax(1).to(torch.uint8 if k <= 255 else torch.int64)
+    best = output[:, 0]
+    idx = torch.zeros(best.shape, dtype=torch.uint8, device=output.device)
+    for c in range(1, k):
+        cur = output[:, c]
+        idx.masked_fill_(cur > best, c)
+        best = torch.maximum(best, cur)
+    return idx
+
+
 # --------------------------------------------------------------------------- image quality
 
 
@@ -130,6 +164,15 @@ def psnr_channels(clean, perturbed) -> float:
         nmse.append(float(np.mean((c[ch] - p[ch]) ** 2)) / rng ** 2)
     mse = float(np.mean(nmse))
     return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+
+
+def psnr_channels_fast(clean: torch.Tensor, perturbed: torch.Tensor, ranges: torch.Tensor) -> list[float]:
+    """:func:`psnr_channels` per sample of ``B C *spatial`` tensors on their device (float32 passes,
+    float64 sums); ``ranges``: each sample's and channel's clean max - min, ``B C``."""
+    d = (perturbed.detach().float() - clean.detach().float()).flatten(2)
+    mse = d.square().sum(2, dtype=torch.float64) / d.shape[2]  # B C
+    nmse = (mse / ranges.to(mse.device, torch.float64) ** 2).mean(1)
+    return [float("inf") if v == 0 else float(10.0 * np.log10(1.0 / v)) for v in nmse.cpu().tolist()]
 
 
 def ssim(clean, perturbed, data_range: float | None = None, spatial_dims: int | None = None) -> float:

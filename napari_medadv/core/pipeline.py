@@ -264,7 +264,8 @@ def iter_attack(
     finally:
         steps.close()
     seconds = time.perf_counter() - t0
-    adv_out = model.forward(result.adversarial)
+    # the attack's own final forward when it ran one (per-iteration tracking): not a second one
+    adv_out = result.output if result.output is not None else model.forward(result.adversarial)
     outcome = AttackOutcome(
         image=image, model=model, attack=attack, params=atk.get_params(), seed=seed,
         adversarial=result.adversarial[0].detach().cpu().numpy().astype(np.float32),
@@ -272,8 +273,8 @@ def iter_attack(
         labels=None if labels is None else np.asarray(labels), channel_mapping=mapping, seconds=seconds,
     )
     if model.info.task == "segmentation":
-        outcome.seg_clean = model.to_label_map(clean_out)[0].astype(np.int16)
-        outcome.seg_adv = model.to_label_map(adv_out)[0].astype(np.int16)
+        outcome.seg_clean = model.to_label_map(clean_out)[0]
+        outcome.seg_adv = model.to_label_map(adv_out)[0]
     else:
         outcome.probs_clean = model.probabilities(clean_out)[0].cpu().numpy()
         outcome.probs_adv = model.probabilities(adv_out)[0].cpu().numpy()

@@ -13,7 +13,8 @@ from napari_medadv.core.brats import BRATS_REGIONS
 from napari_medadv.core.io import Geometry, ImageData, read_image
 from napari_medadv.core.live import LiveEps
 from napari_medadv.core.models import load_model
-from napari_medadv.core.models.base import channel_argmax, small_labels
+from napari_medadv.core.metrics import channel_argmax
+from napari_medadv.core.models.base import small_labels
 from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.pipeline import image_quality_per_channel, outcome_metrics
 from napari_medadv.core.readouts import DiceTable, computed_quality
@@ -153,3 +154,36 @@ def test_whole_image_roi_with_bright_and_dark_bounds():
         adv, _ = live.at(eps)
         ref = computed_quality(torch.from_numpy(a), torch.from_numpy(adv), ["image"], live.ranges)
         _close(live.quality.at(eps), ref, rel=2e-4)
+
+
+def test_tracked_step_metrics_equal_the_reference_figures():
+    """The attack's per-iteration PSNR and Dice (tensor fast path) equal metrics.psnr_channels /
+    foreground_dice; the final tracked forward is handed to the pipeline (no second forward)."""
+    from napari_medadv.core.metrics import foreground_dice_fast, psnr_channels_fast
+    from napari_medadv.core.pipeline import run_attack
+
+    g = torch.Generator().manual_seed(3)
+    clean = torch.rand(2, 3, 9, 10, 11, generator=g) * torch.tensor([1.0, 50.0, 7.0]).reshape(1, 3, 1, 1, 1)
+    adv = clean + 0.01 * torch.randn(clean.shape, generator=g)
+    adv[1, 2] = clean[1, 2]  # an untouched channel
+    flat = clean.flatten(2)
+    ranges = (flat.amax(2) - flat.amin(2)).double()
+    fast = psnr_channels_fast(clean, adv, ranges)
+    for i in range(2):
+        assert fast[i] == pytest.approx(M.psnr_channels(clean[i], adv[i]), rel=1e-6)
+    pred = torch.randint(0, 3, (2, 9, 10, 11), generator=g)
+    ref = torch.randint(0, 3, (2, 9, 10, 11), generator=g)
+    ref[1] = 0
+    pred[1] = 0
+    dice = foreground_dice_fast(pred, ref)
+    assert dice[0] == pytest.approx(M.foreground_dice(pred[0], ref[0]), rel=1e-6)  # MONAI sums in float32
+    assert dice[1] == 1.0 == M.foreground_dice(pred[1], ref[1])
+
+    case = read_image(CASE)
+    model = load_model("demo:unet3d", device="cpu")
+    o = run_attack(case, model, "ifgsm", params={"eps": 0.03, "steps": 2, "track_metrics": True},
+                   labels=case.labels, seed=0)
+    assert o.result.output is not None and o.result.n_forward == 2 + 1  # 2 steps (the first at x), the final
+    last = o.result.history[-1]
+    assert last["psnr"] == pytest.approx(M.psnr_channels(case.array, o.adversarial), rel=1e-5)
+    np.testing.assert_array_equal(o.seg_adv, model.to_label_map(model.forward(model.to_batch(o.adversarial)))[0])
