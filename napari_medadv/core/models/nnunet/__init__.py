@@ -105,6 +105,7 @@ def build_info(folder: NnUNetFolder, plan: Plan) -> ModelInfo:
     if folder.labels.regions:
         fields = _region_fields(folder)
     folds = ",".join(folder.folds)
+    tta = ", mirroring" if folder.use_mirroring and plan.mirror_axes else ""
     extra = {"source": "nnunet", "folder": str(folder.root), "dataset": dataset, "trainer": folder.trainer,
              "plans": folder.plans.get("plans_name"), "configuration": folder.configuration,
              "folds": list(folder.folds), "patch_size": list(plan.patch_size), "spacing": list(plan.spacing),
@@ -116,8 +117,7 @@ def build_info(folder: NnUNetFolder, plan: Plan) -> ModelInfo:
         normalization="none", channel_names=list(folder.channel_names),
         name=f"nnU-Net {dataset} {folder.configuration} fold{'s' if len(folder.folds) > 1 else ''} {folds}",
         description=(f"{folder.trainer or 'nnU-Net'} / {folder.plans.get('plans_name', 'plans')}; nnU-Net's "
-                     "preprocessing, sliding window" + (", mirroring" if folder.use_mirroring else "")
-                     + " and fold ensemble inside the model"),
+                     f"preprocessing, sliding window{tta} and fold ensemble inside the model"),
         extra=extra, **fields)
 
 
