@@ -19,8 +19,8 @@ MR_PROPS = {"max": 900.0, "mean": 300.0, "median": 280.0, "min": 0.0, "percentil
             "percentile_99_5": 800.0, "std": 110.0}
 
 
-def arch_kwargs(dim: int, n_stages: int = 3, residual: bool = False) -> dict:
-    feats = [4 * 2 ** i for i in range(n_stages)]
+def arch_kwargs(dim: int, n_stages: int = 3, residual: bool = False, features=None) -> dict:
+    feats = list(features) if features else [4 * 2 ** i for i in range(n_stages)]
     kw = {
         "n_stages": n_stages, "features_per_stage": feats, "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
         "kernel_sizes": [[3] * dim] * n_stages, "strides": [[1] * dim] + [[2] * dim] * (n_stages - 1),
@@ -37,7 +37,7 @@ def arch_kwargs(dim: int, n_stages: int = 3, residual: bool = False) -> dict:
 
 
 def configuration(dim: int, patch, spacing, schemes, use_mask, residual=False, n_stages=3,
-                  resampling="resample_data_or_seg_to_shape") -> dict:
+                  resampling="resample_data_or_seg_to_shape", features=None) -> dict:
     torch_rs = resampling == "resample_torch_fornnunet"
     data_kw = ({"is_seg": False, "force_separate_z": None, "memefficient_seg_resampling": False} if torch_rs
                else {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None})
@@ -52,7 +52,7 @@ def configuration(dim: int, patch, spacing, schemes, use_mask, residual=False, n
         "resampling_fn_data_kwargs": data_kw, "resampling_fn_seg_kwargs": {**data_kw, "is_seg": True},
         "resampling_fn_probabilities": resampling, "resampling_fn_probabilities_kwargs": prob_kw,
         "architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{cls}",
-                         "arch_kwargs": arch_kwargs(dim, n_stages, residual),
+                         "arch_kwargs": arch_kwargs(dim, n_stages, residual, features),
                          "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
         "batch_dice": False,
     }
@@ -85,7 +85,7 @@ def make_result_folder(root: Path, *, config: str = "3d_fullres", channels=("T1"
                        labels=None, regions_class_order=None, patch=(16, 16, 16), spacing=(1.0, 1.0, 1.0),
                        transpose=(0, 1, 2), folds=(0,), residual=False, seed=0, reader="SimpleITKIO",
                        median_shape=(40, 40, 40), props=None, mirror_axes=None,
-                       resampling="resample_data_or_seg_to_shape", n_stages=3) -> Path:
+                       resampling="resample_data_or_seg_to_shape", n_stages=3, features=None) -> Path:
     """Write ``root`` = ``.../nnUNetTrainer__nnUNetPlans__<config>`` and return it."""
     labels = labels or {"background": 0, "a": 1, "b": 2}
     dim = len(patch)
@@ -98,7 +98,7 @@ def make_result_folder(root: Path, *, config: str = "3d_fullres", channels=("T1"
         "original_median_shape_after_transp": list(median_shape), "image_reader_writer": reader,
         "transpose_forward": list(transpose), "transpose_backward": tb,
         "configurations": {config: configuration(dim, patch, spacing, schemes, use_mask, residual, n_stages,
-                                                 resampling)},
+                                                 resampling, features)},
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": props,
     }
