@@ -43,6 +43,7 @@ CHOICES = [
     ("TorchScript file…", "torchscript", True),
     ("MONAI bundle folder…", "bundle", True),
     ("Factory (module:function + weights)…", "factory", True),
+    ("nnU-Net v2 result folder (DIR[:folds][:notta])…", "nnunet", True),
 ]
 
 

@@ -26,7 +26,7 @@ from . import metrics as M
 from .attacks import ATTACKS, AttackResult, AttackStep
 from .errors import InputFileError, MedadvError, ModelError
 from .files import package_versions, to_json
-from .io import BRATS_LABELS, ImageData, write_image, write_labels
+from .io import ImageData, write_image, write_labels
 from .models.base import LoadedModel
 from .models.channels import ChannelMapping
 
@@ -68,7 +68,7 @@ def prepare_input(image: ImageData, model: LoadedModel) -> tuple[torch.Tensor, C
     require_contrast(image, mapping.order)
     require_input_range(image, model, mapping.order)
     model.module.set_channel_order(mapping.order, image.n_channels)
-    model.module.set_input_spacing(tuple(float(s) for s in image.geometry.spacing))
+    model.module.set_input_geometry(image.geometry, image.kind)
     return model.to_batch(image.array), mapping
 
 
@@ -322,7 +322,7 @@ def label_values(o: AttackOutcome) -> list[int]:
     info = o.model.info
     n_out = int(o.clean_output.shape[1])
     if info.sigmoid_regions(n_out) is not None:
-        return list(BRATS_LABELS)
+        return info.region_label_values(n_out)
     if info.output == "sigmoid":
         values = list(info.label_values or range(1, n_out + 1))
         return sorted({0, *(values[1:] if len(values) == n_out + 1 else values)})

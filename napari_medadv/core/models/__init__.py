@@ -1,4 +1,4 @@
-"""Model protocol, registry and adapters (demo models, TorchScript, MONAI bundles, factories, xrv)."""
+"""Model protocol, registry and adapters (demo models, TorchScript, MONAI bundles, factories, xrv, nnU-Net v2)."""
 
 from .base import LoadedModel, ModelInfo, NativeInputModel
 from .registry import describe_device, known_schemes, load_model, resolve_device

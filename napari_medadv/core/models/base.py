@@ -49,6 +49,11 @@ class ModelInfo:
             (BraTS: ``[0, 1, 2, 4]``).
         region_names: segmentation with sigmoid — names of the channels (BraTS bundle:
             ``["TC", "WT", "ET"]``, converted to labels {1, 2, 4} for display and Dice).
+        region_labels: regions other than BraTS's (nnU-Net region models, e.g. KiTS): the label
+            values each region covers, ``{"kidney_and_masses": [1, 2, 3], "masses": [2, 3],
+            "tumor": [2]}``; the label map paints region ``i`` (in ``region_names`` order) with
+            ``label_values[i]`` where its probability passes 0.5, later regions over earlier ones
+            (nnU-Net's ``regions_class_order``).
         label_names: segmentation — a name per label value (``{"1": "brain"}``), used for per-label
             Dice everywhere. BraTS tumour regions (WT/TC/ET) are reported only for models that
             declare the BraTS labels {1, 2, 4} or TC/WT/ET region outputs.
@@ -76,6 +81,7 @@ class ModelInfo:
     channel_names: list[str] | None = None
     label_values: list[int] | None = None
     region_names: list[str] | None = None
+    region_labels: dict[str, list[int]] | None = None
     class_names: list[str] | None = None
     label_names: dict[str, str] | None = None
     output_index: int | None = None
@@ -117,12 +123,28 @@ class ModelInfo:
                 self.label_names = {str(int(k)): str(v) for k, v in self.label_names.items()}
             except (TypeError, ValueError):
                 raise ModelError(f"label_names keys must be label values (integers); got {sorted(self.label_names)}") from None
+        if self.region_labels is not None:
+            self._check_region_labels()
         if self.output_index is not None and not isinstance(self.output_index, int):
             raise ModelError(f"output_index must be an integer, got {self.output_index!r}")
         if self.roi_size is not None and len(self.roi_size) != self.spatial_dims:
             raise ModelError(f"roi_size {self.roi_size} does not have {self.spatial_dims} entries")
         if self.spacing is not None and (len(self.spacing) != self.spatial_dims or min(self.spacing) <= 0):
             raise ModelError(f"spacing {self.spacing} must have {self.spatial_dims} positive entries")
+
+    def _check_region_labels(self) -> None:
+        names = list(self.region_names or [])
+        if not isinstance(self.region_labels, dict) or sorted(self.region_labels) != sorted(names):
+            raise ModelError(f"region_labels must give the label values of every region in region_names {names}; "
+                             f"got {self.region_labels!r}")
+        try:
+            self.region_labels = {str(k): [int(v) for v in vals] for k, vals in self.region_labels.items()}
+        except (TypeError, ValueError):
+            raise ModelError(f"region_labels values must be lists of label values; "
+                             f"got {self.region_labels!r}") from None
+        if self.label_values is None or len(self.label_values) != len(names):
+            raise ModelError(f"with region_labels, label_values gives the label painted for each region "
+                             f"({len(names)} values); got {self.label_values!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelInfo:
@@ -160,9 +182,23 @@ class ModelInfo:
             return list(BRATS_REGION_NAMES)
         return None
 
+    def region_table(self) -> dict[str, tuple[int, ...]]:
+        """Region name -> the label values it covers (``region_labels``, else BraTS's WT/TC/ET)."""
+        if self.region_labels:
+            return {k: tuple(v) for k, v in self.region_labels.items()}
+        return dict(BRATS_REGIONS)
+
+    def region_label_values(self, n_outputs: int) -> list[int]:
+        """Label values (with 0) of a region model's label map."""
+        if self.region_labels:
+            return sorted({0, *[int(v) for vals in self.region_labels.values() for v in vals]})
+        return [0, *sorted({v for vals in BRATS_REGIONS.values() for v in vals})]
+
     def brats_regions(self, n_outputs: int | None = None) -> bool:
         """True when WT/TC/ET Dice means something: BraTS labels {1, 2, 4} or TC/WT/ET region outputs."""
         if self.task != "segmentation":
+            return False
+        if self.region_labels and any(tuple(v) != BRATS_REGIONS.get(k) for k, v in self.region_labels.items()):
             return False
         if self.output in ("sigmoid", "probabilities") and (self.region_names or self.output == "sigmoid"):
             regions = self.region_names or (self.sigmoid_regions(n_outputs) if n_outputs else None)
@@ -330,6 +366,12 @@ class NativeInputModel(nn.Module):
         """Voxel size of the images about to be passed (from their geometry); None to forget."""
         self.input_spacing = None if spacing is None else tuple(float(s) for s in spacing)
 
+    def set_input_geometry(self, geometry, kind: str | None = None) -> None:
+        """Grid of the images about to be passed (an :class:`~napari_medadv.core.io.Geometry`) and the
+        reader ``kind`` that made them; None to forget. This wrapper uses the spacing; wrappers that
+        follow a framework's own axis conventions (nnU-Net's) also use the affine and the kind."""
+        self.set_input_spacing(None if geometry is None else geometry.spacing)
+
     def set_channel_order(self, order, n_image_channels: int | None = None) -> None:
         """Image channel fed to each model input (:class:`~.channels.ChannelMapping` ``order``);
         None (or the identity) feeds the image as it is."""
@@ -491,7 +533,8 @@ class LoadedModel:
             if len(regions) != n_out:
                 raise ModelError(f"{self.spec}: the model declares regions {regions} but outputs {n_out} channels")
             probs = self.probabilities(output)
-            return regions_to_labels(probs.cpu().numpy() > 0.5, regions)
+            paint = self.info.label_values if self.info.region_labels else None
+            return regions_to_labels(probs.cpu().numpy() > 0.5, regions, paint)
         if self.info.output == "sigmoid":
             # independent channels 1..K without region names: channel k is label k+1 where its
             # probability passes 0.5 (the most probable one where several do), else background
@@ -518,7 +561,8 @@ class LoadedModel:
             n_out = n_outputs or self._output_channels()
             names = self._sigmoid_layout(n_out) if n_out else (self.info.region_names or list(BRATS_REGION_NAMES))
             if names is not None:
-                return torch.as_tensor(labels_to_regions(lab, names), dtype=torch.float32, device=self.device)
+                hot = labels_to_regions(lab, names, self.info.region_table())
+                return torch.as_tensor(hot, dtype=torch.float32, device=self.device)
             values = list(self.info.label_values or range(1, n_out + 1))
             if len(values) == n_out + 1:
                 values = values[1:]
@@ -563,20 +607,28 @@ class LoadedModel:
 REGION_LABELS = BRATS_REGIONS
 
 
-def labels_to_regions(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """BraTS labels ``B *spatial`` -> multi-hot region channels ``B R *spatial``."""
+def labels_to_regions(labels: np.ndarray, names: Sequence[str], table=None) -> np.ndarray:
+    """Label map ``B *spatial`` -> multi-hot region channels ``B R *spatial``; ``table`` maps each region
+    name to its label values (default: BraTS's WT/TC/ET)."""
+    table = REGION_LABELS if table is None else table
     out = []
     for n in names:
-        if n not in REGION_LABELS:
-            raise ModelError(f"unknown region {n!r}; known: {sorted(REGION_LABELS)}")
-        out.append(np.isin(labels, REGION_LABELS[n]))
+        if n not in table:
+            raise ModelError(f"unknown region {n!r}; known: {sorted(table)}")
+        out.append(np.isin(labels, table[n]))
     return np.stack(out, 1).astype(np.float32)
 
 
-def regions_to_labels(regions: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Binary region channels ``B R *spatial`` -> BraTS labels: WT→2, TC→1, ET→4 (nested)."""
-    idx = {n: i for i, n in enumerate(names)}
+def regions_to_labels(regions: np.ndarray, names: Sequence[str], paint: Sequence[int] | None = None) -> np.ndarray:
+    """Binary region channels ``B R *spatial`` -> a label map. Default: BraTS labels, WT→2, TC→1, ET→4
+    (nested); with ``paint``, channel ``i`` is painted ``paint[i]`` in channel order (nnU-Net's
+    ``regions_class_order``)."""
     out = np.zeros((regions.shape[0],) + regions.shape[2:], dtype=np.int16)
+    if paint is not None:
+        for i, value in enumerate(paint):
+            out[regions[:, i]] = int(value)
+        return out
+    idx = {n: i for i, n in enumerate(names)}
     for name, value in (("WT", 2), ("TC", 1), ("ET", 4)):
         if name in idx:
             out[regions[:, idx[name]]] = value

@@ -8,7 +8,10 @@ Spec strings:
 * ``factory:package.module:function`` with ``weights=PATH`` — imports user code (needs
   ``trust_code``) and loads a state dict with ``torch.load(..., weights_only=True)``;
 * ``xrv:WEIGHTS`` — a torchxrayvision model whose weights are already in its cache (offline;
-  torchxrayvision unpickles its own file, so this also needs ``trust_code``).
+  torchxrayvision unpickles its own file, so this also needs ``trust_code``);
+* ``nnunet:DIR[:FOLDS][:notta]`` — an nnU-Net v2 result folder (plans, dataset.json, fold_N/
+  checkpoint_final.pth), with nnU-Net's whole inference inside the wrapped model (runs no code
+  from the folder; ``weights`` names another checkpoint file, e.g. checkpoint_best.pth).
 
 Metadata (:class:`ModelInfo`) comes from the bundle metadata, a JSON sidecar next to the file
 (``model.pt`` -> ``model.json``), the demo model's JSON, or ``info_overrides`` (CLI flags).
@@ -28,7 +31,7 @@ _LOADERS: dict[str, Loader] = {}
 # torchscript/bundle/factory run code from the user's files; xrv lets torchxrayvision unpickle its
 # cached file with its own torch.load, which we cannot force to weights_only
 SCHEMES_NEEDING_TRUST = {"torchscript", "bundle", "factory", "xrv"}
-_BUILTIN_LOADER_MODULES = ("adapters", "demo")
+_BUILTIN_LOADER_MODULES = ("adapters", "demo", "nnunet")
 _builtins_loaded = False
 
 
@@ -104,7 +107,11 @@ def load_model(
         info = ModelInfo.from_dict(merged)
     if not info.name:
         info.name = spec
-    module = NativeInputModel(net, info, sliding_window=sliding_window)
+    if isinstance(net, NativeInputModel):  # a loader that builds its own wrapper (nnunet)
+        module = net
+        module.info = info
+    else:
+        module = NativeInputModel(net, info, sliding_window=sliding_window)
     for p in module.parameters():
         p.requires_grad_(False)  # attacks differentiate the input only
     loaded = LoadedModel(module=module, info=info, spec=spec, checksum=checksum)
