@@ -132,7 +132,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                     t_clean, t_adv, tlabels = clean_out, adv_out, labels
                 else:
                     t_clean = clean_output(tgt)
-                    tm.module.set_input_spacing(tuple(float(v) for v in image.geometry.spacing))
+                    tm.module.set_input_geometry(image.geometry, image.kind)
                     t_adv = tm.forward(tm.to_batch(adv))
                     tlabels = _case_labels(case, image, tm, extra)
                 rows.append({**base, "target": tgt, "seed": seed, "seconds": round(seconds, 3), **quality,
@@ -161,7 +161,8 @@ def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed
     result = s.attack.run(s.x, s.labels)
     seconds = time.perf_counter() - t0
     clean_out = s.clean_output
-    adv_out = model.forward(result.adversarial)
+    # the attack's final tracked forward when it ran one, not a second one
+    adv_out = result.output if result.output is not None else model.forward(result.adversarial)
     adv = result.adversarial[0].detach().cpu().numpy().astype(np.float32)
     return adv, clean_out, adv_out, result, seconds
 
