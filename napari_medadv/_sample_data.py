@@ -14,6 +14,21 @@ def glioma_case() -> list[tuple]:
     return layer_data_for_image(read_image(sample_data_dir() / "glioma" / "glioma_001"))
 
 
+def glioma_case_1mm() -> list[tuple]:
+    """Glioma phantom at 1 mm (197 x 233 x 189, the MNI template's grid): the realistic case for
+    talks; the demo models read it through their declared 2.5 mm spacing."""
+    from napari_medadv._qt.layers import layer_data_for_image
+    from napari_medadv.core.io import read_image
+
+    return layer_data_for_image(read_image(glioma_1mm_path()))
+
+
+def glioma_1mm_path():
+    from napari_medadv.core.data.paths import sample_data_dir
+
+    return sample_data_dir() / "glioma_1mm" / "glioma_1mm_001"
+
+
 def chest_radiograph() -> list[tuple]:
     """A held-out chest radiograph phantom with a nodule and an opacity (for the demo classifier)."""
     return layer_data_for_image(read_image(chest_radiograph_path()))

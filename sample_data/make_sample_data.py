@@ -24,6 +24,10 @@ from napari_medadv.core.data import cxr, glioma  # noqa: E402
 from napari_medadv.core.data.seeds import CXR_HELDOUT_SEEDS, GLIOMA_HELDOUT_SEEDS  # noqa: E402
 
 
+GLIOMA_1MM_SEED = 1
+GLIOMA_1MM_CASE = "glioma_1mm_001"
+
+
 def glioma_case_id(seed: int) -> str:
     return f"glioma_{seed:03d}"
 
@@ -63,6 +67,11 @@ def build(out: Path) -> list[Path]:
         w.writeheader()
         w.writerows(rows)
     written.append(manifest)
+
+    # the realistic 1 mm case for talks: seed 1 (glioma_001's tumour) on the template's 1 mm grid
+    channels, seg, affine = glioma.make_glioma_case(GLIOMA_1MM_SEED, glioma.GLIOMA_1MM_GRID)
+    case_id = GLIOMA_1MM_CASE
+    written += glioma.write_brats_case(out / "glioma_1mm" / case_id, case_id, channels, seg, affine).values()
 
     cdir = out / "cxr"
     cdir.mkdir(parents=True, exist_ok=True)

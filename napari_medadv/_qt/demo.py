@@ -56,7 +56,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     avail = screen.availableGeometry().height() if screen is not None else 1080
     for name, cls in (("Orientation", OrientationWidget), ("Model", ModelWidget), ("Attack", AttackWidget),
                       ("Readouts", ReadoutsWidget), ("Plots", PlotsWidget)):
-        if name == "Orientation" and sample != "glioma":
+        if name == "Orientation" and not sample.startswith("glioma"):
             continue  # a radiograph has no patient frame: no planes, no letters
         w = cls(viewer)
         shown = w
@@ -95,7 +95,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
         axial_view(viewer, labels[0])
         labels[0].contour = 1  # ground truth as an outline over the (adversarial) prediction
     attack = widgets["Attack"]
-    spec = "demo:unet3d" if sample == "glioma" else "demo:cxr"
+    spec = "demo:unet3d" if sample.startswith("glioma") else "demo:cxr"
 
     def ready(model):
         attack.set_attack("fgsm", eps=eps)
@@ -146,6 +146,6 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="napari-medadv", description="napari with the napari-medadv demo, ready to drag ε")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--sample", choices=["glioma", "cxr"], default="glioma")
+    p.add_argument("--sample", choices=["glioma", "glioma-1mm", "cxr"], default="glioma")
     args = p.parse_args(argv)
     return launch_demo(device=args.device, sample=args.sample)

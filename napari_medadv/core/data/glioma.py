@@ -32,6 +32,7 @@ from .seeds import STREAM_BIAS, STREAM_NOISE, STREAM_PARAMS, STREAM_SHAPE, strea
 __all__ = [
     "BRATS_LABELS",
     "GLIOMA_CHANNELS",
+    "GLIOMA_1MM_GRID",
     "GLIOMA_GRID",
     "GLIOMA_INT16_SLOPE",
     "GliomaParams",
@@ -86,6 +87,11 @@ class Grid:
 #: bounding box (x -72..72, y -107..73, z -72..82 mm). Every dimension is divisible by 16 (four
 #: 2x poolings of a UNet) and the whole brain fits with a margin.
 GLIOMA_GRID = Grid()
+
+#: The 1 mm sample for talks (``sample_data/glioma_1mm``): the MNI template's own grid, 197 x 233 x
+#: 189 voxels of 1 mm (x -98..98, y -134..98, z -72..116 mm), so nothing is resampled but the tissue
+#: maps' anti-aliasing; the demo models (trained at 2.5 mm) read it through their declared spacing.
+GLIOMA_1MM_GRID = Grid(shape=(197, 233, 189), spacing_mm=1.0, center_mm=(0.0, -18.0, 22.0))
 
 
 @dataclass(frozen=True, eq=False)
