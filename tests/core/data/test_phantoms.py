@@ -410,3 +410,18 @@ def test_shipped_cxr_matches_generator(row):
     assert labels == {k: int(row[k]) for k in C.CXR_FINDINGS}
     shipped = C.read_base_cxr_png(CXR_DIR / "heldout" / row["file"])
     np.testing.assert_allclose(shipped, img, atol=0.5 / 65535 + 1e-7)
+
+
+@pytest.mark.slow
+def test_shipped_1mm_case_matches_generator():
+    """sample_data/glioma_1mm: seed 1 on the MNI template's own 1 mm grid (about 20 s to generate)."""
+    pytest.importorskip("nilearn")
+    case_id = "glioma_1mm_001"
+    ch, seg, aff = G.make_glioma_case(1, G.GLIOMA_1MM_GRID)
+    f_ch, f_seg, f_aff = G.read_brats_case(GLIOMA_DIR.parent / "glioma_1mm" / case_id, case_id)
+    assert f_seg.shape == (197, 233, 189) and sorted(np.unique(f_seg).tolist()) == [0, 1, 2, 4]
+    np.testing.assert_array_equal(f_seg, seg)
+    np.testing.assert_allclose(f_aff, aff, atol=1e-4)
+    np.testing.assert_allclose(np.diag(f_aff)[:3], [1.0, 1.0, 1.0])
+    for k in G.GLIOMA_CHANNELS:
+        np.testing.assert_allclose(f_ch[k], ch[k], rtol=0, atol=QUANT + 1e-6 * np.abs(ch[k]).max())
