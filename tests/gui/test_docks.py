@@ -247,6 +247,27 @@ def test_live_readouts_come_first_and_ssim_follows(docks, qtbot, glioma_small, u
     assert rows()["SSIM (mean of channels)"] == f"{ref['image_quality']['ssim']:.4f}"
 
 
+def test_the_stacked_source_is_reused_until_a_layer_changes(docks, qtbot, glioma_small, unet2d):
+    """Run and live ε build a Source from the contrast layers: the stacked copy is reused while the
+    layers hold the same arrays, rebuilt when one is replaced, and attacks never write into it."""
+    from napari_medadv._qt.layers import source_from_layer
+
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    flair = viewer.layers["case flair"]
+    a = source_from_layer(viewer, flair).image.array
+    assert source_from_layer(viewer, viewer.layers["case t1"]).image.array is a
+    before = a.copy()
+    aw.session.set_model(unet2d)
+    aw.set_attack("ifgsm", eps=0.05, steps=2)
+    _wait_job(qtbot, aw.run(), aw)
+    np.testing.assert_array_equal(a, before)
+    viewer.layers["case t2"].data = viewer.layers["case t2"].data * 2
+    b = source_from_layer(viewer, flair).image.array
+    assert b is not a
+    np.testing.assert_allclose(b[2], 2 * before[2])
+
+
 def test_cancel_leaves_consistent_layers(docks, qtbot, glioma_small, unet2d):
     viewer, aw = docks["viewer"], docks["attack"]
     _open(viewer, glioma_small)

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QSpinBox
 
-from napari_medadv.core.errors import MedadvError
 
-from ..layers import META, context_from_choices, labels_for, source_from_layer
+from ..layers import META, case_of_layer, context_from_choices, labels_for_case
 from ..session import Choices, Session
 
 if TYPE_CHECKING:
@@ -188,11 +187,9 @@ class InputsPanel:
         layer = self.source_layer()
         if layer is None:
             return
-        try:
-            src = source_from_layer(self.viewer, layer)
-        except MedadvError:  # a layer the dock cannot attack: Run reports why; nothing to pre-select
-            return
-        gt = labels_for(self.viewer, src)
+        # from the metadata only: this runs on every layer insert, and building the Source stacks
+        # every contrast (a 150 MB copy at BraTS size)
+        gt = labels_for_case(self.viewer, case_of_layer(layer))
         idx = self.labels_combo.findData(gt.name if gt is not None else _NONE)
         if idx >= 0 and idx != self.labels_combo.currentIndex():
             self.labels_combo.blockSignals(True)
