@@ -6,7 +6,6 @@ import pytest
 from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
-from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.live import LiveEps
 from napari_medadv.core.pipeline import content_roi, run_attack
 

@@ -404,7 +404,7 @@ def _bundle_preprocessing_fields(d: dict, extra: dict, notes: list[str], config:
                 d["spacing"] = [float(p) for p in pix]
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -425,13 +425,13 @@ def load_bundle(value: str, *, weights: str | None = None, trust_code: bool = Fa
     meta_path = configs / "metadata.json"
     if not meta_path.is_file():
         raise ModelError(f"{root}: not a MONAI bundle — configs/metadata.json is missing")
-    metadata = _read_json(meta_path, "bundle metadata")
+    metadata = read_json_object(meta_path, "bundle metadata")
     cfg_path = next((configs / f"inference{ext}" for ext in (".json", ".yaml", ".yml")
                      if (configs / f"inference{ext}").is_file()), None)
     if cfg_path is None:
         raise ModelError(f"{root}: configs/inference.json (or .yaml) is missing")
     medadv_path = configs / "medadv.json"
-    medadv = _read_json(medadv_path, "medadv model metadata") if medadv_path.is_file() else None
+    medadv = read_json_object(medadv_path, "medadv model metadata") if medadv_path.is_file() else None
 
     from monai.bundle import ConfigParser
 

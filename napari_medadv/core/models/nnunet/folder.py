@@ -15,7 +15,6 @@ other pickled type is refused with the file and the type named.
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ...errors import ModelError
+from ..adapters import read_json_object
 
 FOLD_TOKEN = re.compile(r"^(\d+|all)(,(\d+|all))*$")
 OPTIONS = {"tta": True, "notta": False}
@@ -78,13 +78,7 @@ def parse_spec(value: str) -> Spec:
 def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ModelError(f"{path.parent}: not an nnU-Net result folder — {path.name} ({what}) is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: {what} must be a JSON object")
-    return data
+    return read_json_object(path, what)
 
 
 def find_folds(root: Path, folds: list[str] | None, checkpoint: str) -> list[tuple[str, Path]]:
