@@ -107,7 +107,7 @@ def channel_argmax(output: torch.Tensor) -> torch.Tensor:
     channels, or outputs with NaN, take torch's.
     """
     k = int(output.shape[1])
-    if k > 255 or output.is_cuda or bool(torch.isnan(output).any()):
+    if k > 255 or output.is_cuda:
         return output.argmax(1).to(torch.uint8 if k <= 255 else torch.int64)
     best = output[:, 0]
     idx = torch.zeros(best.shape, dtype=torch.uint8, device=output.device)
@@ -115,6 +115,8 @@ def channel_argmax(output: torch.Tensor) -> torch.Tensor:
         cur = output[:, c]
         idx.masked_fill_(cur > best, c)
         best = torch.maximum(best, cur)
+    if bool(torch.isnan(best).any()):  # maximum propagates NaN: one check on the result suffices
+        return output.argmax(1).to(torch.uint8)
     return idx
 
 

@@ -83,8 +83,8 @@ class FGSM(Attack):
             if ctx.roi is not None:
                 step = step * ctx.roi
             self._cache["step"] = step
-        return ctx.range.clamp(torch.addcmul(ctx.x, step, torch.tensor(float(eps), dtype=step.dtype,
-                                                                          device=step.device)))
+        adv = torch.addcmul(ctx.x, step, torch.tensor(float(eps), dtype=step.dtype, device=step.device))
+        return adv.clamp_(min=ctx.range.lo, max=ctx.range.hi)  # in place: one volume, not two
 
     @torch.no_grad()
     def predict_at_eps(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
