@@ -39,7 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a.add_argument("image", help="NIfTI file, BraTS case folder, DICOM file/series folder, PNG/JPEG/TIFF")
     a.add_argument("--model", required=True, help="model spec: demo:unet3d, torchscript:PATH, bundle:DIR, "
                                                  "factory:pkg.module:function, xrv:WEIGHTS, nnunet:DIR[:FOLDS][:notta]")
-    a.add_argument("--weights", help="state dict for factory: models")
+    a.add_argument("--weights", help="state dict for factory: models; for nnunet: the checkpoint file name in "
+                                      "each fold_N (default checkpoint_final.pth, e.g. checkpoint_best.pth)")
     a.add_argument("--trust-model-code", action="store_true",
                    help="allow TorchScript/bundle/factory models, which run code from their files")
     a.add_argument("--channels", type=_channel_list, metavar="C1,C2,...",
