@@ -20,7 +20,7 @@ def test_manifest_declares_readers_writers_samples_widgets():
     c = pm.contributions
     assert c.readers and c.readers[0].accepts_directories
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
-    assert {s.key for s in c.sample_data} == {"glioma", "cxr"}
+    assert {s.key for s in c.sample_data} == {"glioma", "glioma-1mm", "cxr"}
     assert {w.display_name for w in c.widgets} == {"Model", "Attack", "Readouts", "Plots", "Orientation"}
     for cmd in c.commands:  # every python_name resolves
         module, _, attr = cmd.python_name.partition(":")
@@ -78,6 +78,14 @@ def test_open_through_napari_and_sample_data(make_napari_viewer):
     viewer.open(str(CASE), plugin="napari-medadv")
     assert "glioma_001 flair" in viewer.layers and "glioma_001 labels" in viewer.layers
     assert tuple(viewer.layers["glioma_001 flair"].scale) == (2.5, 2.5, 2.5)
+
+
+def test_the_1mm_sample_opens_with_its_grid(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-medadv", "glioma-1mm")
+    flair = viewer.layers["glioma_1mm_001 flair"]
+    assert flair.data.shape == (197, 233, 189) and tuple(flair.scale) == (1.0, 1.0, 1.0)
+    assert "glioma_1mm_001 labels" in viewer.layers
 
 
 def test_writers_round_trip_keep_geometry_and_mark_derived(make_napari_viewer, tmp_path):
