@@ -211,6 +211,30 @@ def test_live_eps_updates_after_a_slider_move(docks, qtbot, glioma_small, unet2d
     qtbot.waitUntil(lambda: {r[0]: r[1] for r in rw.rows}.get("ε (% of range)") == "8.00", timeout=WAIT)
 
 
+def test_hidden_result_layers_catch_up_when_shown(docks, qtbot, glioma_small, unet2d):
+    """Live ε updates only the layers on screen; a hidden result layer keeps its data until it is
+    shown (or the slider rests), then shows the latest ε."""
+    from napari_medadv.core.live import LiveEps
+
+    viewer, aw = docks["viewer"], docks["attack"]
+    aw.live_eps.flush.setInterval(600_000)  # no catch-up on rest during the test
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.02)
+    aw.live.setChecked(True)
+    qtbot.waitUntil(lambda: aw.session.shown is not None and not aw.running, timeout=WAIT)
+    hidden = viewer.layers["case t2 adversarial"]
+    assert not hidden.visible
+    stale = np.array(hidden.data, copy=True)
+    aw.eps_slider.setValue(90)  # 9 %
+    qtbot.waitUntil(lambda: aw.session.shown.outcome.result.eps == pytest.approx(0.09) and not aw.running,
+                    timeout=WAIT)
+    np.testing.assert_array_equal(hidden.data, stale)  # not touched while hidden
+    hidden.visible = True
+    ref_adv, _ = LiveEps(glioma_small, unet2d, labels=glioma_small.labels).at(0.09)
+    np.testing.assert_allclose(hidden.data, ref_adv[2], rtol=0, atol=1e-5)
+
+
 def test_live_readouts_come_first_and_ssim_follows(docks, qtbot, glioma_small, unet2d, monkeypatch):
     """SSIM shows as pending until its own worker fills it; the numbers then equal the core's."""
     import threading
