@@ -472,3 +472,18 @@ def test_targeted_pgd_with_a_painted_target_mask(docks, qtbot, glioma_small, une
     o = aw.session.shown.outcome
     box = target == 2
     assert (o.seg_adv[box] == 2).sum() > (o.seg_clean[box] == 2).sum()  # pushed towards the target
+
+
+def test_a_closed_attack_dock_ignores_later_results(make_napari_viewer, qtbot):
+    """Closing the Attack dock disconnects it from the session: a result shown afterwards (by
+    another dock) must not reach its deleted widgets."""
+    from napari_medadv._qt.attack import AttackWidget
+    from napari_medadv._qt.session import Session
+
+    viewer = make_napari_viewer()
+    aw = AttackWidget(viewer)
+    session = Session.of(viewer)
+    aw.close()
+    aw.deleteLater()
+    qtbot.wait(50)
+    session.result_changed.emit(None)  # would call setEnabled on the deleted Save button

@@ -96,7 +96,7 @@ class AttackWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.save_btn.clicked.connect(lambda: self.save_attack())
         self.session.model_changed.connect(self._model_changed)
-        self.session.result_changed.connect(lambda shown: self.save_btn.setEnabled(shown is not None))
+        self.session.result_changed.connect(self._result_changed)
         self.session.result_changed.connect(self.match_panel.update_controls)
         self.session.matched_changed.connect(self.match_panel.matched_changed)
         self.image_combo.currentIndexChanged.connect(self.match_panel.update_controls)
@@ -109,12 +109,16 @@ class AttackWidget(QWidget):
         self.cancel()
         self.side_by_side(False)
         self.session.result_changed.disconnect(self.match_panel.update_controls)
+        self.session.result_changed.disconnect(self._result_changed)
         self.session.matched_changed.disconnect(self.match_panel.matched_changed)
         self.live_eps.shutdown()
         for sig in self._layer_events():
             sig.disconnect(self.inputs.refresh)
         self.session.model_changed.disconnect(self._model_changed)
         super().closeEvent(event)
+
+    def _result_changed(self, shown) -> None:
+        self.save_btn.setEnabled(shown is not None)
 
     def _source_changed(self) -> None:
         self.live_eps.invalidate()
