@@ -231,7 +231,8 @@ class AttackWidget(QWidget):
 
         self.jobs.job = Job(attack_job, src, model, name, params, labels, target, roi, seed, model_b,
                             desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
-                            on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu).start()
+                            on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu,
+                            activity=False).start()  # the dock's own bar shows it
         return self.jobs.job
 
     def use_cpu(self) -> None:
