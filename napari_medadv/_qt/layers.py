@@ -373,6 +373,39 @@ def flush_deferred(viewer: napari.Viewer) -> int:
     return n
 
 
+def snapshot_results(viewer: napari.Viewer, source: Source) -> dict:
+    """What a result could change on screen for ``source``: every layer's visibility and, for its
+    derived layers, their data and metadata (references, not copies: results replace arrays,
+    they never write into them) — :func:`restore_results` puts it back (a cancelled run that
+    showed its steps)."""
+    snap = {"visible": {lyr.name: lyr.visible for lyr in viewer.layers}, "data": {}}
+    for lyr in viewer.layers:
+        m = lyr.metadata.get(META, {})
+        if m.get("case") == source.case and m.get("derived"):
+            snap["data"][lyr.name] = (lyr.data, dict(lyr.metadata))
+    return snap
+
+
+def restore_results(viewer: napari.Viewer, snap: dict) -> None:
+    """Undo what results shown since :func:`snapshot_results` did: layers they added are removed,
+    the others get their data, metadata and visibility back (pending hidden-layer data dropped)."""
+    pending = _DEFERRED.get(id(viewer), {})
+    for lyr in list(viewer.layers):
+        if lyr.name not in snap["visible"]:
+            pending.pop(lyr.name, None)
+            viewer.layers.remove(lyr)
+    for name, (data, meta) in snap["data"].items():
+        if name in viewer.layers:
+            pending.pop(name, None)
+            lyr = viewer.layers[name]
+            if lyr.data is not data:
+                lyr.data = data
+            lyr.metadata = meta
+    for name, vis in snap["visible"].items():
+        if name in viewer.layers and viewer.layers[name].visible != vis:
+            viewer.layers[name].visible = vis
+
+
 def is_artifact(attack: str) -> bool:
     """True for registry entries that simulate an MR artifact (a severity, no ε)."""
     # deferred: the reader and the sample-data hooks import this module to open files, and the

@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
@@ -117,6 +119,33 @@ class AnytimeRun:
             o.probs_clean = model.probabilities(s.clean_output)[0].cpu().numpy()
             o.probs_adv = model.probabilities(step.output)[0].cpu().numpy()
         return o
+
+
+class FramePacer:
+    """When a running attack builds a frame: only when the front end wants one (``want``, set
+    again once the previous frame is on screen: never a queue of frames) and while frames have
+    cost at most ``share`` of the run's time so far (a label map and the readouts per frame must
+    not slow the attack they show)."""
+
+    def __init__(self, share: float = 0.1):
+        self.share = float(share)
+        self.want = threading.Event()
+        self.want.set()
+        self.spent = 0.0
+        self.t0 = time.perf_counter()
+        self.built = 0
+
+    def due(self) -> bool:
+        return self.want.is_set() and self.spent <= self.share * (time.perf_counter() - self.t0)
+
+    def build(self, make: Callable[[], AttackOutcome | None]) -> AttackOutcome | None:
+        t = time.perf_counter()
+        frame = make()
+        self.spent += time.perf_counter() - t
+        if frame is not None:
+            self.want.clear()
+            self.built += 1
+        return frame
 
 
 def outcome_bytes(o: AttackOutcome) -> int:

@@ -19,6 +19,7 @@ from napari_medadv.core.attacks import ATTACKS
 from ..layers import iter_show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
+from .anytime import AnytimeDisplay
 from .inputs import InputsPanel
 from .jobs import JobBar, attack_job, expected_steps, headline
 from .live import LivePreview
@@ -202,8 +203,13 @@ class AttackWidget(QWidget):
         self.session.run_started.emit(name)
         history: list[dict] = []
         t0 = time.perf_counter()
+        display = self.anytime = (AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi)
+                                  if spec.iterative else None)
 
-        def on_step(record):
+        def on_step(payload):
+            record, frame = payload
+            if display is not None:
+                display.show(frame)
             history.append(record)
             self.progress.setMaximum(max(self.progress.maximum(), int(record["step"])))
             self.progress.setValue(int(record["step"]))
@@ -211,6 +217,8 @@ class AttackWidget(QWidget):
 
         def on_done(res):
             outcome, transfer = res
+            if display is not None:
+                display.finish()
 
             def shown():
                 self.session.set_shown(Shown(src, outcome, live=False, transfer=transfer, history=history,
@@ -221,16 +229,20 @@ class AttackWidget(QWidget):
             self.jobs.apply_gradually(iter_show_outcome(self.viewer, src, outcome), shown)
 
         def on_cancel():
+            if display is not None:
+                display.cancel()
             self.jobs.say(f"{spec.label} cancelled — layers unchanged")
 
         def on_finish():
+            if display is not None and not display.stopped:
+                display.cancel()  # failed: no result replaces the frames
             self.jobs.end()
             self.match_panel.update_controls()
             if not self.jobs.job.cancelled and self.status.text().startswith("running"):
                 self.jobs.say(f"{spec.label} failed (see the notification)")
 
         self.jobs.job = Job(attack_job, src, model, name, params, labels, target, roi, seed, model_b,
-                            desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
+                            display.pacer if display is not None else None, desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
                             on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu,
                             activity=False).start()  # the dock's own bar shows it
         return self.jobs.job
