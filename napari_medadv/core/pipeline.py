@@ -265,7 +265,8 @@ def iter_attack(
         on_start(s)
     t0 = time.perf_counter()
     warm = None if init is None else model.to_batch(np.asarray(init, dtype=np.float32))
-    steps = atk.iterate(x, engine_labels, target=engine_target, init=warm)
+    # init only when given: attacks without warm starts may define iterate() without it
+    steps = atk.iterate(x, engine_labels, target=engine_target, **({} if warm is None else {"init": warm}))
     try:
         step = next(steps)
         while True:

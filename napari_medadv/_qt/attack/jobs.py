@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 
 def attack_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, model_b,
-               pacer: FramePacer | None = None, init=None, clean_output=None):
+               pacer: FramePacer | None = None, init=None, clean_output=None, stop=None):
     """Generator for a napari worker: ``(done, total, (history record, frame or None))`` per step,
     a frame (the iterate the step evaluated, its prediction and readouts but SSIM) when ``pacer``
     says one is due; returns ``(outcome, transfer outcome or None)``. ``init``/``clean_output``:
-    a warm start and the clean output for live ε (:class:`~napari_medadv.core.anytime.AnytimeRun`)."""
+    a warm start and the clean output for live ε (:class:`~napari_medadv.core.anytime.AnytimeRun`);
+    ``stop`` (a ``threading.Event``): once set, the attack stops after its current step and returns
+    what it has (``result.cancelled``) — live ε moving on to a newer ε."""
     run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
                      init=init, clean_output=clean_output)
     gen = run.steps()
@@ -44,7 +46,7 @@ def attack_job(source: Source, model, name: str, params: dict, labels, target, r
             if pacer is not None and pacer.due():
                 frame = pacer.build(lambda: _frame_with_readouts(run, step))
             yield step.step, step.n_steps, (record, frame)
-            step = gen.send(None)
+            step = gen.send(True if stop is not None and stop.is_set() else None)
     except StopIteration:
         pass
     finally:
