@@ -33,10 +33,18 @@ def axial_view(viewer: napari.Viewer, layer, convention: str = "radiological") -
     set_view(viewer, "axial", convention)
 
 
+#: ``--warm``: the iterative attack selected with live ε, whose ε cache fills in the background
+WARM_ATTACK = ("ifgsm", {"steps": 5})
+
+
 def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "glioma",
-               eps: float = DEMO_EPS, live: bool = True) -> dict:
+               eps: float = DEMO_EPS, live: bool = True, warm: bool = False) -> dict:
     """Open the sample, add the four docks, load the matching demo model and, once it is loaded,
-    select FGSM at ``eps`` with live ε on. Returns the dock widgets by name."""
+    select FGSM at ``eps`` with live ε on. Returns the dock widgets by name.
+
+    ``warm``: select i-FGSM (5 steps) instead; its first live result starts filling the ε cache
+    (:data:`~.attack.live_iter.FILL_GRID`) in the background, so later slider moves over those
+    values show a finished result without a model call (the status line counts the cache)."""
     viewer.open_sample(PLUGIN, sample)
     # deferred: the `napari-medadv` script and `medadv demo` import this module before napari
     # starts; the docks import Qt, napari and torch (`napari-medadv --help` stays instant)
@@ -98,7 +106,10 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     spec = "demo:unet3d" if sample.startswith("glioma") else "demo:cxr"
 
     def ready(model):
-        attack.set_attack("fgsm", eps=eps)
+        if warm:
+            attack.set_attack(WARM_ATTACK[0], eps=eps, **WARM_ATTACK[1])
+        else:
+            attack.set_attack("fgsm", eps=eps)
         if live:
             attack.live.setChecked(True)
         attack.session.model_changed.disconnect(ready)
@@ -130,12 +141,12 @@ def fit_window_to_screen(viewer, fraction: float = 0.92) -> None:
     qwin.move(geo.x() + (geo.width() - qwin.width()) // 2, geo.y() + (geo.height() - qwin.height()) // 2)
 
 
-def launch_demo(device: str = "auto", sample: str = "glioma") -> int:
+def launch_demo(device: str = "auto", sample: str = "glioma", warm: bool = False) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-medadv demo — drag ε in the Attack dock")
     fit_window_to_screen(viewer)
-    setup_demo(viewer, device=device, sample=sample)
+    setup_demo(viewer, device=device, sample=sample, warm=warm)
     napari.run()
     return 0
 
@@ -147,5 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="napari-medadv", description="napari with the napari-medadv demo, ready to drag ε")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--sample", choices=["glioma", "glioma-1mm", "cxr"], default="glioma")
+    p.add_argument("--warm", action="store_true", help="live i-FGSM, its ε cache filled in the background")
     args = p.parse_args(argv)
-    return launch_demo(device=args.device, sample=args.sample)
+    return launch_demo(device=args.device, sample=args.sample, warm=args.warm)

@@ -181,7 +181,8 @@ class ReadoutsWidget(QWidget):
         o = shown.outcome
         where = "live ε" if shown.live else "run"
         if "iterate" in o.result.extra:  # a running attack's current iterate
-            where = f"running: iterate {o.result.extra['iterate']} of {o.result.extra['n_steps']}"
+            ex = o.result.extra
+            where = f"running: {ex.get('unit', 'iterate')} {ex['iterate']} of {ex['n_steps']}"
         severity = (float(o.result.extra.get("severity", o.params.get("severity", 0.0)))
                     if is_artifact(o.attack) else None)
         self.title.setText(f"<b>{shown.source.case}</b> · {o.attack} · {knob_text(o)} · "

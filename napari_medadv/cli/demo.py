@@ -19,6 +19,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="napari demo: the glioma case with the 3-D UNet (default), the same case at 1 mm "
                         "(glioma-1mm: 197x233x189, looks real on a projector) or the chest radiograph with "
                         "the classifier")
+    d.add_argument("--warm", action="store_true",
+                   help="napari demo: live ε with i-FGSM (5 steps), its ε cache filled in the background so "
+                        "scrubbing over 0.5-10 %% later needs no model call")
     d.set_defaults(func=cmd_demo)
     return d
 
@@ -49,7 +52,7 @@ def cmd_demo(args) -> int:
                 print(f"medadv demo: napari/Qt cannot be imported ({exc}); running the headless demo instead",
                       file=sys.stderr)
             else:
-                return launch_demo(device=args.device, sample=args.sample)
+                return launch_demo(device=args.device, sample=args.sample, warm=args.warm)
     from napari_medadv.core.demo_run import run_headless_demo  # the readers, the pipeline: not at start-up
 
     summary = run_headless_demo(args.out, device=args.device, quick=args.quick, log=lambda s: print(s, file=sys.stderr))

@@ -94,30 +94,43 @@ class AnytimeRun:
             gen.close()
 
     def frame(self, step: AttackStep) -> AttackOutcome | None:
-        """The outcome of the iterate ``step`` evaluated (its image, the model's output there)."""
-        if step.evaluated is None or step.output is None or self.started is None:
+        """The outcome of the iterate ``step`` evaluated (its image, the model's output there).
+
+        Gradient-free attacks (DGDE) report their best candidate without its output: its frame
+        costs one forward pass (a :class:`FramePacer` bounds how often)."""
+        if self.started is None:
             return None
         s, model = self.started, self.model
         atk = s.attack
+        evaluated, output, iterate, unit = step.evaluated, step.output, step.step - 1, "iterate"
+        if evaluated is None or output is None:
+            if not atk.gradient_free:
+                return None
+            import torch
+
+            evaluated, iterate, unit = step.adversarial, step.step, "queries"
+            with torch.no_grad():
+                output = model.forward(evaluated)
         if self._eps_native is None:
             from .intensity import compute_range
 
             self._eps_native = compute_range(s.x, atk.data_range).eps_native_per_channel(atk.eps)
-        adv = step.evaluated[0].detach().cpu().numpy()
-        # the iterate the step evaluated is iterate step-1 (0 = the start): say which one it is
-        result = AttackResult(attack=self.attack, clean=s.x, adversarial=step.evaluated, eps=float(atk.eps),
+        adv = evaluated[0].detach().cpu().numpy()
+        # a gradient step evaluated iterate step-1 (0 = the start): say which one this is
+        result = AttackResult(attack=self.attack, clean=s.x, adversarial=evaluated, eps=float(atk.eps),
                               eps_native=self._eps_native, params=atk.get_params(),
-                              extra={"iterate": step.step - 1, "n_steps": step.n_steps})
+                              extra={"iterate": iterate, "n_steps": step.n_steps, "unit": unit,
+                                     "step_metrics": dict(step.metrics)})
         o = AttackOutcome(image=self.image, model=model, attack=self.attack, params=result.params, seed=self.seed,
                           adversarial=adv.astype(np.float32, copy=False), result=result,
-                          clean_output=s.clean_output, adv_output=step.output, labels=self.labels,
+                          clean_output=s.clean_output, adv_output=output, labels=self.labels,
                           channel_mapping=s.mapping)
         if model.info.task == "segmentation":
             o.seg_clean = self._seg_clean
-            o.seg_adv = model.to_label_map(step.output)[0]
+            o.seg_adv = model.to_label_map(output)[0]
         else:
             o.probs_clean = model.probabilities(s.clean_output)[0].cpu().numpy()
-            o.probs_adv = model.probabilities(step.output)[0].cpu().numpy()
+            o.probs_adv = model.probabilities(output)[0].cpu().numpy()
         return o
 
 
@@ -127,7 +140,7 @@ class FramePacer:
     cost at most ``share`` of the run's time so far (a label map and the readouts per frame must
     not slow the attack they show)."""
 
-    def __init__(self, share: float = 0.1):
+    def __init__(self, share: float = 0.05):
         self.share = float(share)
         self.want = threading.Event()
         self.want.set()

@@ -42,7 +42,9 @@ def test_cli_demo_without_headless_launches_the_napari_demo(monkeypatch):
     calls = []
     monkeypatch.setattr(demo, "launch_demo", lambda **kw: calls.append(kw) or 0)
     assert cli.main(["demo", "--device", "cpu"]) == 0
-    assert calls == [{"device": "cpu", "sample": "glioma"}]
+    assert calls == [{"device": "cpu", "sample": "glioma", "warm": False}]
+    assert cli.main(["demo", "--device", "cpu", "--warm"]) == 0
+    assert calls[-1]["warm"] is True
 
 
 def test_napari_medadv_alias_entry_point(monkeypatch):
@@ -51,4 +53,20 @@ def test_napari_medadv_alias_entry_point(monkeypatch):
     calls = []
     monkeypatch.setattr(demo, "launch_demo", lambda **kw: calls.append(kw) or 0)
     assert demo.main(["--sample", "cxr", "--device", "cpu"]) == 0
-    assert calls == [{"device": "cpu", "sample": "cxr"}]
+    assert calls == [{"device": "cpu", "sample": "cxr", "warm": False}]
+
+
+def test_warm_demo_fills_the_eps_cache_of_live_ifgsm(make_napari_viewer, qtbot, monkeypatch):
+    from napari_medadv._qt.attack import live_iter
+    from napari_medadv._qt.demo import setup_demo
+
+    monkeypatch.setattr(live_iter, "FILL_GRID", (0.01, 0.02))
+    viewer = make_napari_viewer()
+    attack = setup_demo(viewer, device="cpu", warm=True)["Attack"]
+    qtbot.waitUntil(lambda: attack.session.shown is not None and not attack.running, timeout=120_000)
+    assert attack.attack_name() == "ifgsm" and attack.live.isChecked()
+    cache = attack.live_iter.cache
+    qtbot.waitUntil(lambda: set(cache.values()) >= {0.01, 0.02, 0.03}, timeout=120_000)
+    assert cache.key == attack.live_iter.full_key()
+    attack.cancel()
+    qtbot.waitUntil(lambda: not attack.live_iter.busy, timeout=60_000)

@@ -226,8 +226,9 @@ class AttackWidget(QWidget):
         self.session.run_started.emit(name)
         history: list[dict] = []
         t0 = time.perf_counter()
+        shows_steps = spec.iterative or (spec.gradient_free and spec.kind == "adversarial")  # DGDE: generations
         display = self.anytime = (AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi)
-                                  if spec.iterative else None)
+                                  if shows_steps else None)
 
         def on_step(payload):
             record, frame = payload
