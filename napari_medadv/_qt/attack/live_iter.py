@@ -105,9 +105,18 @@ class LiveIterative:
         self._pending = None
         self._stop_running()
 
+    def invalidate(self, *_) -> None:
+        """The image, ground truth or region changed (maybe in place): nothing cached holds."""
+        self.cancel()
+        self.cache.clear()
+        self._last = None
+
     def _stop_running(self) -> None:
+        """The running job stops after its current step; its frames no longer reach the layers."""
         if self._stop is not None:
             self._stop.set()
+        if self._display is not None:
+            self._display.finish()
 
     def _start_next(self) -> None:
         if self._halted:
@@ -152,8 +161,8 @@ class LiveIterative:
                 display.finish()
             if not outcome.result.cancelled:
                 self.cache.put(key, eps, outcome)
-                if not fill:
-                    self._show_result(outcome, cached=False)
+                if not fill and self._pending is None and not stop.is_set():
+                    self._show_result(outcome, cached=False, source=src)
             elif not fill:
                 self._last = (key, eps, outcome.adversarial)  # a stopped run: the next one continues it
 
@@ -174,8 +183,8 @@ class LiveIterative:
             self.last_latency, self._t0 = time.perf_counter() - self._t0, None
             self.last_from_cache = False
 
-    def _show_result(self, outcome, cached: bool) -> None:
-        src = self._context()[0]
+    def _show_result(self, outcome, cached: bool, source=None) -> None:
+        src = source if source is not None else self._context()[0]
         show_outcome(self.viewer, src, outcome, live=True)
         self.session.set_shown(Shown(src, outcome, live=True))
         self._last = (self.full_key(), float(outcome.result.eps), outcome.adversarial)

@@ -135,10 +135,12 @@ class AttackWidget(QWidget):
 
     def _source_changed(self) -> None:
         self.live_eps.invalidate()
+        self.live_iter.invalidate()
         self.method_panel.source_changed()
 
     def _inputs_changed(self, *_) -> None:
         self.live_eps.invalidate()
+        self.live_iter.invalidate()
 
     def _method_changed(self, spec) -> None:
         self.live_iter.cancel()
