@@ -232,9 +232,10 @@ def _summary_line(o) -> str:
             f"{r} {ref[r]:.3f}->{v:.3f}" if ref else f"{r} {v:.3f}" for r, v in adv.items()))
     if "probabilities" in m:
         parts.append(" ".join(f"{n} {p['clean']:.2f}->{p['adversarial']:.2f}" for n, p in m["probabilities"].items()))
-    if "breaking_eps" in m:
+    if "breaking_eps" in m:  # the regions when there are any (BraTS), else the labels by name
         names = m["breaking"].get("label_names") or {}
+        shown = {k: v for k, v in m["breaking_eps"].items() if k not in names} or m["breaking_eps"]
         parts.append("breaks at ε " + " ".join(
             f"{names.get(k, k)} {'>' + format(m['breaking']['eps_max'], 'g') if v is None else format(v, '.4g')}"
-            for k, v in m["breaking_eps"].items()))
+            for k, v in shown.items()))
     return "  ".join(parts)
