@@ -70,3 +70,14 @@ def test_bad_breaking_and_strong_attack_options_exit_2(case, tmp_path, capsys, e
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and message in lines[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_strong_attacks_in_a_study_grid(case, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["study", case.parent, "--model", "tiny:0", "--attack", "segpgd", "--attack", "cospgd", "--attack", "apgd",
+            "--eps", "0.05", "--steps", "2", "--sequential", "--out", out]
+    rc, stdout, err = _run(argv, capsys)
+    assert rc == 0, err
+    md = (out / "report.md").read_text()
+    for name in ("segpgd", "cospgd", "apgd"):
+        assert f"{name}[eps=0.05,steps=2]" in md
