@@ -60,7 +60,13 @@ def small_case(tmp_path_factory):
 
 def test_fgsm_bisection_agrees_with_a_dense_scan(small_case):
     model = load_model("tiny:0", device="cpu")
-    res = breaking_eps(small_case, model, "fgsm", eps_max=0.12, grid=6, refine=7)
+    calls = []
+    hook = model.module.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        res = breaking_eps(small_case, model, "fgsm", eps_max=0.12, grid=6, refine=7)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + len(res.curve)  # FGSM's prepare, then one forward per probe
     assert set(res.breaking_eps) == {"1", "2", "4", "WT", "TC", "ET"}
     assert res.names == {"1": "NCR/NET", "2": "ED", "4": "ET"}
     # a dense scan on the same fast path: the first ε (step 0.003) where each Dice is below 0.5
