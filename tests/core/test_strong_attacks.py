@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_medadv.core.attacks import APGD, ATTACKS, PGD, CosPGD, SegPGD
+from napari_medadv.core.attacks import APGD, ATTACKS, CosPGD, SegPGD
 from napari_medadv.core.attacks.apgd import checkpoint_schedule, dlr_loss
 from napari_medadv.core.intensity import compute_range
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_docks import WAIT, _open, _wait_job, docks  # noqa: F401  (the shared dock fixture)
+from test_docks import _open, _wait_job, docks  # noqa: F401  (the shared dock fixture)
 
 
 @pytest.mark.parametrize("name", ["segpgd", "cospgd", "apgd"])
