@@ -206,6 +206,22 @@ def test_invariants(seg_model, seg_data, name):
 
 
 @pytest.mark.parametrize("name", STRONG)
+def test_steps_carry_their_evaluated_iterate_and_its_output_and_warm_start(seg_model, seg_data, name):
+    """Each step's ``evaluated`` image and ``output`` belong together (APGD also after restoring its
+    best point at a checkpoint), and ``init`` replaces the first random start."""
+    x, y = seg_data
+    atk = ATTACKS.create(name, seg_model, eps=0.05, steps=8, seed=0)
+    gen = atk.iterate(x, y)
+    for step in gen:
+        with torch.no_grad():
+            torch.testing.assert_close(step.output, seg_model(step.evaluated), rtol=1e-4, atol=1e-4)
+    assert ATTACKS[name].warm_start
+    init = atk.last_result.adversarial
+    first = next(ATTACKS.create(name, seg_model, eps=0.05, steps=2, seed=0).iterate(x, y, init=init))
+    assert torch.equal(first.evaluated, init)
+
+
+@pytest.mark.parametrize("name", STRONG)
 def test_stronger_than_nothing_and_clean_prediction_reference(seg_model, seg_data, name):
     """Without labels the reference is the clean prediction (one forward at the clean image)."""
     x, _ = seg_data

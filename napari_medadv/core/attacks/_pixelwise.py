@@ -113,8 +113,8 @@ def use_clean_reference(ctx: _Context) -> None:
 class PixelPGD(PGD):
     """PGD whose loss is a per-voxel (binary) cross-entropy weighted by :meth:`_pixel_weights`,
     which may depend on the iteration ``k`` (0-based) of ``steps``. Random start, step size,
-    restarts and targeting as :class:`~.pgd.PGD`; restarts are ranked by the plain mean
-    per-voxel cross-entropy (highest untargeted, lowest targeted)."""
+    restarts, warm starts and targeting as :class:`~.pgd.PGD`; restarts are ranked by the plain
+    mean per-voxel cross-entropy (highest untargeted, lowest targeted)."""
 
     def __init__(self, model, eps: float = 0.05, steps: int = 10, alpha: float | None = None,
                  random_start: bool = True, restarts: int = 1, **kwargs):
@@ -159,8 +159,9 @@ class PixelPGD(PGD):
             for k in range(self.steps):
                 per_sample, grad, out = self._loss_and_grad(ctx, adv, k, targeted)
                 metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
-                adv = ctx.project(adv + sign * alpha * grad.sign())
-                yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r)
+                before, adv = adv, ctx.project(adv + sign * alpha * grad.sign())
+                yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r,
+                                 evaluated=before, output=out)
             if self.restarts == 1:
                 return adv
             with torch.no_grad():

@@ -69,7 +69,8 @@ class APGD(Attack):
     least 3 classes). For segmentation both are evaluated per voxel and averaged, the per-pixel
     form used for segmentation by Croce et al. (2023, "Towards reliable evaluation and fast
     training of robust semantic segmentation models"). Without labels the clean prediction (one
-    extra forward at the clean image) is the reference. Untargeted only.
+    extra forward at the clean image) is the reference. Untargeted only. A warm start
+    (``iterate(init=...)``, the dock's live ε) replaces the first random start.
 
     Differences from ``torchattacks.APGD`` / auto-attack's ``APGDAttack`` (tested):
 
@@ -96,6 +97,7 @@ class APGD(Attack):
     name = "apgd"
     label = "APGD"
     description = "Auto-PGD (Croce & Hein 2020): adaptive step size, momentum, checkpoints; CE or DLR loss."
+    warm_start = True
     params = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
         Param("steps", int, 10, "iterations per restart (the paper: 100)", 1, 10000),
@@ -129,8 +131,11 @@ class APGD(Attack):
             return per_sample_mean(dlr_loss(output, ref))
         return per_sample_mean(pixel_loss(output, ref, self.activation)[0])
 
-    def _start(self, ctx: _Context) -> torch.Tensor:
-        """``x + ε · t / max|t|``, t uniform in [−1, 1]: the largest coordinate on the ball's surface."""
+    def _start(self, ctx: _Context, restart: int) -> torch.Tensor:
+        """``x + ε · t / max|t|``, t uniform in [−1, 1]: the largest coordinate on the ball's surface;
+        a warm start (``iterate(init=...)``, live ε) replaces the first one."""
+        if restart == 0 and ctx.init is not None:
+            return ctx.init
         t = 2 * torch.rand(ctx.x.shape, generator=ctx.rng, device=ctx.x.device) - 1
         t = t / t.reshape(t.shape[0], -1).abs().amax(1).reshape(-1, *([1] * (t.ndim - 1)))
         return ctx.project(ctx.x + ctx.eps * t)
@@ -152,9 +157,10 @@ class APGD(Attack):
     def _single_run(self, ctx: _Context, restart: int):
         n = self.steps
         view = (-1, *([1] * (ctx.x.ndim - 1)))
-        adv = self._start(ctx)
+        adv = self._start(ctx, restart)
         loss, grad, out = ctx.loss_and_grad(adv)
-        x_best, grad_best, loss_best = adv.clone(), grad.clone(), loss.clone()
+        # the output at x_best travels with it, so a restored iterate keeps its own prediction
+        x_best, grad_best, loss_best, out_best = adv.clone(), grad.clone(), loss.clone(), out
         eta = torch.full((ctx.x.shape[0],), 2.0, device=adv.device)  # step size in units of ε
         window, k_min, k_decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
         counter, rises = 0, torch.zeros_like(loss)
@@ -162,11 +168,12 @@ class APGD(Attack):
         adv_old = adv
         for i in range(n):
             momentum = adv - adv_old
-            adv_old = adv
+            adv_old = before = adv
             a = 0.75 if i > 0 else 1.0
             z = ctx.project(adv + eta.reshape(view) * ctx.eps * grad.sign())
             new = ctx.project(adv + (z - adv) * a + momentum * (1 - a))
             metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
+            out_eval = out
             loss_before = float(loss.mean())
             prev = loss
             loss, grad, out = ctx.loss_and_grad(new)
@@ -175,6 +182,7 @@ class APGD(Attack):
             improved = loss > loss_best
             m = improved.reshape(view)
             x_best, grad_best = torch.where(m, adv, x_best), torch.where(m, grad, grad_best)
+            out_best = torch.where(improved.reshape(-1, *([1] * (out.ndim - 1))), out, out_best)
             loss_best = torch.where(improved, loss, loss_best)
             counter += 1
             if counter == window:  # checkpoint: conditions (1) or (2) halve η and restart from x_max
@@ -184,8 +192,10 @@ class APGD(Attack):
                     eta = torch.where(halve, eta / 2, eta)
                     hm = halve.reshape(view)
                     adv, grad = torch.where(hm, x_best, adv), torch.where(hm, grad_best, grad)
+                    out = torch.where(halve.reshape(-1, *([1] * (out.ndim - 1))), out_best, out)
                 counter, window = 0, max(window - k_decr, k_min)
                 rises.zero_()
             yield AttackStep(restart * n + i + 1, n * self.restarts, loss_before, adv,
-                             {**metrics, "step_size": float(eta.mean())}, restart=restart)
+                             {**metrics, "step_size": float(eta.mean())}, restart=restart,
+                             evaluated=before, output=out_eval)
         return x_best, loss_best
