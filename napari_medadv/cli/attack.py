@@ -75,6 +75,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                          "perturbed image has this PSNR (dB; same definition as metrics.json), for the "
                          "given --seed; exits 2 if it cannot be reached")
     mg.add_argument("--match-ssim", type=float, metavar="SSIM", help="as --match-psnr, for an SSIM")
+    bg = a.add_argument_group("breaks at ε")
+    bg.add_argument("--breaking-eps", action="store_true",
+                    help="also find, per label and region (segmentation) or finding (classifier), the smallest ε "
+                         "at which the attack breaks it: Dice against the clean prediction below --break-threshold, "
+                         "or the probability crossing 0.5; writes breaking_eps and the Dice-vs-ε AUC into "
+                         "metrics.json (FGSM: one forward per probe; other attacks: re-run per probe)")
+    bg.add_argument("--break-threshold", type=float, default=0.5, metavar="DICE",
+                    help="Dice below which a label or region counts as broken (default 0.5)")
+    bg.add_argument("--break-max-eps", type=float, default=0.1, metavar="EPS",
+                    help="largest ε searched (fraction of the range; default 0.1); labels not broken up to it "
+                         "get null")
     _attack_param_options(a)
     a.set_defaults(func=cmd_attack)
     return a
@@ -133,6 +144,8 @@ def cmd_attack(args) -> int:
             raise CLIError(f"{args.roi}: the ROI mask is empty")
     elif args.perturb_background:
         roi = None
+    if args.breaking_eps:
+        _check_breaking_args(args, spec)
     record_extra = None
     seed = args.seed
     if args.match_psnr is not None or args.match_ssim is not None:
@@ -144,6 +157,8 @@ def cmd_attack(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if args.breaking_eps:
+        _add_breaking(args, outcome, params, labels, target, roi)
     paths = write_outcome(outcome, args.out, command=["medadv", *sys.argv[1:]], record_extra=record_extra)
     if args.json:
         print(json.dumps(outcome.metrics, indent=1, default=str))
@@ -151,6 +166,27 @@ def cmd_attack(args) -> int:
         print(_summary_line(outcome))
         print(f"wrote {len(paths)} files to {args.out}")
     return 0
+
+
+def _check_breaking_args(args, spec) -> None:
+    if not spec.takes_eps:
+        raise CLIError(f"--breaking-eps needs an attack with an ε budget; {spec.label} has none")
+    if not 0 < args.break_threshold < 1:
+        raise CLIError(f"--break-threshold must lie between 0 and 1, got {args.break_threshold}")
+    if not args.break_max_eps > 0:
+        raise CLIError(f"--break-max-eps must be > 0, got {args.break_max_eps}")
+
+
+def _add_breaking(args, outcome, params: dict, labels, target, roi) -> None:
+    """--breaking-eps: the search with the run's parameters, seed, labels and region, into metrics.json."""
+    from napari_medadv.core.breaking import breaking_eps
+
+    if not args.quiet:
+        print(f"searching the breaking ε up to {args.break_max_eps:g} ...", file=sys.stderr)
+    res = breaking_eps(outcome.image, outcome.model, outcome.attack, params=params, labels=labels, target=target,
+                       roi=roi, seed=outcome.seed, threshold=args.break_threshold, eps_max=args.break_max_eps)
+    outcome.metrics["breaking_eps"] = res.breaking_eps
+    outcome.metrics["breaking"] = {k: v for k, v in res.to_dict().items() if k != "breaking_eps"}
 
 
 def _match_quality(args, image, model, spec, params: dict, labels, target, roi) -> tuple[dict, int]:
@@ -196,4 +232,10 @@ def _summary_line(o) -> str:
             f"{r} {ref[r]:.3f}->{v:.3f}" if ref else f"{r} {v:.3f}" for r, v in adv.items()))
     if "probabilities" in m:
         parts.append(" ".join(f"{n} {p['clean']:.2f}->{p['adversarial']:.2f}" for n, p in m["probabilities"].items()))
+    if "breaking_eps" in m:  # the regions when there are any (BraTS), else the labels by name
+        names = m["breaking"].get("label_names") or {}
+        shown = {k: v for k, v in m["breaking_eps"].items() if k not in names} or m["breaking_eps"]
+        parts.append("breaks at ε " + " ".join(
+            f"{names.get(k, k)} {'>' + format(m['breaking']['eps_max'], 'g') if v is None else format(v, '.4g')}"
+            for k, v in shown.items()))
     return "  ".join(parts)

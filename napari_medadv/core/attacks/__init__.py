@@ -8,19 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .apgd import APGD
 from .artifacts import ARTIFACTS, MRArtifact, MRBiasField, MRBlur, MRGaussianNoise, MRGhosting, MRMotion, MRSpike
 from .base import Attack, AttackResult, AttackStep, Param
+from .cospgd import CosPGD
 from .dgde import DGDE
 from .fgsm import FGSM
 from .ifgsm import IFGSM
 from .noise import RandomNoise
 from .pgd import PGD, RiskPGD
+from .segpgd import SegPGD
 from .tifgsm import TIFGSM
 
 BIM = IFGSM  # torchattacks' name for i-FGSM
 
-_BUILTIN: tuple[type[Attack], ...] = (FGSM, IFGSM, TIFGSM, PGD, RiskPGD, DGDE, RandomNoise,
-                                      *ARTIFACTS)  # MR artifacts (torchio): motion ... blur
+_BUILTIN: tuple[type[Attack], ...] = (FGSM, IFGSM, TIFGSM, PGD, RiskPGD, SegPGD, CosPGD, APGD, DGDE,
+                                      RandomNoise, *ARTIFACTS)  # MR artifacts (torchio): motion ... blur
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ for _cls in _BUILTIN:
     ATTACKS.register(_cls)
 
 __all__ = [
-    "ARTIFACTS", "ATTACKS", "Attack", "AttackRegistry", "AttackResult", "AttackSpec", "AttackStep", "BIM",
-    "DGDE", "FGSM", "IFGSM", "MRArtifact", "MRBiasField", "MRBlur",
-    "MRGaussianNoise", "MRGhosting", "MRMotion", "MRSpike", "PGD", "Param", "RandomNoise", "RiskPGD", "TIFGSM",
+    "APGD", "ARTIFACTS", "ATTACKS", "Attack", "AttackRegistry", "AttackResult", "AttackSpec", "AttackStep", "BIM",
+    "CosPGD", "DGDE", "FGSM", "IFGSM", "MRArtifact", "MRBiasField", "MRBlur",
+    "MRGaussianNoise", "MRGhosting", "MRMotion", "MRSpike", "PGD", "Param", "RandomNoise", "RiskPGD", "SegPGD", "TIFGSM",
 ]

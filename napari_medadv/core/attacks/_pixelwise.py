@@ -1,0 +1,176 @@
+"""Per-pixel (per-voxel) losses and weights shared by SegPGD, CosPGD and APGD's segmentation form.
+
+The project's losses (:mod:`..losses`) return one value per *sample*; these attacks need the loss
+*per voxel* before they weight or reduce it, so the per-voxel terms live here:
+
+* :func:`pixel_loss` — cross-entropy per voxel (``B *spatial``) for softmax outputs, binary
+  cross-entropy per output channel and voxel (``B K *spatial``) for sigmoid outputs (independent
+  regions / findings), and whether each term is currently "correct" (arg-max equals the
+  reference; for sigmoid, the 0.5 decision equals the reference);
+* :func:`pixel_cosine` — CosPGD's cosine similarity between the predicted distribution and the
+  reference distribution at each voxel (for sigmoid outputs the two-class distributions
+  ``[p, 1 − p]`` and ``[y, 1 − y]`` of each channel);
+* :class:`PixelPGD` — the PGD loop (random start, signed steps, restarts) with a per-voxel weight
+  that depends on the iteration, which SegPGD and CosPGD fill in.
+
+Shapes: output ``B K *spatial`` (or ``B K`` for a classifier: one "pixel" per sample); reference
+class indices ``B *spatial`` or a float tensor shaped like the output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import as_dense_target, class_indices
+from .base import AttackStep, _Context
+from .pgd import PGD
+
+PIXEL_LOSSES = (None, "auto", "ce", "bce")
+
+
+def check_pixel_loss(attack_label: str, loss) -> None:
+    """These attacks are defined on the (binary) cross-entropy per voxel; refuse another loss
+    rather than silently ignoring it."""
+    if loss not in PIXEL_LOSSES:
+        raise ValueError(f"{attack_label} weights the per-voxel cross-entropy (ce, or bce for sigmoid "
+                         f"outputs); it takes no loss={loss!r}")
+
+
+def resolve_activation(activation: str, output: torch.Tensor, ref: torch.Tensor) -> str:
+    """``"auto"`` → sigmoid when the reference is multi-hot (independent regions/findings), else
+    softmax; the same rule as :func:`~..losses.make_loss`."""
+    if activation != "auto":
+        return activation
+    if ref.is_floating_point() and ref.shape == output.shape:
+        s = ref.sum(1)
+        if output.ndim == 2 or not torch.allclose(s, torch.ones_like(s)):
+            return "sigmoid"
+    return "softmax"
+
+
+def _log_probs(output: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "none":  # the model outputs probabilities already
+        return torch.log(output.clamp_min(1e-12))
+    return torch.log_softmax(output, dim=1)
+
+
+def pixel_loss(output: torch.Tensor, ref: torch.Tensor, activation: str = "auto"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, correct)``: the cross-entropy of each voxel and whether it is classified as the
+    reference says (``B *spatial``); for sigmoid outputs the binary cross-entropy and the
+    decision of each channel at each voxel (``B K *spatial``). ``correct`` is detached (bool)."""
+    act = resolve_activation(activation, output, ref)
+    if act == "sigmoid":
+        dense = as_dense_target(ref, output)
+        loss = F.binary_cross_entropy_with_logits(output, dense, reduction="none")
+        correct = (output.detach() > 0) == (dense > 0.5)
+        return loss, correct
+    if ref.is_floating_point() and ref.shape == output.shape:  # soft / one-hot float reference
+        dense = ref.to(output.dtype)
+        loss = -(dense * _log_probs(output, act)).sum(1)
+        return loss, output.detach().argmax(1) == dense.argmax(1)
+    idx = class_indices(ref, output)
+    if act == "none":
+        loss = F.nll_loss(_log_probs(output, act), idx, reduction="none")
+    else:  # F.cross_entropy, as torchattacks and the papers' code (bit-identical gradients)
+        loss = F.cross_entropy(output, idx, reduction="none")
+    return loss, output.detach().argmax(1) == idx
+
+
+def pixel_cosine(output: torch.Tensor, ref: torch.Tensor, activation: str = "auto") -> torch.Tensor:
+    """CosPGD's weight: ``cos(ψ(f(x))_i, Ψ(y)_i)`` at each voxel (detached), ψ the softmax and Ψ the
+    one-hot encoding (Agnihotri et al. 2024, eq. 4); ``B *spatial``, or ``B K *spatial`` for sigmoid
+    outputs, where each channel compares ``[p, 1 − p]`` with ``[y, 1 − y]``."""
+    act = resolve_activation(activation, output, ref)
+    out = output.detach()
+    dense = as_dense_target(ref, out)
+    if act == "sigmoid":
+        p = torch.sigmoid(out)
+        num = p * dense + (1 - p) * (1 - dense)
+        den = torch.sqrt(p ** 2 + (1 - p) ** 2) * torch.sqrt(dense ** 2 + (1 - dense) ** 2)
+        return num / den.clamp_min(1e-8)
+    probs = out if act == "none" else torch.softmax(out, dim=1)
+    return F.cosine_similarity(probs, dense, dim=1)
+
+
+def per_sample_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over every axis but the first: ``(B,)``."""
+    return values.reshape(values.shape[0], -1).mean(1)
+
+
+def use_clean_reference(ctx: _Context) -> None:
+    """Resolve the reference from a forward pass at the *clean* image when there are no labels or
+    target (the clean prediction is the reference), before any random start moves the input: the
+    iterate's own prediction would otherwise become the pseudo-labels. One forward, no backward."""
+    if ctx._ref is None and ctx._labels is None and ctx._target is None:
+        with torch.no_grad():
+            out = ctx.forward(ctx.x)
+        ctx.clean_output = out
+        ctx.reference(out)
+
+
+class PixelPGD(PGD):
+    """PGD whose loss is a per-voxel (binary) cross-entropy weighted by :meth:`_pixel_weights`,
+    which may depend on the iteration ``k`` (0-based) of ``steps``. Random start, step size,
+    restarts, warm starts and targeting as :class:`~.pgd.PGD`; restarts are ranked by the plain
+    mean per-voxel cross-entropy (highest untargeted, lowest targeted)."""
+
+    def __init__(self, model, eps: float = 0.05, steps: int = 10, alpha: float | None = None,
+                 random_start: bool = True, restarts: int = 1, **kwargs):
+        check_pixel_loss(self.label, kwargs.get("loss"))
+        super().__init__(model, eps, steps, alpha, random_start, restarts, **kwargs)
+
+    def _pixel_weights(self, output: torch.Tensor, ref: torch.Tensor, correct: torch.Tensor, k: int,
+                       targeted: bool) -> torch.Tensor:
+        raise NotImplementedError  # abstract: SegPGD and CosPGD define the weights
+
+    def weighted_loss(self, output: torch.Tensor, ref: torch.Tensor, k: int, targeted: bool = False
+                      ) -> torch.Tensor:
+        """The attack's per-sample loss at iteration ``k``: mean over voxels of weight × CE."""
+        loss, correct = pixel_loss(output, ref, self.activation)
+        w = self._pixel_weights(output, ref, correct, k, targeted).detach()
+        if w.shape != loss.shape:  # a per-voxel weight on per-channel (sigmoid) terms
+            w = w.unsqueeze(1).expand_as(loss)
+        return per_sample_mean(w * loss)
+
+    def _loss_and_grad(self, ctx: _Context, adv: torch.Tensor, k: int, targeted: bool):
+        adv = adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = ctx.forward(adv)
+            per_sample = self.weighted_loss(out, ctx.reference(out), k, targeted)
+            (grad,) = torch.autograd.grad(per_sample.sum(), adv)
+        ctx.n_backward += adv.shape[0]
+        if ctx.clean_output is None:
+            ctx.clean_output = out.detach()
+        return per_sample.detach(), grad, out.detach()
+
+    def _steps(self, ctx: _Context):
+        use_clean_reference(ctx)
+        # the unweighted mean per-voxel CE for what reads ctx.loss (the tracked final loss)
+        ctx.loss_fn = lambda out, ref: per_sample_mean(pixel_loss(out, ref, self.activation)[0])
+        targeted = self._is_targeted(ctx)
+        sign = -1.0 if targeted else 1.0
+        alpha = ctx.range.eps_native(self.step_size)
+        total = self.steps * self.restarts
+        best = best_score = None
+        for r in range(self.restarts):
+            adv = self._start(ctx, r)
+            for k in range(self.steps):
+                per_sample, grad, out = self._loss_and_grad(ctx, adv, k, targeted)
+                metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
+                before, adv = adv, ctx.project(adv + sign * alpha * grad.sign())
+                yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r,
+                                 evaluated=before, output=out)
+            if self.restarts == 1:
+                return adv
+            with torch.no_grad():
+                out = ctx.forward(adv)
+                score = sign * ctx.loss(out)
+            if best is None:
+                best, best_score = adv, score
+            else:
+                better = (score > best_score).reshape(-1, *([1] * (adv.ndim - 1)))
+                best = torch.where(better, adv, best)
+                best_score = torch.maximum(score, best_score)
+        return best
