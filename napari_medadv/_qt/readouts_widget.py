@@ -109,6 +109,35 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
     return header, rows
 
 
+def breaking_rows(result: dict, ncol: int) -> list[list[str]]:
+    """Rows "breaks at ε · KEY" and "Dice-vs-ε AUC · KEY" of a :mod:`~napari_medadv.core.breaking`
+    result (``BreakingResult.to_dict()``), the value in the last column (clean·adv / adversarial)."""
+    rows = []
+    names = result.get("label_names") or {}
+    for key, eps in result["breaking_eps"].items():
+        shown = f"{key} ({names[key]})" if key in names else key
+        value = f"> {100 * result['eps_max']:g} %" if eps is None else f"{100 * eps:.2f} %"
+        rows.append([f"breaks at ε · {shown}"] + [""] * (ncol - 1) + [value])
+    for key, auc in (result.get("dice_auc") or {}).items():
+        rows.append([f"Dice-vs-ε AUC · {key}"] + [""] * (ncol - 1) + [f"{auc:.3f}"])
+    return rows
+
+
+def breaking_job(image, model, attack: str, params: dict, labels, roi, seed: int, *, should_stop, report):
+    """Generator for a worker: breaking ε of every label/region (or finding) for the shown result's attack."""
+    from napari_medadv.core.breaking import breaking_eps  # the pipeline: not at dock creation
+
+    yield 0, 1, None
+    return breaking_eps(image, model, attack, params=params, labels=labels, roi=roi, seed=seed,
+                        should_stop=should_stop).to_dict()
+
+
+def _breaking_key(shown: Shown) -> tuple:
+    o = shown.outcome
+    params = tuple(sorted((k, repr(v)) for k, v in o.params.items() if k != "eps"))
+    return (shown.source.case, o.model.spec, id(o.model), o.attack, params, o.seed)
+
+
 class ReadoutsWidget(QWidget):
     """The Readouts dock."""
 
@@ -125,6 +154,14 @@ class ReadoutsWidget(QWidget):
         self.table.horizontalHeader().setMinimumSectionSize(56)
         self.copy_btn = QPushButton("Copy as CSV")
         self.copy_btn.setEnabled(False)
+        self.breaking_btn = QPushButton("Breaks at ε")
+        self.breaking_btn.setToolTip(
+            "The smallest ε at which each label/region's Dice against the clean prediction falls below 0.5 "
+            "(classifier: each finding's decision flips), searched up to 10 % for the shown result's attack: "
+            "FGSM one forward per probe, other attacks re-run per probe. Adds rows and the Dice-vs-ε area.")
+        self.breaking_btn.setEnabled(False)
+        self._breaking: tuple | None = None  # (key of the result it was computed for, result dict)
+        self._breaking_job = None
         self.match_title = QLabel("")
         self.match_title.setWordWrap(True)
         self.match_table = QTableWidget(0, 3)
@@ -139,6 +176,7 @@ class ReadoutsWidget(QWidget):
         lay.addWidget(self.match_title)
         lay.addWidget(self.match_table, 2)
         row = QHBoxLayout()
+        row.addWidget(self.breaking_btn)
         row.addStretch(1)
         row.addWidget(self.copy_btn)
         lay.addLayout(row)
@@ -157,8 +195,40 @@ class ReadoutsWidget(QWidget):
         self.session.frame.connect(self.update_from)
         self.session.matched_changed.connect(self.update_matched)
         self.copy_btn.clicked.connect(self.copy_csv)
+        self.breaking_btn.clicked.connect(lambda: self.compute_breaking())
+
+    def compute_breaking(self):
+        """Breaking ε for the shown result (a worker with Cancel in the activity panel); the rows
+        appear when it is done and stay while that result (case, model, attack, parameters) is shown."""
+        from .workers import Job
+
+        shown = self.session.shown
+        if shown is None or "eps" not in shown.outcome.params or self._busy_breaking():
+            return None
+        o = shown.outcome
+        key = _breaking_key(shown)
+        params = {k: v for k, v in o.params.items() if k not in ("eps", "seed", "data_range", "activation")}
+        if o.attack == "fgsm" and params.get("loss") is None:
+            params.pop("loss", None)  # the defaults: FGSM's fast ε path
+
+        def done(result):
+            self._breaking = (key, result)
+            if self.session.shown is not None:
+                self.update_from(self.session.shown)
+
+        self.breaking_btn.setEnabled(False)
+        self._breaking_job = Job(breaking_job, shown.source.image, o.model, o.attack, params, o.labels, shown.roi,
+                                 o.seed, desc=f"breaking ε ({o.attack}) on {shown.source.case}", total=1,
+                                 hooks=True, on_done=done,
+                                 on_finish=lambda: self.breaking_btn.setEnabled(self.session.shown is not None)).start()
+        return self._breaking_job
+
+    def _busy_breaking(self) -> bool:
+        return self._breaking_job is not None and self._breaking_job.running
 
     def closeEvent(self, event) -> None:
+        if self._busy_breaking():
+            self._breaking_job.cancel()
         self.session.result_changed.disconnect(self.update_from)
         self.session.metrics_changed.disconnect(self.update_from)
         self.session.frame.disconnect(self.update_from)
@@ -194,6 +264,9 @@ class ReadoutsWidget(QWidget):
             return
         self.header, self.rows = readout_rows(o.metrics, shown.transfer.metrics if shown.transfer else None,
                                               severity=severity)
+        if self._breaking is not None and self._breaking[0] == _breaking_key(shown):
+            self.rows += breaking_rows(self._breaking[1], len(self.header) - 1)
+        self.breaking_btn.setEnabled("eps" in o.params and not self._busy_breaking())
         _fill(self.table, self.header, self.rows)
         self.copy_btn.setEnabled(True)
 

@@ -487,3 +487,24 @@ def test_a_closed_attack_dock_ignores_later_results(make_napari_viewer, qtbot):
     aw.deleteLater()
     qtbot.wait(50)
     session.result_changed.emit(None)  # would call setEnabled on the deleted Save button
+
+
+def test_readouts_breaks_at_eps_rows(docks, qtbot, glioma_small, unet2d):
+    from napari_medadv.core.breaking import breaking_eps
+
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.02)
+    _wait_job(qtbot, aw.run(), aw)
+    assert rw.breaking_btn.isEnabled()
+    _wait_job(qtbot, rw.compute_breaking())
+    rows = {r[0]: r[-1] for r in rw.rows}
+    ref = breaking_eps(glioma_small, unet2d, "fgsm", labels=glioma_small.labels, seed=0)
+    for key, eps in ref.breaking_eps.items():
+        label = next(k for k in rows if k.startswith(f"breaks at ε · {key}"))
+        assert rows[label] == (f"> {100 * ref.eps_max:g} %" if eps is None else f"{100 * eps:.2f} %")
+    assert any(k.startswith("Dice-vs-ε AUC · WT") for k in rows)
+    aw.set_attack("fgsm", eps=0.03)  # another result of the same attack keeps the rows (ε is what is searched)
+    _wait_job(qtbot, aw.run(), aw)
+    assert any(r[0].startswith("breaks at ε") for r in rw.rows)
