@@ -233,7 +233,7 @@ def bench_iterative_live(app, label: str, image, model, repeats: int) -> None:
     the longest event-loop stall meanwhile, and scrubbing over cached ε ÷ one layer update."""
     from qtpy.QtCore import QTimer
 
-    from napari_medadv._qt.layers import show_outcome
+    from napari_medadv._qt.results import show_outcome
 
     fb = _forward_backward_time(model, image, 3)
     for attack, params in (("tifgsm", {"steps": 5}), ("pgd", {"steps": 5})):

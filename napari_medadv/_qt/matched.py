@@ -26,7 +26,8 @@ from napari_medadv.core.pipeline import run_attack
 
 from .compat import camera as _camera
 from .compat import grid as _grid
-from .layers import META, is_artifact, labels_for, result_layer_names
+from .layers import META, labels_for
+from .results import is_artifact, result_layer_names
 
 if TYPE_CHECKING:
     import napari

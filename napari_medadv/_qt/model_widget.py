@@ -27,7 +27,7 @@ from napari_medadv.core.models.channels import parse_channel_list
 from napari_medadv.core.models.registry import describe_device
 from napari_medadv.core.pipeline import model_input
 
-from .layers import show_clean_prediction as show_prediction_layer
+from .results import show_clean_prediction as show_prediction_layer
 from .layers import source_from_layer
 from .session import Session
 from .workers import Job

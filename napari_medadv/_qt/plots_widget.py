@@ -24,7 +24,8 @@ from napari_medadv.core.live import LiveEps
 
 from .compat import text_overlay
 from .export import write_gif
-from .layers import context_from_choices, show_outcome
+from .layers import context_from_choices
+from .results import show_outcome
 from .session import Session
 from .workers import Job, report_error
 

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .layers import is_artifact
+from .results import is_artifact
 from .matched import comparison_rows, knob_text
 from .session import Session, Shown
 

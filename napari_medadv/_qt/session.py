@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
-from .layers import is_artifact
+from .results import is_artifact
 
 if TYPE_CHECKING:
     import napari

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from napari_medadv.core.anytime import FramePacer
 
-from ..layers import iter_show_outcome, restore_results, snapshot_results
+from ..results import iter_show_outcome, restore_results, snapshot_results
 from ..session import Session, Shown
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QCheckBox
 
 from napari_medadv.core.live import LiveEps
 
-from ..layers import flush_deferred, show_outcome
+from ..results import flush_deferred, show_outcome
 from ..session import Session, Shown
 from ..workers import Job, LatestWins, report_error
 from .jobs import headline

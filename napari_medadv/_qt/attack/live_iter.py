@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from napari_medadv.core.anytime import EpsCache, warm_start
 
-from ..layers import show_outcome
+from ..results import show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
 from .anytime import AnytimeDisplay

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabe
 
 from napari_medadv.core.errors import MedadvError
 
-from ..layers import iter_show_outcome
+from ..results import iter_show_outcome
 from ..matched import MAX_EVALS, METRIC_LABELS, METRIC_UNITS, Matched, SideBySide, artifact_choices, match_job
 from ..session import Session, Shown
 from ..workers import Job

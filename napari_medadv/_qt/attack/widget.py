@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from napari_medadv.core.attacks import ATTACKS
 
-from ..layers import iter_show_outcome
+from ..results import iter_show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
 from .anytime import AnytimeDisplay
