@@ -27,7 +27,7 @@ from ..errors import MedadvError
 
 JOBQUEUE_KINDS = ("slurm", "pbs", "lsf")
 #: what a worker that cannot read an input is told to do
-REACH_FIX = ("put the data and models on a filesystem every worker mounts at the same path, "
+REACH_FIX = ("put the data and models on a shared filesystem every worker mounts at the same path, "
              "or pass --stage to send them to the workers through Dask (small datasets)")
 
 
@@ -218,6 +218,6 @@ def gpu_index(worker_name, n_gpus: int) -> int:
 
 
 def absolute(path: str | Path) -> str:
-    """``path`` made absolute against the current folder (``~`` expanded; symlinks kept, since
-    a shared filesystem is often reached through one)."""
-    return str(Path(path).expanduser().absolute())
+    """``path`` made absolute against the current folder (``~`` expanded, ``..`` removed; symlinks
+    kept, since a shared filesystem is often reached through one)."""
+    return os.path.abspath(Path(path).expanduser())
