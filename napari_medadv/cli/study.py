@@ -60,6 +60,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     ex.add_argument("--cluster", choices=("slurm", "pbs", "lsf"),
                     help="start the workers as batch jobs (dask-jobqueue); options below, the rest from "
                          "dask-jobqueue's config (~/.config/dask/jobqueue.yaml)")
+    s.add_argument("--stage", action="store_true",
+                   help="send the case and model files to the workers through Dask (small datasets; for workers "
+                        "that share no filesystem with this machine)")
     s.add_argument("--threads", action="store_true",
                    help="LocalCluster workers as threads in this process instead of processes")
     _add_cluster_options(s)
@@ -168,7 +171,7 @@ def cmd_study(args) -> int:
 
 def _run(study, args, workers, cluster):
     return study.run(workers=workers, scheduler=args.scheduler, processes=not args.threads,
-                     cluster=cluster,
+                     cluster=cluster, stage=args.stage,
                      progress=None if args.quiet else StudyBar(),
                      log=None if args.quiet else (lambda s: print(s, file=sys.stderr)),
                      command=["medadv", *(sys.argv[1:] if sys.argv and sys.argv[0].endswith("medadv")

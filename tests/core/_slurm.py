@@ -38,6 +38,14 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _memory_mb() -> int:
+    """The node's memory for slurm.conf (jobs ask for --mem; SLURM's default is 1 MB)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return max(1024, int(line.split()[1]) // 1024 - 512)
+    return 4096
+
+
 def _tail(path: Path, n: int = 6) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
@@ -102,7 +110,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
-NodeName={self.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN
+NodeName={self.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_memory_mb()} State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
 

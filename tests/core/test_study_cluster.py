@@ -103,6 +103,7 @@ def test_relative_paths_reach_workers_started_in_another_folder(models, glioma, 
 
 def _deny_reading(prefix: str):
     """On a worker: pretend the filesystem under ``prefix`` is not mounted (os.access says no)."""
+    import napari_medadv.core.study.cases as K
     import napari_medadv.core.study.cluster as C
 
     real = os.access
@@ -115,7 +116,7 @@ def _deny_reading(prefix: str):
         def access(path, mode):
             return False if str(path).startswith(prefix) else real(path, mode)
 
-    C.os = _OS()
+    C.os = K.os = _OS()
 
 
 def test_worker_that_cannot_read_the_data_is_named(models, glioma, tmp_path, capsys):
@@ -133,6 +134,25 @@ def test_worker_that_cannot_read_the_data_is_named(models, glioma, tmp_path, cap
     assert workers[1] in err and f"cannot read {glioma}" in err
     assert "shared" in err and "--stage" in err
     assert not (tmp_path / "o" / "cases").exists() or not list((tmp_path / "o" / "cases").iterdir())
+
+
+def test_stage_sends_cases_and_models_to_workers_that_cannot_read_them(models, glioma, sequential, tmp_path):
+    """``--stage``: the same worker that cannot read the dataset gets the files through Dask
+    (also the TorchScript sidecars); the numbers equal the sequential run's."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit=0) as cluster, Client(cluster) as client:
+        client.run(_deny_reading, str(glioma.parent.parent))
+        client.run(_deny_reading, str(Path(models[0].split(":", 1)[1]).parent))
+        res = ST.Study(_config(models, glioma), tmp_path).run(scheduler=cluster.scheduler_address, stage=True,
+                                                              report=False)
+        staged = client.run(lambda dask_worker: sorted(p.name for p in Path(dask_worker.local_directory).rglob("*")
+                                                       if "medadv-stage" in str(p) and p.is_file()))
+    assert res.n_run == 4 and res.n_failed == 0
+    for names in staged.values():
+        assert {"tiny0.pt", "tiny0.json", "tiny1.pt", "glioma_004_flair.nii.gz"} <= set(names)
+    _assert_same_numbers(tmp_path, sequential)
 
 
 # --------------------------------------------------------------------------- GPU workers
@@ -304,6 +324,17 @@ def slurm(tmp_path_factory):
         pytest.skip(f"single-node SLURM unavailable: {exc}")
     yield s
     s.stop()
+
+
+def test_slurm_refusing_the_job_is_one_line(slurm, models, glioma, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    argv = ["study", str(glioma), "--model", models[0], "--attack", "fgsm", "--trust-model-code", "--quiet",
+            "--cluster", "slurm", "--cores", "1", "--memory", "100000GB", "--interface", "lo", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medadv: error: the batch system refused the worker job: ") and "\n" not in err
+    assert "Requested node configuration is not available" in err
+    assert not slurm.jobs()
 
 
 @pytest.mark.slow

@@ -27,9 +27,10 @@ from ..matching import match_for_image
 from ..models import load_model
 from ..pipeline import image_quality_per_channel, model_input, run_attack, start_attack
 from .cluster import gpu_index, unreachable_error, where_am_i
-from .config import StudyConfig
+from .config import StudyConfig, model_paths
 from .dataset import Case
 from .grid import GridPoint
+from .staging import localize
 from .store import NO_ATTACK
 
 _MODELS: dict = {}
@@ -71,25 +72,36 @@ def _worker_device(device: str) -> str:
     return device
 
 
+def localize_spec(spec: str, stage: dict | None) -> str:
+    """A model spec with its file replaced by the worker's staged copy."""
+    paths = model_paths(spec)
+    if not stage or not paths:
+        return spec
+    return spec.replace(paths[0], localize(paths[0], stage), 1)
+
+
 def case_seed(seed: int, case_id: str, model: str, key: str) -> int:
     """Seed of one attack: a function of what it attacks, not of scheduling order."""
     digest = hashlib.sha256(f"{seed}|{case_id}|{model}|{key}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
+def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | None = None) -> dict:
     """Attack one case with every source model and grid point; return its rows.
 
     ``config`` is :func:`dataclasses.asdict` of a :class:`StudyConfig`; ``extra`` holds what the
-    study derived from the whole dataset (class names, inverse co-occurrence matrix).
+    study derived from the whole dataset (class names, inverse co-occurrence matrix); ``stage``
+    maps the client's paths to the worker's local copies (``--stage``, :mod:`.staging`). Rows name
+    cases and models by the client's paths either way.
     """
     extra = extra or {}
     cfg = StudyConfig(**config)
     points = cfg.points()
-    if not os.access(case.path, os.R_OK):  # a worker on another machine, or started in another folder
+    path = localize(case.path, stage)
+    if not os.access(path, os.R_OK):  # a worker on another machine, or started in another folder
         raise unreachable_error({"worker": where_am_i(), "host": socket.gethostname(), "missing": [case.path]})
-    image = read_image(case.path)
-    loaded = {s: _cached_model(s, cfg.device, cfg.trust_model_code) for s in cfg.models}
+    image = read_image(path)
+    loaded = {s: _cached_model(localize_spec(s, stage), cfg.device, cfg.trust_model_code) for s in cfg.models}
     models = {s: m for s, (m, _) in loaded.items()}
     rows: list[dict] = []
     history: list[dict] = []

@@ -78,6 +78,7 @@ class OpenCluster:
     gpu: bool
     description: str
     batch: bool = False
+    submit_errors: list = field(default_factory=list)  # batch jobs: why submissions failed
 
 
 @contextlib.contextmanager
@@ -116,12 +117,17 @@ def open_cluster(spec: ClusterSpec, log: Callable[[str], None] | None = None) ->
                 log(f"{spec.kind.upper()} workers as batch jobs (0..{spec.jobs} jobs); scheduler at "
                     f"{cluster.scheduler_address}; job script:\n{cluster.job_script()}")
             yield OpenCluster(client, spec.gpus_per_job > 0,
-                              f"{spec.kind.upper()} batch jobs (at most {spec.jobs})", batch=True)
+                              f"{spec.kind.upper()} batch jobs (at most {spec.jobs})", batch=True,
+                              submit_errors=cluster.medadv_submit_errors)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
-            cluster.close()
+            try:
+                cluster.close()
+            except AssertionError:  # dask-jobqueue cannot close a job it failed to submit; nothing runs
+                if not getattr(cluster, "medadv_submit_errors", None):
+                    raise
 
 
 def jobqueue_cluster(spec: ClusterSpec):
@@ -134,8 +140,21 @@ def jobqueue_cluster(spec: ClusterSpec):
         import dask_jobqueue
     except ImportError:
         raise MedadvError("--cluster needs dask-jobqueue: pip install 'napari-medadv[cluster]'") from None
-    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
-           "lsf": dask_jobqueue.LSFCluster}[spec.kind]
+    base = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
+            "lsf": dask_jobqueue.LSFCluster}[spec.kind]
+    errors: list[str] = []
+
+    class Job(base.job_cls):
+        """dask-jobqueue's job, remembering why a submission failed (adaptive scaling only logs it)."""
+
+        async def start(self):
+            try:
+                await super().start()
+            except Exception as exc:  # noqa: BLE001 - kept for the study to report, then re-raised
+                errors.append(_submit_error(exc))
+                raise
+
+    cls = type(base.__name__, (base,), {"job_cls": Job})
     kw: dict = {k: v for k, v in (("queue", spec.queue), ("account", spec.account), ("walltime", spec.walltime),
                                   ("cores", spec.cores), ("memory", spec.memory), ("interface", spec.interface),
                                   ("log_directory", spec.log_directory)) if v is not None}
@@ -151,10 +170,20 @@ def jobqueue_cluster(spec: ClusterSpec):
     if spec.interface is not None:
         kw["scheduler_options"] = {"interface": spec.interface}
     try:
-        return cls(job_extra_directives=directives or None, worker_extra_args=extra_args, **kw)
+        cluster = cls(job_extra_directives=directives or None, worker_extra_args=extra_args, **kw)
     except ValueError as exc:  # e.g. cores/memory neither given nor in jobqueue.yaml
         raise MedadvError(f"--cluster {spec.kind}: {str(exc).splitlines()[0]} (give --cores/--memory or set "
                           f"them in dask-jobqueue's configuration, jobqueue.{spec.kind})") from None
+    cluster.medadv_submit_errors = errors
+    return cluster
+
+
+def _submit_error(exc: BaseException) -> str:
+    """The scheduler's own words from a failed job submission (sbatch/qsub/bsub stderr)."""
+    text = str(exc)
+    err = text.split("stderr:", 1)[1] if "stderr:" in text else text
+    lines = [ln.strip() for ln in err.strip().splitlines() if ln.strip()]
+    return " / ".join(lines[-2:]) if lines else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- reachability
@@ -185,14 +214,29 @@ def unreachable_error(report: dict) -> MedadvError:
     return MedadvError(f"worker {report['worker']} on {report['host']} cannot read {first}{more}: {REACH_FIX}")
 
 
-def check_workers(client, paths: Sequence[str], resources: dict | None = None) -> int:
+def check_workers(oc: OpenCluster, paths: Sequence[str], resources: dict | None = None,
+                  timeout: float | None = None) -> int:
     """Ask the workers whether they can read ``paths`` before the first case: a probe task
     (which waits for the first worker, as batch jobs start it) and then ``client.run`` on every
     connected worker. Raises :func:`unreachable_error` for the first worker that cannot read
-    one; returns the number of workers asked."""
-    first = client.submit(probe_paths, list(paths), pure=False, resources=resources).result()
-    if first["missing"]:
-        raise unreachable_error(first)
+    one, or the batch system's refusal of a job; returns the number of workers asked."""
+    from distributed import TimeoutError as DaskTimeout  # deferred: heavy
+
+    client = oc.client
+    first = client.submit(probe_paths, list(paths), pure=False, resources=resources)
+    waited = 0.0
+    while True:
+        if oc.submit_errors:
+            raise MedadvError(f"the batch system refused the worker job: {oc.submit_errors[0]}")
+        try:
+            rep = first.result(timeout=2)
+            break
+        except (DaskTimeout, TimeoutError):
+            waited += 2
+            if timeout is not None and waited >= timeout:
+                raise MedadvError(f"no worker started within {timeout:.0f} s ({oc.description})") from None
+    if rep["missing"]:
+        raise unreachable_error(rep)
     answers = client.run(probe_paths, list(paths))
     for rep in answers.values():
         if rep["missing"]:

@@ -96,6 +96,17 @@ class StudyConfig:
         return paths
 
 
+def model_file_groups(spec: str) -> list[list[str]]:
+    """What ``--stage`` sends for a model: its file or folder, with a TorchScript file's JSON sidecar."""
+    paths = model_paths(spec)
+    if not paths:
+        return []
+    p = Path(paths[0])
+    if spec.startswith("torchscript:"):
+        return [[str(p), str(p.with_suffix(".json")), str(p) + ".json"]]
+    return [[str(p)]]
+
+
 #: model schemes whose value starts with a file or folder (``nnunet:DIR[:FOLDS][:notta]``)
 PATH_SCHEMES = ("torchscript", "bundle", "nnunet")
 

@@ -29,7 +29,8 @@ from ..files import package_versions, write_json
 from . import store
 from .cases import cached_model, run_case
 from .cluster import ClusterSpec, absolute, check_workers, open_cluster
-from .config import ProgressCallback, StudyConfig, StudyProgress
+from . import staging
+from .config import ProgressCallback, StudyConfig, StudyProgress, model_file_groups
 from .dataset import Case, Dataset, discover_dataset, materialize_phantoms, parse_phantom_spec
 from .report import build_report
 
@@ -108,7 +109,7 @@ class Study:
 
     # -- running --------------------------------------------------------------------------
     def run(self, *, workers: int | None = None, scheduler: str | None = None, processes: bool = True,
-            cluster: ClusterSpec | None = None, progress: ProgressCallback | None = None,
+            cluster: ClusterSpec | None = None, stage: bool = False, progress: ProgressCallback | None = None,
             should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
             report: bool = True, command: Sequence[str] | None = None) -> StudyResult:
         """Run every case not stored yet, then rebuild tables, figures and the report.
@@ -117,6 +118,8 @@ class Study:
         :class:`~.cluster.ClusterSpec`: LocalCluster, scheduler or SLURM/PBS/LSF batch jobs), or
         the shorthands ``scheduler`` (an address) or a LocalCluster with ``workers`` workers
         (default: GPUs if any, else CPU cores) on 127.0.0.1, as processes unless ``processes=False``.
+        ``stage``: send the case and model files to the workers through Dask (:mod:`.staging`)
+        instead of asking whether they can read them.
 
         A case that raises (on Dask: on every one of its tries) is recorded in ``OUT/failed/`` and
         listed in the report; the other cases go on. Only when no case at all succeeds or is stored
@@ -171,7 +174,7 @@ class Study:
             else:
                 spec = cluster or ClusterSpec("scheduler" if scheduler else "local", workers=workers, processes=processes,
                                               address=scheduler, gpus=_local_gpus(self.config.device, workers))
-                self._run_dask(todo, config, ds, spec, finished, failed, should_stop, log)
+                self._run_dask(todo, config, ds, spec, finished, failed, should_stop, log, stage)
         if state["failed"] and state["new"] == 0 and skipped == 0:
             case, error = next(iter(state["failed"].items()))
             raise MedadvError(f"every case failed; {case}: {error}" if len(todo) > 1 else error)
@@ -197,7 +200,7 @@ class Study:
         n = state["done"] - skipped
         progress(StudyProgress(state["done"], total, skipped, el, el / n * left if n else None, case.case_id, message))
 
-    def _run_dask(self, todo, config, ds, spec: ClusterSpec, finished, failed, should_stop, log):
+    def _run_dask(self, todo, config, ds, spec: ClusterSpec, finished, failed, should_stop, log, stage=False):
         from distributed import as_completed  # deferred: heavy, unused by workers=0
 
         tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
@@ -207,11 +210,19 @@ class Study:
             resources = {"GPU": 1} if oc.gpu else None
             if oc.batch and log:
                 log("waiting for the first batch job to start a worker (Ctrl-C cancels the jobs)")
-            n = check_workers(client, paths, resources)
+            staged = None
+            if stage:
+                groups = [[c.path] for c in todo] + [g for m in self.config.models for g in model_file_groups(m)]
+                packed = staging.pack(groups)
+                staging.register(client, packed)
+                staged = {"key": packed["key"], "map": packed["map"]}
+                if log:
+                    log(f"--stage: {len(packed['data']) / 2**20:.1f} MB of case and model files sent to the workers")
+            n = check_workers(oc, [] if stage else paths, resources, timeout=None if oc.batch else 120)
             if log:
-                log(f"{oc.description}: {n} worker(s) connected, all can read the dataset and models")
+                log(f"{oc.description}: {n} worker(s) connected" + ("" if stage else ", all can read the dataset and models"))
             extra = self.extra()
-            futures = {client.submit(run_case, c, config, extra, key=f"medadv-case-{store.safe_name(c.case_id)}-{tag}",
+            futures = {client.submit(run_case, c, config, extra, staged, key=f"medadv-case-{store.safe_name(c.case_id)}-{tag}",
                                      pure=False, retries=RETRIES, resources=resources): c for c in todo}
             for fut in as_completed(futures):
                 if should_stop is not None and should_stop():
