@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cloudpickle
 import pandas as pd
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -262,11 +263,13 @@ def test_interrupted_client_resumes(models, glioma, sequential, tmp_path):
     while not list((out / "cases").glob("*.json")) and p.poll() is None and time.monotonic() - t0 < 120:
         time.sleep(0.2)
     assert p.poll() is None, p.communicate()[1][-2000:]
+    children = psutil.Process(p.pid).children(recursive=True)  # the LocalCluster's worker processes
+    assert children
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "run the same command again to resume" in err, err[-2000:]
-    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
-    assert not left, f"processes of the interrupted study still run: {left}"
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"worker processes of the interrupted study still run: {alive}"
     n_stored = len(list((out / "cases").glob("*.json")))
     assert 1 <= n_stored < 4
     assert main(argv[3:-4] + ["--sequential", "--quiet", "--out", str(out)]) == 0

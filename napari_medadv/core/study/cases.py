@@ -72,6 +72,15 @@ def _worker_device(device: str) -> str:
     return device
 
 
+def _read_case(case: Case, stage: dict | None):
+    """The case's image, from the worker's staged copy with ``stage``; a worker that cannot read
+    it (on another machine, or started in another folder) says so, naming itself."""
+    path = localize(case.path, stage)
+    if not os.access(path, os.R_OK):
+        raise unreachable_error({"worker": where_am_i(), "host": socket.gethostname(), "missing": [case.path]})
+    return read_image(path)
+
+
 def localize_spec(spec: str, stage: dict | None) -> str:
     """A model spec with its file replaced by the worker's staged copy."""
     paths = model_paths(spec)
@@ -97,10 +106,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
     extra = extra or {}
     cfg = StudyConfig(**config)
     points = cfg.points()
-    path = localize(case.path, stage)
-    if not os.access(path, os.R_OK):  # a worker on another machine, or started in another folder
-        raise unreachable_error({"worker": where_am_i(), "host": socket.gethostname(), "missing": [case.path]})
-    image = read_image(path)
+    image = _read_case(case, stage)
     loaded = {s: _cached_model(localize_spec(s, stage), cfg.device, cfg.trust_model_code) for s in cfg.models}
     models = {s: m for s, (m, _) in loaded.items()}
     rows: list[dict] = []

@@ -8,8 +8,11 @@ statistics, figures and report are rebuilt from the stored cases at the end of e
 (:mod:`.report`).
 
 Cases run on Dask distributed: a :class:`distributed.LocalCluster` by default (one worker per
-CPU core, or per GPU when CUDA is present), an existing cluster with ``scheduler=ADDRESS``, or
-in-process with ``workers=0``. Every attack is seeded from (study seed, case, model, grid
+CPU core, or per GPU when CUDA is present), an existing cluster with ``scheduler=ADDRESS``, batch
+jobs on SLURM/PBS/LSF (:mod:`.cluster`), or in-process with ``workers=0``. Paths are made
+absolute here (the client) and every worker is asked whether it can read them before the first
+case (or they are sent with ``stage``: :mod:`.staging`). A case that raises on every try is
+recorded in ``OUT/failed/`` and reported; the others go on. Every attack is seeded from (study seed, case, model, grid
 point), independently of where and in which order it runs, so a parallel run yields the same
 numbers as a sequential one.
 """
