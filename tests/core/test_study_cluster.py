@@ -220,6 +220,28 @@ def test_jobqueue_job_script_for_gpus():
         ClusterSpec("slurm", cores=1, gpus_per_job=2).validate()
 
 
+@pytest.mark.parametrize("kind, needles", [
+    ("pbs", ["#PBS -q fromconfig", "#PBS -l ngpus=1", "--resources GPU=1"]),
+    ("lsf", ["#BSUB -q fromconfig", '#BSUB -gpu "num=1"', "--resources GPU=1"]),
+    ("slurm", ["#SBATCH -p fromconfig", "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=6", "--resources GPU=1"]),
+])
+def test_jobqueue_settings_from_its_own_config(kind, needles):
+    """Settings not given on the command line come from dask-jobqueue's configuration
+    (``jobqueue.<kind>``), as in ~/.config/dask/jobqueue.yaml."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    with dask.config.set({f"jobqueue.{kind}.queue": "fromconfig", f"jobqueue.{kind}.cores": 6,
+                          f"jobqueue.{kind}.memory": "8GB", f"jobqueue.{kind}.interface": "lo"}):
+        cluster = jobqueue_cluster(ClusterSpec(kind, gpus_per_job=1))
+        try:
+            script = cluster.job_script()
+        finally:
+            cluster.close()
+    for needle in needles:
+        assert needle in script, (needle, script)
+
+
 # --------------------------------------------------------------------------- faults
 
 
