@@ -64,8 +64,11 @@ class SingleNodeSlurm:
     # -- set-up ----------------------------------------------------------------------------
     def _munge(self) -> None:
         r = self.root
+        r.mkdir(parents=True, exist_ok=True)
         key = r / "munge.key"
-        subprocess.run(["mungekey", "--create", "--keyfile", str(key)], check=True, capture_output=True)
+        made = subprocess.run(["mungekey", "--create", "--keyfile", str(key)], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise SlurmUnavailable(f"mungekey failed: {made.stderr.strip()}")
         key.chmod(0o600)
         (r / "munge").mkdir(mode=0o700)
         self._spawn("munged", ["munged", "--foreground", "--force", f"--socket={r / 'munge' / 'munge.sock'}",

@@ -54,7 +54,6 @@ class ClusterSpec:
     interface: str | None = None
     job_directives: list[str] = field(default_factory=list)
     log_directory: str | None = None
-    wait_timeout: float | None = None  # seconds for the first worker; None: 60 s, or forever for batch jobs
 
     def validate(self) -> None:
         if self.kind not in ("local", "scheduler", *JOBQUEUE_KINDS):

@@ -154,8 +154,8 @@ class Study:
             self._report_progress(progress, state, total, skipped, t_run, case,
                                   f"{case.case_id} done in {result['seconds']:.1f} s")
 
-        def failed(case: Case, error: str, tries: int, worker: str | None = None):
-            store.write_failure(self.out, case.case_id, error, tries, worker)
+        def failed(case: Case, error: str, tries: int):
+            store.write_failure(self.out, case.case_id, error, tries)
             state["failed"][case.case_id] = error
             state["done"] += 1
             self._report_progress(progress, state, total, skipped, t_run, case, f"{case.case_id} FAILED: {error}")

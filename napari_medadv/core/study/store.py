@@ -37,10 +37,9 @@ def write_case(path: Path, result: dict, fingerprint: str) -> None:
     write_json(path, {**result, "fingerprint": fingerprint})
 
 
-def write_failure(out: str | Path, case_id: str, error: str, tries: int, worker: str | None = None) -> None:
+def write_failure(out: str | Path, case_id: str, error: str, tries: int) -> None:
     """Record that case ``case_id`` failed (a re-run tries it again)."""
-    write_json(Path(out) / FAILED / f"{safe_name(case_id)}.json",
-               {"case": case_id, "error": error, "tries": tries, "worker": worker})
+    write_json(Path(out) / FAILED / f"{safe_name(case_id)}.json", {"case": case_id, "error": error, "tries": tries})
 
 
 def clear_failure(out: str | Path, case_id: str) -> None:
@@ -48,13 +47,13 @@ def clear_failure(out: str | Path, case_id: str) -> None:
 
 
 def load_failures(out: str | Path) -> list[dict]:
-    """The failed cases of the last run(s): ``[{case, error, tries, worker}]`` by case."""
+    """The failed cases of the last run(s): ``[{case, error, tries}]`` by case."""
     found = []
     for f in sorted((Path(out) / FAILED).glob("*.json")):
         try:
             found.append(json.loads(f.read_text()))
         except (OSError, json.JSONDecodeError):
-            found.append({"case": f.stem, "error": "(damaged failure record)", "tries": None, "worker": None})
+            found.append({"case": f.stem, "error": "(damaged failure record)", "tries": None})
     return found
 
 

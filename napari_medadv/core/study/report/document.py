@@ -161,9 +161,8 @@ def failed_section(doc: Doc, failures: list[dict]) -> None:
     doc.h(2, "Failed cases")
     doc.p(f"{len(failures)} case(s) raised an error on every try and are left out of every table below; "
           "re-running the same command tries them again.")
-    doc.table(["case", "error", "tries", "worker"],
-              [[f["case"], f["error"], "" if f.get("tries") is None else str(f["tries"]), f.get("worker") or ""]
-               for f in failures])
+    doc.table(["case", "error", "tries"],
+              [[f["case"], f["error"], "" if f.get("tries") is None else str(f["tries"])] for f in failures])
 
 
 def model_section(doc: Doc, seg, base: str, mt: list[dict], n_tests: int) -> None:
