@@ -267,7 +267,10 @@ def test_worker_killed_mid_study(models, glioma, sequential, tmp_path):
         res = ST.Study(_config(models, glioma), tmp_path).run(scheduler=cluster.scheduler_address, progress=kill_a_busy_worker,
                                                       report=False)
     assert killed, "no worker was busy when the first case finished"
-    assert res.n_run == 4 and res.n_failed == 0 and len(_stored(tmp_path)) == 4
+    stored = _stored(tmp_path)
+    assert res.n_run == 4 and res.n_failed == 0 and len(stored) == 4
+    for w in {c["worker"] for c in stored.values()}:  # fresh processes: each loads each model exactly once
+        assert sum(c["models_loaded"] for c in stored.values() if c["worker"] == w) == 2, w
     _assert_same_numbers(tmp_path, sequential)
 
 
