@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from . import store
 from .cases import cached_model, run_case
 from .cluster import ClusterSpec, absolute, check_workers, open_cluster
 from . import staging
-from .config import ProgressCallback, StudyConfig, StudyProgress, model_file_groups
+from .config import ProgressCallback, StudyConfig, StudyProgress, model_file_groups, model_paths
 from .dataset import Case, Dataset, discover_dataset, materialize_phantoms, parse_phantom_spec
 from .report import build_report
 
@@ -97,8 +98,12 @@ class Study:
         return self._checksums
 
     def fingerprint(self, case: Case) -> str:
+        """What a stored case was computed from. Paths enter it relative to the current folder when
+        inside it, as they were typed before the client made them absolute, so studies stored
+        earlier (the committed reports) still resume."""
         c = self.config
-        payload = {"case": [case.case_id, case.path, case.labels], "models": self.model_checksums(),
+        models = {relative_spec(m): v for m, v in self.model_checksums().items()}
+        payload = {"case": [case.case_id, relative(case.path), case.labels], "models": models,
                    "grid": [gp.key for gp in c.points()], "seed": c.seed, "roi": c.roi, "transfer": c.transfer,
                    "track_iterations": c.track_iterations, "extra": self.extra()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -238,6 +243,17 @@ class Study:
                 else:  # "error" after every retry, or "cancelled" (the scheduler lost it)
                     exc = fut.exception() if fut.status == "error" else None
                     failed(case, _dask_error(exc, fut.status), RETRIES + 1)
+
+
+def relative(path: str) -> str:
+    """``path`` relative to the current folder when inside it, else unchanged."""
+    rel = os.path.relpath(path)
+    return path if rel == ".." or rel.startswith("../") else rel
+
+
+def relative_spec(spec: str) -> str:
+    paths = model_paths(spec)
+    return spec.replace(paths[0], relative(paths[0]), 1) if paths else spec
 
 
 #: Dask runs a raising case once more (a GPU shared with another job, a network filesystem hiccup)
