@@ -100,6 +100,9 @@ def test_relative_paths_reach_workers_started_in_another_folder(models, glioma, 
     meta = json.loads((res.out / "study.json").read_text())
     assert meta["config"]["dataset"] == str(glioma) and meta["config"]["models"] == models
     _assert_same_numbers(res.out, sequential)
+    # the same study given with absolute paths, from the same folder: every stored case is reused
+    # (fingerprints see paths as typed relative to here, so studies stored before still resume)
+    assert ST.Study(_config(models, glioma), tmp_path / "out").run(workers=0, report=False).n_skipped == 4
 
 
 def _deny_reading(prefix: str):
