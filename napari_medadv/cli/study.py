@@ -4,10 +4,12 @@ and the ``--defense`` options of ``medadv train`` (over :mod:`napari_medadv.core
     medadv study DATASET --model SPEC [--model SPEC ...] --attack fgsm --eps 0.01 0.05 --out DIR
     medadv study DATASET --model SPEC --attack fgsm --attack motion --psnr 40 35 30 --out DIR
     medadv study --grid grid.yaml --out DIR [--workers N | --sequential | --scheduler ADDRESS]
+    medadv study ... --cluster slurm --queue gpu --walltime 01:00:00 --cores 8 --memory 32GB --gpus-per-job 1 --jobs 4
 
 DATASET: a folder of BraTS case folders, a folder of images with ``labels.csv`` (or ``--labels``),
 or ``phantoms:glioma:5-24`` (held-out phantoms generated into DIR/data). Re-running the same
-command resumes: finished cases are skipped.
+command resumes: finished cases are skipped. Exit code 1 when some cases failed (listed in the
+report and on stderr; a re-run tries them again).
 """
 
 from __future__ import annotations
@@ -55,12 +57,59 @@ def add_parser(sub) -> argparse.ArgumentParser:
     ex.add_argument("--workers", type=int, help="LocalCluster workers (default: GPUs if any, else CPU cores)")
     ex.add_argument("--sequential", action="store_true", help="no Dask: run the cases one after another here")
     ex.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    ex.add_argument("--cluster", choices=("slurm", "pbs", "lsf"),
+                    help="start the workers as batch jobs (dask-jobqueue); options below, the rest from "
+                         "dask-jobqueue's config (~/.config/dask/jobqueue.yaml)")
+    s.add_argument("--stage", action="store_true",
+                   help="send the case and model files to the workers through Dask (small datasets; for workers "
+                        "that share no filesystem with this machine)")
     s.add_argument("--threads", action="store_true",
                    help="LocalCluster workers as threads in this process instead of processes")
+    _add_cluster_options(s)
     s.add_argument("--out", required=True, help="study folder (created; re-running resumes)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_study)
     return s
+
+
+#: --cluster options: (flag, ClusterSpec field, type, help)
+CLUSTER_OPTIONS = (
+    ("--jobs", "jobs", int, "at most this many batch jobs at once (the cluster adapts between 0 and J; default 1)"),
+    ("--queue", "queue", str, "queue / partition"),
+    ("--account", "account", str, "account / project to charge"),
+    ("--walltime", "walltime", str, "time limit of each job, e.g. 01:00:00"),
+    ("--cores", "cores", int, "cores per job"),
+    ("--memory", "memory", str, "memory per job, e.g. 16GB"),
+    ("--gpus-per-job", "gpus_per_job", int, "GPUs per job: one worker per GPU, cases need a GPU (resource GPU=1)"),
+    ("--interface", "interface", str, "network interface the scheduler and workers talk on (ib0, eth0, lo)"),
+)
+
+
+def _add_cluster_options(s) -> None:
+    g = s.add_argument_group("batch-job workers (with --cluster slurm|pbs|lsf)")
+    for flag, dest, typ, help_ in CLUSTER_OPTIONS:
+        g.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    g.add_argument("--job-directive", dest="job_directives", action="append", default=[], metavar="LINE",
+                   help="extra line for the job script header, e.g. --job-directive=--constraint=a100 (repeat)")
+
+
+def _cluster_spec(args, out: str):
+    """The ClusterSpec of --cluster and its options; None without --cluster."""
+    from pathlib import Path
+
+    from ._common import CLIError
+    from napari_medadv.core.study.cluster import ClusterSpec
+
+    given = [f for f, d, _, _ in CLUSTER_OPTIONS if getattr(args, d) is not None]
+    if args.job_directives:
+        given.append("--job-directive")
+    if args.cluster is None:
+        if given:
+            raise CLIError(f"{', '.join(given)} need --cluster slurm|pbs|lsf")
+        return None
+    opts = {d: getattr(args, d) for _, d, _, _ in CLUSTER_OPTIONS if getattr(args, d) is not None}
+    return ClusterSpec(args.cluster, job_directives=list(args.job_directives),
+                       log_directory=str(Path(out).absolute() / "cluster-logs"), **opts)
 
 
 class StudyBar:
@@ -104,15 +153,29 @@ def cmd_study(args) -> int:
             raise CLIError(f"give {', '.join(missing)} (or a --grid YAML file)")
         cfg = StudyConfig(**{k: v for k, v in overrides.items() if v is not None})
     workers = 0 if args.sequential else args.workers
+    cluster = _cluster_spec(args, args.out)
     t0 = time.perf_counter()
-    res = Study(cfg, args.out).run(workers=workers, scheduler=args.scheduler, processes=not args.threads,
-                                   progress=None if args.quiet else StudyBar(),
-                                   log=None if args.quiet else (lambda s: print(s, file=sys.stderr)),
-                                   command=["medadv", *(sys.argv[1:] if sys.argv and sys.argv[0].endswith("medadv")
-                                                        else ["study", *_argv_of(args)])])
-    print(f"{res.n_cases} cases ({res.n_run} run, {res.n_skipped} already stored) in "
+    try:
+        res = _run(Study(cfg, args.out), args, workers, cluster)
+    except KeyboardInterrupt:
+        print(f"medadv: interrupted; the finished cases are stored in {args.out}/cases and the workers were "
+              "shut down: run the same command again to resume", file=sys.stderr)
+        return 130
+    failed = f", {res.n_failed} failed" if res.n_failed else ""
+    print(f"{res.n_cases} cases ({res.n_run} run, {res.n_skipped} already stored{failed}) in "
           f"{time.perf_counter() - t0:.0f} s; report: {res.files.get('report_md', args.out)}")
-    return 0
+    for case, error in res.failed.items():
+        print(f"medadv: case {case} failed: {error}", file=sys.stderr)
+    return 1 if res.n_failed else 0
+
+
+def _run(study, args, workers, cluster):
+    return study.run(workers=workers, scheduler=args.scheduler, processes=not args.threads,
+                     cluster=cluster, stage=args.stage,
+                     progress=None if args.quiet else StudyBar(),
+                     log=None if args.quiet else (lambda s: print(s, file=sys.stderr)),
+                     command=["medadv", *(sys.argv[1:] if sys.argv and sys.argv[0].endswith("medadv")
+                                          else ["study", *_argv_of(args)])])
 
 
 def _argv_of(args) -> list[str]:

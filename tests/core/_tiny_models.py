@@ -101,3 +101,17 @@ def tiny_binary_loader(value, *, weights=None, trust_code=False, info=None):
 
 
 register_scheme("tinybin", tiny_binary_loader)
+
+
+def save_torchscript(folder, variant: int = 0):
+    """``tiny:variant`` as a TorchScript file with its JSON sidecar (loadable in any process,
+    e.g. Dask workers, which do not know the ``tiny:`` scheme). Returns the ``.pt`` path."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pt = folder / f"tiny{variant}.pt"
+    torch.jit.script(tiny_segmenter(variant).eval()).save(str(pt))
+    pt.with_suffix(".json").write_text(json.dumps({**SEG_INFO, "name": f"tiny{variant}"}))
+    return pt

@@ -3,7 +3,9 @@ on Dask, with statistics, tables, figures and a Markdown/HTML report.
 
 ``grid`` (attack configurations), ``dataset`` (the cases), ``config`` (what defines a study),
 ``cases`` (one case: attack and evaluate), ``store`` (stored per-case results), ``runner``
-(:class:`Study`), ``stats`` (tests, corrections) and ``report`` (tables, figures, the document).
+(:class:`Study`), ``cluster`` (LocalCluster, scheduler, SLURM/PBS/LSF batch jobs, GPU workers),
+``staging`` (files sent to workers), ``stats`` (tests, corrections) and ``report`` (tables,
+figures, the document).
 """
 
 from .cases import case_seed, run_case, transfer_attack

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -24,9 +26,11 @@ from ..io import read_image
 from ..matching import match_for_image
 from ..models import load_model
 from ..pipeline import image_quality_per_channel, model_input, run_attack, start_attack
-from .config import StudyConfig
+from .cluster import gpu_index, unreachable_error, where_am_i
+from .config import StudyConfig, model_paths
 from .dataset import Case
 from .grid import GridPoint
+from .staging import localize
 from .store import NO_ATTACK
 
 _MODELS: dict = {}
@@ -34,32 +38,55 @@ _MODELS_LOCK = threading.Lock()
 
 
 def cached_model(spec: str, device: str, trust: bool):
-    """Models cached per (spec, device, thread): Dask worker threads never share a module."""
+    """Models cached per (spec, device, thread): Dask worker threads never share a module. A
+    worker loads each model once and keeps it on its device for all its cases."""
+    return _cached_model(spec, device, trust)[0]
+
+
+def _cached_model(spec: str, device: str, trust: bool):
+    """``(model, loaded now)``."""
     key = (spec, device, trust, threading.get_ident())
     with _MODELS_LOCK:
         m = _MODELS.get(key)
-    if m is None:
-        m = load_model(spec, device=_worker_device(device), trust_code=trust)
-        with _MODELS_LOCK:
-            _MODELS[key] = m
-    return m
+    if m is not None:
+        return m, False
+    m = load_model(spec, device=_worker_device(device), trust_code=trust)
+    with _MODELS_LOCK:
+        _MODELS[key] = m
+    return m, True
 
 
 def _worker_device(device: str) -> str:
-    """``auto`` on a multi-GPU Dask worker: one GPU per worker (by worker name)."""
-    if device != "auto":
+    """``auto``/``cuda`` on a Dask worker that sees several GPUs: one GPU per worker, by its name
+    (:func:`~.cluster.gpu_index`)."""
+    if device not in ("auto", "cuda"):
         return device
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n > 1:
         try:
             from distributed import get_worker  # deferred: heavy, and it matters only in a Dask worker
 
-            name = get_worker().name
-            idx = int(name) if str(name).isdigit() else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
-            return f"cuda:{idx % n}"
+            return f"cuda:{gpu_index(get_worker().name, n)}"
         except (ImportError, ValueError):
             pass
-    return "auto"
+    return device
+
+
+def _read_case(case: Case, stage: dict | None):
+    """The case's image, from the worker's staged copy with ``stage``; a worker that cannot read
+    it (on another machine, or started in another folder) says so, naming itself."""
+    path = localize(case.path, stage)
+    if not os.access(path, os.R_OK):
+        raise unreachable_error({"worker": where_am_i(), "host": socket.gethostname(), "missing": [case.path]})
+    return read_image(path)
+
+
+def localize_spec(spec: str, stage: dict | None) -> str:
+    """A model spec with its file replaced by the worker's staged copy."""
+    paths = model_paths(spec)
+    if not stage or not paths:
+        return spec
+    return spec.replace(paths[0], localize(paths[0], stage), 1)
 
 
 def case_seed(seed: int, case_id: str, model: str, key: str) -> int:
@@ -68,17 +95,20 @@ def case_seed(seed: int, case_id: str, model: str, key: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
+def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | None = None) -> dict:
     """Attack one case with every source model and grid point; return its rows.
 
     ``config`` is :func:`dataclasses.asdict` of a :class:`StudyConfig`; ``extra`` holds what the
-    study derived from the whole dataset (class names, inverse co-occurrence matrix).
+    study derived from the whole dataset (class names, inverse co-occurrence matrix); ``stage``
+    maps the client's paths to the worker's local copies (``--stage``, :mod:`.staging`). Rows name
+    cases and models by the client's paths either way.
     """
     extra = extra or {}
     cfg = StudyConfig(**config)
     points = cfg.points()
-    image = read_image(case.path)
-    models = {s: cached_model(s, cfg.device, cfg.trust_model_code) for s in cfg.models}
+    image = _read_case(case, stage)
+    loaded = {s: _cached_model(localize_spec(s, stage), cfg.device, cfg.trust_model_code) for s in cfg.models}
+    models = {s: m for s, (m, _) in loaded.items()}
     rows: list[dict] = []
     history: list[dict] = []
     t_case = time.perf_counter()
@@ -145,7 +175,8 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                                 "step": i, "loss": _f(h.get("loss")),
                                 "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))})
     return {"case": case.case_id, "path": case.path, "rows": rows, "history": history,
-            "seconds": round(time.perf_counter() - t_case, 2)}
+            "seconds": round(time.perf_counter() - t_case, 2), "worker": where_am_i(),
+            "models_loaded": sum(new for _, new in loaded.values())}
 
 
 def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed: int, clean_out=None):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import yaml
 
 from ..errors import InputFileError, MedadvError
+from .cluster import absolute
 from .grid import GridPoint, expand_grid
 
 
@@ -75,6 +76,56 @@ class StudyConfig:
         if self.baseline_model is not None and self.baseline_model not in self.models:
             raise MedadvError(f"baseline model {self.baseline_model!r} is not one of the study's models")
         self.points()
+
+    def resolved(self) -> StudyConfig:
+        """This config with the dataset, labels CSV and model files as absolute paths, resolved
+        here (the client): Dask workers run in other folders, often on other machines."""
+        ds = self.dataset if self.dataset.startswith("phantoms:") else absolute(self.dataset)
+        return replace(self, dataset=ds, labels_csv=None if self.labels_csv is None else absolute(self.labels_csv),
+                       models=[absolute_model_spec(m) for m in self.models],
+                       baseline_model=None if self.baseline_model is None else absolute_model_spec(self.baseline_model))
+
+    def input_paths(self) -> list[str]:
+        """The files and folders every worker must read: the dataset (or labels CSV) and the model
+        files (after :meth:`resolved`). Generated phantoms live in the output folder."""
+        paths = [] if self.dataset.startswith("phantoms:") else [self.dataset]
+        if self.labels_csv:
+            paths.append(self.labels_csv)
+        for m in self.models:
+            paths.extend(model_paths(m))
+        return paths
+
+
+def model_file_groups(spec: str) -> list[list[str]]:
+    """What ``--stage`` sends for a model: its file or folder, with a TorchScript file's JSON sidecar."""
+    paths = model_paths(spec)
+    if not paths:
+        return []
+    p = Path(paths[0])
+    if spec.startswith("torchscript:"):
+        return [[str(p), str(p.with_suffix(".json")), str(p) + ".json"]]
+    return [[str(p)]]
+
+
+#: model schemes whose value starts with a file or folder (``nnunet:DIR[:FOLDS][:notta]``)
+PATH_SCHEMES = ("torchscript", "bundle", "nnunet")
+
+
+def model_paths(spec: str) -> list[str]:
+    """The file or folder a model spec reads (none for ``demo:``, ``xrv:`` and code factories)."""
+    scheme, _, value = spec.partition(":")
+    if scheme not in PATH_SCHEMES or not value:
+        return []
+    return [value.split(":", 1)[0] if scheme == "nnunet" else value]
+
+
+def absolute_model_spec(spec: str) -> str:
+    """``torchscript:model.pt`` -> ``torchscript:/abs/model.pt`` (``nnunet:DIR:0,1`` keeps its folds)."""
+    paths = model_paths(spec)
+    if not paths:
+        return spec
+    scheme, _, value = spec.partition(":")
+    return f"{scheme}:{absolute(paths[0])}{value[len(paths[0]):]}"
 
 
 @dataclass

@@ -8,8 +8,11 @@ statistics, figures and report are rebuilt from the stored cases at the end of e
 (:mod:`.report`).
 
 Cases run on Dask distributed: a :class:`distributed.LocalCluster` by default (one worker per
-CPU core, or per GPU when CUDA is present), an existing cluster with ``scheduler=ADDRESS``, or
-in-process with ``workers=0``. Every attack is seeded from (study seed, case, model, grid
+CPU core, or per GPU when CUDA is present), an existing cluster with ``scheduler=ADDRESS``, batch
+jobs on SLURM/PBS/LSF (:mod:`.cluster`), or in-process with ``workers=0``. Paths are made
+absolute here (the client) and every worker is asked whether it can read them before the first
+case (or they are sent with ``stage``: :mod:`.staging`). A case that raises on every try is
+recorded in ``OUT/failed/`` and reported; the others go on. Every attack is seeded from (study seed, case, model, grid
 point), independently of where and in which order it runs, so a parallel run yields the same
 numbers as a sequential one.
 """
@@ -29,7 +32,9 @@ from ..errors import MedadvError
 from ..files import package_versions, write_json
 from . import store
 from .cases import cached_model, run_case
-from .config import ProgressCallback, StudyConfig, StudyProgress, default_workers
+from .cluster import ClusterSpec, absolute, check_workers, open_cluster
+from . import staging
+from .config import ProgressCallback, StudyConfig, StudyProgress, model_file_groups, model_paths
 from .dataset import Case, Dataset, discover_dataset, materialize_phantoms, parse_phantom_spec
 from .report import build_report
 
@@ -42,6 +47,11 @@ class StudyResult:
     n_skipped: int
     seconds: float
     files: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)  # case id -> error line
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
 
 
 class Study:
@@ -49,8 +59,8 @@ class Study:
 
     def __init__(self, config: StudyConfig, out: str | Path):
         config.validate()
-        self.config = config
-        self.out = Path(out)
+        self.config = config.resolved()  # absolute paths: workers run in other folders
+        self.out = Path(absolute(out))
         self.cases_dir = self.out / store.CASES
         self._dataset: Dataset | None = None
         self._extra: dict | None = None
@@ -88,8 +98,12 @@ class Study:
         return self._checksums
 
     def fingerprint(self, case: Case) -> str:
+        """What a stored case was computed from. Paths enter it relative to the current folder when
+        inside it, as they were typed before the client made them absolute, so studies stored
+        earlier (the committed reports) still resume."""
         c = self.config
-        payload = {"case": [case.case_id, case.path, case.labels], "models": self.model_checksums(),
+        models = {relative_spec(m): v for m, v in self.model_checksums().items()}
+        payload = {"case": [case.case_id, relative(case.path), case.labels], "models": models,
                    "grid": [gp.key for gp in c.points()], "seed": c.seed, "roi": c.roi, "transfer": c.transfer,
                    "track_iterations": c.track_iterations, "extra": self.extra()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -103,14 +117,21 @@ class Study:
 
     # -- running --------------------------------------------------------------------------
     def run(self, *, workers: int | None = None, scheduler: str | None = None, processes: bool = True,
-            progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None,
-            log: Callable[[str], None] | None = None, report: bool = True,
-            command: Sequence[str] | None = None) -> StudyResult:
+            cluster: ClusterSpec | None = None, stage: bool = False, progress: ProgressCallback | None = None,
+            should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
+            report: bool = True, command: Sequence[str] | None = None) -> StudyResult:
         """Run every case not stored yet, then rebuild tables, figures and the report.
 
-        ``workers=0``: in this process, one case after another. Otherwise Dask: ``scheduler``
-        (an address) or a LocalCluster with ``workers`` workers (default: GPUs if any, else CPU
-        cores) on 127.0.0.1, as processes unless ``processes=False``.
+        ``workers=0``: in this process, one case after another. Otherwise Dask: ``cluster`` (a
+        :class:`~.cluster.ClusterSpec`: LocalCluster, scheduler or SLURM/PBS/LSF batch jobs), or
+        the shorthands ``scheduler`` (an address) or a LocalCluster with ``workers`` workers
+        (default: GPUs if any, else CPU cores) on 127.0.0.1, as processes unless ``processes=False``.
+        ``stage``: send the case and model files to the workers through Dask (:mod:`.staging`)
+        instead of asking whether they can read them.
+
+        A case that raises (on Dask: on every one of its tries) is recorded in ``OUT/failed/`` and
+        listed in the report; the other cases go on. Only when no case at all succeeds or is stored
+        does the run raise, with the first case's error.
         """
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -119,13 +140,7 @@ class Study:
         if not cases:
             raise MedadvError(f"{ds.root}: the dataset has no cases")
         config = asdict(self.config)
-        extra = self.extra()
-        write_json(self.out / "study.json", {"config": config, "dataset": {"kind": ds.kind, "root": ds.root,
-                                                                            "n_cases": len(cases), "note": ds.note,
-                                                                            "class_names": ds.class_names},
-                                             "models": self.model_checksums(), "grid": [gp.key for gp in self.config.points()],
-                                             "versions": package_versions(extra=("dask", "distributed", "pandas", "matplotlib")),
-                                             "command": " ".join(command) if command else None})
+        self._write_meta(ds, config, command)
         todo, skipped = [], 0
         for c in cases:
             if self.is_done(c):
@@ -133,61 +148,138 @@ class Study:
             else:
                 todo.append(c)
         total = len(cases)
-        state = {"done": skipped, "new": 0}
+        state = {"done": skipped, "new": 0, "failed": {}}
         t_run = time.perf_counter()
 
         def finished(result: dict, case: Case):
             store.write_case(self.case_file(case), result, self.fingerprint(case))
+            store.clear_failure(self.out, case.case_id)
             state["done"] += 1
             state["new"] += 1
-            if progress is not None:
-                el = time.perf_counter() - t_run
-                left = total - state["done"]
-                eta = el / state["new"] * left if state["new"] else None
-                progress(StudyProgress(state["done"], total, skipped, el, eta, case.case_id,
-                                       f"{case.case_id} done in {result['seconds']:.1f} s"))
+            self._report_progress(progress, state, total, skipped, t_run, case,
+                                  f"{case.case_id} done in {result['seconds']:.1f} s")
+
+        def failed(case: Case, error: str, tries: int):
+            store.write_failure(self.out, case.case_id, error, tries)
+            state["failed"][case.case_id] = error
+            state["done"] += 1
+            self._report_progress(progress, state, total, skipped, t_run, case, f"{case.case_id} FAILED: {error}")
 
         if progress is not None:
             progress(StudyProgress(skipped, total, skipped, 0.0, None, None,
                                    f"{skipped} of {total} cases already stored; {len(todo)} to run"))
         if todo:
-            if workers == 0 and scheduler is None:
+            if workers == 0 and scheduler is None and cluster is None:
                 for c in todo:
                     if should_stop is not None and should_stop():
                         break
-                    finished(run_case(c, config, extra), c)
+                    try:
+                        result = run_case(c, config, extra=self.extra())
+                    except Exception as exc:  # noqa: BLE001 - recorded as a failed case, the study goes on
+                        failed(c, error_line(exc), 1)
+                    else:
+                        finished(result, c)
             else:
-                self._run_dask(todo, config, extra, finished, workers, scheduler, processes, should_stop)
-        files = {}
-        if report:
-            files = build_report(self.out)
-        return StudyResult(self.out, total, state["new"], skipped, time.perf_counter() - t0, files)
+                spec = cluster or ClusterSpec("scheduler" if scheduler else "local", workers=workers, processes=processes,
+                                              address=scheduler, gpus=_local_gpus(self.config.device, workers))
+                self._run_dask(todo, config, ds, spec, finished, failed, should_stop, log, stage)
+        if state["failed"] and state["new"] == 0 and skipped == 0:
+            case, error = next(iter(state["failed"].items()))
+            raise MedadvError(f"every case failed; {case}: {error}" if len(todo) > 1 else error)
+        files = build_report(self.out) if report else {}
+        return StudyResult(self.out, total, state["new"], skipped, time.perf_counter() - t0, files,
+                           dict(state["failed"]))
 
-    def _run_dask(self, todo, config, extra, finished, workers, scheduler, processes, should_stop):
-        from distributed import Client, LocalCluster, as_completed  # deferred: heavy, unused by workers=0
+    def _write_meta(self, ds: Dataset, config: dict, command) -> None:
+        write_json(self.out / "study.json", {"config": config, "dataset": {"kind": ds.kind, "root": ds.root,
+                                                                            "n_cases": len(ds.cases), "note": ds.note,
+                                                                            "class_names": ds.class_names},
+                                             "models": self.model_checksums(), "grid": [gp.key for gp in self.config.points()],
+                                             "versions": package_versions(extra=("dask", "distributed", "dask_jobqueue",
+                                                                                 "pandas", "matplotlib")),
+                                             "command": " ".join(command) if command else None})
 
-        cluster = None
-        if scheduler:
-            client = Client(scheduler, timeout="20s")
-        else:
-            n = workers or default_workers()
-            threads = max(1, (os.cpu_count() or 1) // n) if processes else 1
-            # processes: TCP on the loopback interface only; threads: Dask's in-process transport
-            net = {"host": "127.0.0.1", "env": {"OMP_NUM_THREADS": str(threads)}} if processes else {}
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
-                                   dashboard_address=None, memory_limit=0, **net)
-            client = Client(cluster)
-        try:
-            futures = {client.submit(run_case, c, config, extra, key=f"medadv-case-{store.safe_name(c.case_id)}-"
-                                     f"{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]}",
-                                     pure=False): c for c in todo}
+    @staticmethod
+    def _report_progress(progress, state, total, skipped, t_run, case, message):
+        if progress is None:
+            return
+        el = time.perf_counter() - t_run
+        left = total - state["done"]
+        n = state["done"] - skipped
+        progress(StudyProgress(state["done"], total, skipped, el, el / n * left if n else None, case.case_id, message))
+
+    def _run_dask(self, todo, config, ds, spec: ClusterSpec, finished, failed, should_stop, log, stage=False):
+        from distributed import as_completed  # deferred: heavy, unused by workers=0
+
+        tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+        paths = self.config.input_paths() + ([ds.root] if self.config.dataset.startswith("phantoms:") else [])
+        with open_cluster(spec, log) as oc:
+            client = oc.client
+            resources = {"GPU": 1} if oc.gpu else None
+            if oc.batch and log:
+                log("waiting for the first batch job to start a worker (Ctrl-C cancels the jobs)")
+            staged = None
+            if stage:
+                groups = [[c.path] for c in todo] + [g for m in self.config.models for g in model_file_groups(m)]
+                packed = staging.pack(groups)
+                staging.register(client, packed)
+                staged = {"key": packed["key"], "map": packed["map"]}
+                if log:
+                    log(f"--stage: {len(packed['data']) / 2**20:.1f} MB of case and model files sent to the workers")
+            n = check_workers(oc, [] if stage else paths, resources, timeout=None if oc.batch else 120)
+            if log:
+                log(f"{oc.description}: {n} worker(s) connected" + ("" if stage else ", all can read the dataset and models"))
+            extra = self.extra()
+            futures = {client.submit(run_case, c, config, extra, staged, key=f"medadv-case-{store.safe_name(c.case_id)}-{tag}",
+                                     pure=False, retries=RETRIES, resources=resources): c for c in todo}
             for fut in as_completed(futures):
                 if should_stop is not None and should_stop():
                     for f in futures:
                         f.cancel()
                     break
-                finished(fut.result(), futures[fut])
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+                case = futures[fut]
+                if fut.status == "finished":
+                    finished(fut.result(), case)
+                else:  # "error" after every retry, or "cancelled" (the scheduler lost it)
+                    exc = fut.exception() if fut.status == "error" else None
+                    failed(case, _dask_error(exc, fut.status), RETRIES + 1)
+
+
+def relative(path: str) -> str:
+    """``path`` relative to the current folder when inside it, else unchanged."""
+    rel = os.path.relpath(path)
+    return path if rel == ".." or rel.startswith("../") else rel
+
+
+def relative_spec(spec: str) -> str:
+    paths = model_paths(spec)
+    return spec.replace(paths[0], relative(paths[0]), 1) if paths else spec
+
+
+#: Dask runs a raising case once more (a GPU shared with another job, a network filesystem hiccup)
+RETRIES = 1
+
+
+def error_line(exc: BaseException) -> str:
+    """A failed case's error as one line: the message of our errors, ``Type: message`` otherwise."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, MedadvError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _dask_error(exc, status: str) -> str:
+    if exc is None:
+        return f"the case was {status} by the Dask scheduler"
+    if type(exc).__name__ == "KilledWorker":
+        return (f"the case's worker died on every try ({error_line(exc)}): out of memory, or a crash in native "
+                "code; the workers' logs say which")
+    return error_line(exc)
+
+
+def _local_gpus(device: str, workers: int | None) -> int:
+    """GPU workers of a local cluster: one per visible GPU unless the study runs on the CPU."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return 0
+    n = torch.cuda.device_count()
+    return min(n, workers) if workers else n

@@ -18,6 +18,8 @@ NO_ATTACK = "none"
 REGIONS = ("WT", "TC", "ET")
 #: the folder of a study's stored cases, one JSON file each
 CASES = "cases"
+#: the folder of the cases that raised on every try (one JSON file each: the error, where it ran)
+FAILED = "failed"
 
 
 def safe_name(case_id: str) -> str:
@@ -33,6 +35,26 @@ def case_file(out: str | Path, case_id: str) -> Path:
 def write_case(path: Path, result: dict, fingerprint: str) -> None:
     """Store one finished case (:func:`~.cases.run_case`'s result) with its fingerprint, atomically."""
     write_json(path, {**result, "fingerprint": fingerprint})
+
+
+def write_failure(out: str | Path, case_id: str, error: str, tries: int) -> None:
+    """Record that case ``case_id`` failed (a re-run tries it again)."""
+    write_json(Path(out) / FAILED / f"{safe_name(case_id)}.json", {"case": case_id, "error": error, "tries": tries})
+
+
+def clear_failure(out: str | Path, case_id: str) -> None:
+    (Path(out) / FAILED / f"{safe_name(case_id)}.json").unlink(missing_ok=True)
+
+
+def load_failures(out: str | Path) -> list[dict]:
+    """The failed cases of the last run(s): ``[{case, error, tries}]`` by case."""
+    found = []
+    for f in sorted((Path(out) / FAILED).glob("*.json")):
+        try:
+            found.append(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError):
+            found.append({"case": f.stem, "error": "(damaged failure record)", "tries": None})
+    return found
 
 
 def stored_fingerprint(path: Path) -> str | None:

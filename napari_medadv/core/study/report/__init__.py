@@ -33,8 +33,9 @@ from pathlib import Path
 import pandas as pd
 
 from ...files import atomic_write
-from ..store import NO_ATTACK, load_rows
+from ..store import NO_ATTACK, load_failures, load_rows
 from .document import (
+    failed_section,
     Doc,
     classification_section,
     curves_section,
@@ -63,6 +64,9 @@ def build_report(out: str | Path) -> dict:
     doc = Doc()
     title = cfg.get("title") or "Robustness study"
     header_section(doc, title, meta, df)
+    failures = load_failures(out)
+    if failures:
+        failed_section(doc, failures)
     if df.empty:
         doc.p("No case has finished yet.")
         return write_doc(doc, out, title, files)

@@ -156,6 +156,15 @@ def header_section(doc: Doc, title: str, meta: dict, df) -> None:
         doc.code(meta["command"])
 
 
+def failed_section(doc: Doc, failures: list[dict]) -> None:
+    """The cases that raised on every try: left out of every table below (a re-run tries them again)."""
+    doc.h(2, "Failed cases")
+    doc.p(f"{len(failures)} case(s) raised an error on every try and are left out of every table below; "
+          "re-running the same command tries them again.")
+    doc.table(["case", "error", "tries"],
+              [[f["case"], f["error"], "" if f.get("tries") is None else str(f["tries"])] for f in failures])
+
+
 def model_section(doc: Doc, seg, base: str, mt: list[dict], n_tests: int) -> None:
     """Liu Table 2: each model vs the baseline model ``base`` under the same attack, one table per
     grid point (``mt``: :func:`~.tables.model_tests`; ``n_tests``: the largest family's size)."""
