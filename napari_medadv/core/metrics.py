@@ -417,3 +417,53 @@ def risk(adv_scores, clean_scores, inv_cooc) -> float:
         )
     rows = inv[c.argmax(1)]
     return float(np.mean((a * rows).sum(1)))
+
+
+def logits_of(output, kind: str) -> np.ndarray:
+    """The logits RISK is computed from (Ghamizi: "a vectorial product between the predicted
+    logits of the adversarial example and the target"): a model's raw output when it is logits
+    (``kind`` ``"sigmoid"``/``"softmax"``: activated afterwards), else — a model that outputs
+    probabilities — the sigmoid logit ``log(p / (1 - p))`` of each probability (p clipped to
+    ``[1e-7, 1 - 1e-7]``)."""
+    x = _np(output).astype(np.float64)
+    if kind in ("sigmoid", "softmax"):
+        return x
+    p = np.clip(x, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def classifier_metrics(probs_clean, probs_adv, *, reference=None, logits_adv=None, risk_target=None,
+                       thresholds=0.5) -> dict:
+    """Ghamizi et al. 2023's per-image classifier figures for metrics.json (one image, ``M`` labels).
+
+    ``reference``: the binary ground truth ȳ (``M``), else the clean prediction thresholded at
+    ``thresholds``. Gives the k-accuracy for k = 1 and 3 (definition 1, :func:`k_accuracy_per_sample`),
+    MLACC with the per-label ``thresholds`` (:func:`multilabel_accuracy_per_sample`), MSE and BCE of
+    the adversarial probabilities against the clean ones and, for a risk-targeted attack
+    (``risk_target`` = ``C(ŷ*)``), RISK from the logits (the paper) and from the probabilities,
+    and MLACC against the target ("how close the output is to the target output").
+    """
+    pc = _np(probs_clean).astype(np.float64).reshape(1, -1)
+    pa = _np(probs_adv).astype(np.float64).reshape(1, -1)
+    m = pc.shape[1]
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (m,))
+    if reference is None:
+        ref, ref_name = (pc >= thr).astype(np.float64), "clean prediction (thresholded)"
+    else:
+        ref, ref_name = _np(reference).astype(np.float64).reshape(1, -1), "ground truth"
+    out: dict = {"reference": ref_name}
+    for k in (1, 3):
+        if k <= m:
+            out[f"k{k}_accuracy"] = float(k_accuracy_per_sample(pa, ref, k)[0])
+    out["mlacc"] = float(multilabel_accuracy_per_sample(pa, ref, thr)[0])
+    out["mlacc_thresholds"] = [float(t) for t in thr]
+    q = np.clip(pa, 1e-7, 1 - 1e-7)
+    out["mse"] = float(np.mean((pa - pc) ** 2))
+    out["bce"] = float(np.mean(-(pc * np.log(q) + (1 - pc) * np.log(1 - q))))
+    if risk_target is not None:
+        t = _np(risk_target).astype(np.float64).reshape(1, -1)
+        z = pa if logits_adv is None else _np(logits_adv).astype(np.float64).reshape(1, -1)
+        out["risk"] = {"logits": float((z * t).sum()), "probabilities": float((pa * t).sum()),
+                       "from_logits": logits_adv is not None}
+        out["mlacc_vs_risk_target"] = float(multilabel_accuracy_per_sample(pa, t, thr)[0])
+    return out

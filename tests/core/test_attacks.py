@@ -233,6 +233,43 @@ def test_risk_pgd_raises_risk(classifier, cls_batch):
     assert M.risk(adv_p.numpy(), clean.numpy(), inv) > M.risk(clean.numpy(), clean.numpy(), inv)
 
 
+def test_risk_pgd_target_vector_start_and_cooccurrence_csv(tmp_path):
+    """The target C(ŷ*) by hand; x^0 = x by default (the paper); the matrix from a labels CSV."""
+    from napari_medadv.core.attacks.pgd import risk_targets
+    from napari_medadv.core.cooccurrence import inverse_cooccurrence_from_csv
+
+    # training labels (columns b, a, c in the file): counts a=3, b=2, c=1; a&b=2, a&c=0, b&c=1
+    (tmp_path / "train.csv").write_text("file,b,a,c\nx1.png,1,1,0\nx2.png,0,1,0\nx3.png,1,1,0\n"
+                                        "x4.png,0,0,1\n")
+    inv = inverse_cooccurrence_from_csv(tmp_path / "train.csv", ["a", "b", "c"])
+    # rows: a -> [0, 1 - 2/3, 1]; b -> [1 - 2/2, 0, 1]; c -> [1, 1, 0]
+    expected = torch.tensor([[0, 1 / 3, 1], [0, 0, 1], [1, 1, 0]], dtype=torch.float64)
+    torch.testing.assert_close(torch.as_tensor(inv), expected)
+    clean = torch.tensor([[0.2, 3.0, -1.0], [5.0, 0.0, 0.1], [0.0, 0.0, 2.0]], dtype=torch.float64)
+    # ŷ* = b, a, c -> target rows b, a, c
+    torch.testing.assert_close(risk_targets(inv, clean), expected[[1, 0, 2]])
+    with pytest.raises(ValueError, match="no column for the class"):
+        inverse_cooccurrence_from_csv(tmp_path / "train.csv", ["a", "d"])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 8), nn.Flatten())
+    x = torch.rand(2, 1, 8, 8)
+    # one step from x^0 = x with α: the result is x - α sign(∇ BCE(M(x), C(ŷ*))) exactly
+    atk = RiskPGD(model, eps=0.1, steps=1, alpha=0.05, cooccurrence_from=str(tmp_path / "train.csv"),
+                  data_range=(0, 1), activation="sigmoid")
+    assert atk.random_start is False and ATTACKS["pgd-risk"].cls.params[4].default is False
+    adv = atk(x)
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    # standalone, the attack takes the CSV's columns in their order (b, a, c); the pipeline picks by name
+    tgt = risk_targets(inverse_cooccurrence_from_csv(tmp_path / "train.csv"), out.detach()).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(out, tgt, reduction="none").mean(1).sum()
+    (g,) = torch.autograd.grad(loss, xg)
+    torch.testing.assert_close(adv, (x - 0.05 * g.sign()).clamp(0, 1))
+    extra = atk.last_result.extra
+    assert extra["cooccurrence_source"].startswith("labels CSV") and len(extra["risk_target"]) == 2
+
+
 class _Linear(nn.Module):
     """A one-logit classifier: a full-image convolution (so the channel check applies)."""
 

@@ -291,8 +291,10 @@ def test_classifier_metrics_hand_checked():
     bce = -np.mean([0.7 * np.log(0.1) + 0.3 * np.log(0.9), 0.2 * np.log(0.3) + 0.8 * np.log(0.7),
                     0.1 * np.log(0.6) + 0.9 * np.log(0.4)])
     assert out["bce"] == pytest.approx(bce)
-    # RISK = adv . C(argmax clean = a) = 0.3*2/3 + 0.6*1
-    assert out["risk"] == pytest.approx(0.3 * 2 / 3 + 0.6)
+    # RISK = adv . C(argmax clean = a), from the logits (the paper; this model outputs probabilities,
+    # so the logits are log(p / (1 - p))): logit(0.3)*2/3 + logit(0.6)*1 ; and from the probabilities
+    assert out["risk"] == pytest.approx(np.log(0.3 / 0.7) * 2 / 3 + np.log(0.6 / 0.4))
+    assert out["risk_prob"] == pytest.approx(0.3 * 2 / 3 + 0.6)
     assert out["top1_changed"] is True
 
 
@@ -332,10 +334,20 @@ def test_classifier_study_with_risk_pgd_and_transfer(tmp_path):
         aucs = [S.auc(sub[f"p_adv_{n}"], sub[f"y_{n}"]) for n in "abc"]
         assert r["auc"] == pytest.approx(np.nanmean(aucs))
     assert (out / "transfer_pgd-risk_eps_0.1_steps_3_.csv").is_file()
-    # the risk-targeted attack moves the white-box prediction towards its target C(y*), the row of
-    # the inverse co-occurrence matrix (built from labels.csv) for the clean top-1 label
+    assert (out / "transfer_pgd-risk_eps_0.1_steps_3__k3.csv").is_file()  # Table 2 at k = 3 too
+    # MLACC: per-label Youden thresholds from each model's clean rows, then label agreement
     from napari_medadv.core import metrics as M
 
+    for _, r in summ.iterrows():
+        g = df[(df["source"] == r["model"]) & (df["target"] == r["model"])]
+        clean = g[g["grid_key"] == "none"]
+        thr = M.operating_thresholds(clean[[f"p_clean_{n}" for n in "abc"]].to_numpy(),
+                                     clean[[f"y_{n}" for n in "abc"]].to_numpy())
+        sub = g[g["grid_key"] == r["grid_key"]]
+        assert r["mlacc"] == pytest.approx(M.multilabel_accuracy(sub[[f"p_adv_{n}" for n in "abc"]].to_numpy(),
+                                                                 sub[[f"y_{n}" for n in "abc"]].to_numpy(), thr))
+    # the risk-targeted attack moves the white-box prediction towards its target C(y*), the row of
+    # the inverse co-occurrence matrix (built from labels.csv) for the clean top-1 label
     labels = pd.read_csv(tmp_path / "labels.csv")[["a", "b", "c"]].to_numpy()
     inv = M.inverse_cooccurrence(labels)
     wb = df[(df["source"] == df["target"]) & df["grid_key"].str.startswith("pgd-risk")]
@@ -343,8 +355,10 @@ def test_classifier_study_with_risk_pgd_and_transfer(tmp_path):
     pa = wb[[f"p_adv_{n}" for n in "abc"]].to_numpy()
     target = inv[pc.argmax(1)]
     assert np.mean((pa - target) ** 2) < np.mean((pc - target) ** 2)
-    # and RISK is M(x*) . C(y*) per case
-    assert np.allclose(wb["risk"], (pa * target).sum(1))
+    # and RISK is M(x*) . C(y*) per case: from the probabilities (risk_prob) and the logits (risk)
+    assert np.allclose(wb["risk_prob"], (pa * target).sum(1))
+    za = np.log(np.clip(pa, 1e-7, 1 - 1e-7) / (1 - np.clip(pa, 1e-7, 1 - 1e-7)))
+    assert np.allclose(wb["risk"], (za * target).sum(1), atol=1e-4)
     assert "Ghamizi" in (out / "report.md").read_text()
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..intensity import DataRangeSpec, IntensityRange, compute_range
-from ..losses import LossFn, class_indices, make_loss
+from ..losses import LOSSES, LossFn, class_indices, make_loss
 from ..metrics import channel_argmax, foreground_dice_fast, psnr_channels_fast
 
 StepCallback = Callable[["AttackStep"], Any]
@@ -296,8 +296,8 @@ class Attack:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.eps = _check_finite_number("eps", eps, minimum=0.0)
-        if loss is not None and not callable(loss) and loss not in ("auto", "dice", "ce", "bce", "mse"):
-            raise ValueError(f"unknown loss {loss!r}; choose dice, ce, bce, mse or pass a callable")
+        if loss is not None and not callable(loss) and loss != "auto" and loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose {', '.join(LOSSES)} or pass a callable")
         self._loss_spec = loss
         if activation not in ("auto", "softmax", "sigmoid", "none"):
             raise ValueError(f"activation must be auto, softmax, sigmoid or none, got {activation!r}")

@@ -109,10 +109,12 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                                  **_evaluate(models[tgt], out, out, labels, case, extra)})
                 continue
             params = gp.params_dict
-            if gp.attack == "pgd-risk" and params.get("cooccurrence") is None:
-                if extra.get("inverse_cooccurrence") is None:
+            if gp.attack == "pgd-risk" and params.get("cooccurrence") is None \
+                    and params.get("cooccurrence_from") is None:
+                inv = model_cooccurrence(m, extra)
+                if inv is None:
                     raise MedadvError("pgd-risk needs a labels CSV to build the inverse co-occurrence matrix")
-                params["cooccurrence"] = np.asarray(extra["inverse_cooccurrence"])
+                params["cooccurrence"] = inv
             iterative = any(p.name == "steps" for p in ATTACKS[gp.attack].params)
             track = cfg.track_iterations and iterative and not ATTACKS[gp.attack].gradient_free
             seed = case_seed(cfg.seed, case.case_id, src, gp.seed_key)
@@ -217,6 +219,24 @@ def _case_labels(case: Case, image, model, extra: dict):
     return [case.labels[names.index(n)] for n in model_names]
 
 
+def model_cooccurrence(model, extra: dict):
+    """The study's inverse co-occurrence matrix (dataset class order) in the model's class order,
+    or None without one."""
+    inv = extra.get("inverse_cooccurrence")
+    if inv is None:
+        return None
+    inv = np.asarray(inv, dtype=np.float64)
+    names = extra.get("class_names") or []
+    model_names = model.info.class_names or names
+    if not names or list(model_names) == list(names):  # no names: already in the model's order
+        return inv
+    missing = [n for n in model_names if n not in names]
+    if missing:
+        raise MedadvError(f"the co-occurrence labels have no column for the model's class(es) {', '.join(missing)}")
+    idx = [names.index(n) for n in model_names]
+    return inv[np.ix_(idx, idx)]
+
+
 def _quality(clean: np.ndarray, adv: np.ndarray) -> dict:
     if np.array_equal(clean, adv):
         return {"psnr": math.inf, "ssim": 1.0, "rmse": 0.0, "linf": 0.0, "l0_fraction": 0.0}
@@ -253,8 +273,13 @@ def _evaluate(model, clean_out, adv_out, labels, case: Case, extra: dict) -> dic
     out["mse"] = float(np.mean((pa - pc) ** 2))
     q = np.clip(pa, eps_, 1 - eps_)
     out["bce"] = float(np.mean(-(pc * np.log(q) + (1 - pc) * np.log(1 - q))))
-    inv = extra.get("inverse_cooccurrence")
-    out["risk"] = float(M.risk(pa[None], pc[None], np.asarray(inv))) if inv is not None else math.nan
+    inv = model_cooccurrence(model, extra)
+    if inv is not None:  # RISK from the logits (the paper), and from the probabilities (labelled risk_prob)
+        za = M.logits_of(adv_out[0].detach().cpu().numpy(), model.info.output)
+        out["risk"] = float(M.risk(za[None], pc[None], inv))
+        out["risk_prob"] = float(M.risk(pa[None], pc[None], inv))
+    else:
+        out["risk"] = out["risk_prob"] = math.nan
     out["top1_changed"] = bool(np.argmax(pc) != np.argmax(pa))
     for i, n in enumerate(names):
         out[f"p_clean_{n}"] = float(pc[i])

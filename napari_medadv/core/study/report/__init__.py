@@ -73,7 +73,8 @@ def build_report(out: str | Path) -> dict:
     if not seg.empty:
         all_tests += _segmentation_part(doc, out, seg, hist, cfg, figdir, files, links)
     if not cls.empty:
-        classification_section(doc, out, cls, meta["dataset"].get("class_names") or [], figdir, files, links)
+        classification_section(doc, out, cls, meta["dataset"].get("class_names") or [], figdir, files, links,
+                               meta["dataset"].get("cooccurrence_source"))
     if all_tests:
         write_csv(pd.DataFrame(all_tests), out / "stats.csv")
         files["stats"] = str(out / "stats.csv")
