@@ -88,7 +88,7 @@ def test_tifgsm_target_and_2d_png_classifier(tmp_path, capsys):
 
 
 def test_dgde_on_radiograph(tmp_path, capsys):
-    rc, out, err = run(["attack", CXR, "--model", "demo:cxr", "--attack", "dgde", "--eps", 0.3,
+    rc, out, err = run(["attack", CXR, "--model", "demo:cxr", "--attack", "dgde",
                         "--max-queries", 300, "--seed", 0, "--out", tmp_path / "d", "--json", "--quiet",
                         "--device", "cpu"], capsys)
     assert rc == 0, err

@@ -53,7 +53,7 @@ SEG_RUNS = [
     ("tifgsm", {"eps": 0.05, "steps": 2}),
     ("pgd", {"eps": 0.05, "steps": 2}),
     ("noise", {"eps": 0.05}),
-    ("dgde", {"eps": 0.2, "max_queries": 40, "population": 4, "init_tries": 2}),
+    ("dgde", {"max_queries": 40, "population": 4, "init_tries": 2}),
 ]
 
 
@@ -109,7 +109,7 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
 CXR_RUNS = [
     ("fgsm", {"eps": 0.02}),
     ("pgd", {"eps": 0.02, "steps": 2}),
-    ("dgde", {"eps": 0.3, "max_queries": 60, "population": 4, "init_tries": 2}),
+    ("dgde", {"max_queries": 60, "population": 4, "init_tries": 2}),
     ("pgd-risk", {"eps": 0.02, "steps": 2}),
 ]
 

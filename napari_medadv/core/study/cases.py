@@ -127,7 +127,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                     params["track_metrics"] = True
                 adv, clean_out, adv_out, result, seconds = _attack(image, m, gp.attack, params, labels, cfg.roi,
                                                                      seed, clean_output(src))
-            quality = _quality(image.array, adv)
+            quality = {**_quality(image.array, adv), **l0_fields(result)}
             for tgt in targets:
                 tm = models[tgt]
                 if tgt == src:
@@ -141,11 +141,18 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                              **_evaluate(tm, t_clean, t_adv, tlabels, case, extra)})
             # the engine records each step's metrics at the iterate *before* its update, plus the final
             # iterate: entry i is the image after i updates (0 = the clean image or random start)
+            # DGDE records its accepted solutions instead: step = its iteration, with L0, the attacked
+            # class's probability and the queries so far (a failed start has no L0)
             for i, h in enumerate(result.history):
-                history.append({"case": case.case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
-                                "attack_label": gp.label, "eps": gp.eps, "steps": gp.steps,
-                                "step": i, "loss": _f(h.get("loss")),
-                                "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))})
+                rec = {"case": case.case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
+                       "attack_label": gp.label, "eps": gp.eps, "steps": gp.steps,
+                       "step": int(h.get("iteration", i)), "loss": _f(h.get("loss")),
+                       "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))}
+                if "l0" in h:
+                    ok = h.get("phase") != "start-failed"
+                    rec.update(l0=float(h["l0"]) if ok else math.nan, probability=_f(h.get("probability")),
+                               queries=_f(h.get("queries")), phase=h.get("phase"))
+                history.append(rec)
     return {"case": case.case_id, "path": case.path, "rows": rows, "history": history,
             "seconds": round(time.perf_counter() - t_case, 2)}
 
@@ -200,6 +207,18 @@ def _matched_attack(image, model, gp: GridPoint, params: dict, labels, roi_mode:
     adv_out = model.forward(x)
     adv = x[0].detach().cpu().numpy().astype(np.float32)
     return adv, clean_out, adv_out, SimpleNamespace(history=[]), seconds, matched
+
+
+def l0_fields(result) -> dict:
+    """Per-case fields of an L0 attack (DGDE): ``success`` (the paper's criterion), ``l0_pixels``
+    (NaN for a failure: it is never counted as 0 pixels) and ``n_pixels``; ``{}`` for others."""
+    extra = getattr(result, "extra", None) or {}
+    if "l0" not in extra:
+        return {}
+    ok = bool((result.success or [False])[0])
+    l0 = extra["l0"][0]
+    return {"success": ok, "l0_pixels": float(l0) if ok and l0 is not None else math.nan,
+            "n_pixels": int(extra.get("n_pixels", 0))}
 
 
 def _f(v) -> float:

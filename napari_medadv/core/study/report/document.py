@@ -14,11 +14,19 @@ import pandas as pd
 from ...files import atomic_write
 from .. import stats as S
 from ..store import NO_ATTACK, safe_name
-from .figures import DODGE, figure_dice_vs_eps, figure_dice_vs_quality, figure_history, figure_k_vs_eps
+from .figures import (
+    DODGE,
+    figure_dgde_history,
+    figure_dice_vs_eps,
+    figure_dice_vs_quality,
+    figure_history,
+    figure_k_vs_eps,
+)
 from .tables import (
     SOURCE_KINDS,
     attack_tests,
     classification_summary,
+    dgde_summary,
     dice_keys,
     grid_order,
     key_name,
@@ -237,6 +245,32 @@ def classification_section(doc: Doc, out: Path, cls, class_names: list[str], fig
     if has3:
         for k, mat in transfer_matrices(cls, "k3_acc").items():
             transfer_section(doc, out, mat, k, "top-3 robust accuracy (k = 3)", files, links, suffix="_k3")
+
+
+def dgde_section(doc: Doc, out: Path, df, hist, figdir: Path, files: dict, links: list) -> None:
+    """DGDE 2024: Table 2 (success rate and changed pixels over the successes) and Figs. 3-4."""
+    summ = dgde_summary(df)
+    if summ.empty:
+        return
+    write_csv(summ, out / "summary_dgde.csv")
+    files["summary_dgde"] = str(out / "summary_dgde.csv")
+    links.append("[summary_dgde.csv](summary_dgde.csv)")
+    doc.h(2, "Minimal-pixel attack (DGDE 2024, Table 2)")
+    doc.p("Success: the attacked finding's probability crossed 0.5 (segmentation: Dice below the threshold). "
+          "Changed pixels (L0) over the successful cases only — a failure has no L0 and is never counted as "
+          "0 pixels; % of image: L0 / pixels of the image, mean over the successes.")
+    rows = [[r["model"], r["attack"], r["n"], _num(r["success_rate"]), _num(r["l0_max"], 0), _num(r["l0_min"], 0),
+             _num(r["l0_mean"], 1), _num(r["l0_sd"], 1), _num(r["l0_median"], 1), _num(r["l0_percent_mean"], 4)]
+            for _, r in summ.iterrows()]
+    doc.table(["model", "attack", "n", "success rate", "L0 max", "L0 min", "L0 mean", "L0 sd", "L0 median",
+               "% of image"], rows)
+    figs = figure_dgde_history(hist, figdir)
+    for col, alt in (("l0", "DGDE: changed pixels vs iteration (Fig. 3)"),
+                     ("probability", "DGDE: attacked-class probability vs iteration (Fig. 4)")):
+        if figs.get(col):
+            doc.img(figs[col][0], alt)
+            doc.p(f"{alt}: [PNG]({figs[col][0]}), [SVG]({figs[col][1]})")
+            files[alt] = str(out / figs[col][0])
 
 
 def segmentation_section(doc: Doc, summ) -> None:

@@ -304,3 +304,30 @@ def matched_comparison_tests(reached) -> list[dict]:
                             "metric": metric, "target": target, "region": r, **_paired_test(a, b, col)})
             out.extend(_bonferroni_family(fam))
     return out
+
+
+# --------------------------------------------------------------------------- L0 attacks (DGDE)
+
+
+def dgde_summary(df):
+    """DGDE 2024, Table 2: per model × grid point (white box), the success rate (the attacked
+    finding's probability crossed 0.5) and, over the successes only (a failure has no L0), the
+    number of changed pixels — max, min, mean, sd, median — and its mean percentage of the image."""
+    if "l0_pixels" not in df:
+        return pd.DataFrame()
+    rows = []
+    wb = whitebox(df[df["l0_pixels"].notna() | df["success"].notna()])
+    for model, g in wb.groupby("target", sort=False):
+        for k in grid_order(g):
+            sub = g[g["grid_key"] == k]
+            ok = sub[sub["success"].fillna(False).astype(bool)]
+            l0 = ok["l0_pixels"].astype(float)
+            pct = 100.0 * l0 / ok["n_pixels"].astype(float)
+            m, sd, _ = S.mean_sd(l0)
+            rows.append({"model": model, "grid_key": k, "attack": sub.iloc[0]["attack_label"], "n": len(sub),
+                         "n_success": len(ok), "success_rate": len(ok) / len(sub) if len(sub) else math.nan,
+                         "l0_max": float(l0.max()) if len(ok) else math.nan,
+                         "l0_min": float(l0.min()) if len(ok) else math.nan, "l0_mean": m, "l0_sd": sd,
+                         "l0_median": float(l0.median()) if len(ok) else math.nan,
+                         "l0_percent_mean": float(pct.mean()) if len(ok) else math.nan})
+    return pd.DataFrame(rows)
