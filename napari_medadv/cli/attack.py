@@ -13,7 +13,7 @@ from napari_medadv.core.models import load_model
 from ._common import CLIError, ProgressBar, _bool, _channel_list
 
 
-_HANDLED = {"eps", "steps", "alpha", "restarts", "target_label"}
+_HANDLED = {"eps", "steps", "alpha", "restarts", "target_label", "loss"}  # loss: --loss
 
 
 def _attack_param_options(p: argparse.ArgumentParser) -> list[str]:

@@ -52,6 +52,14 @@ class Param:
     choices: tuple | None = None
 
 
+def loss_param(default: str = "auto") -> Param:
+    """The attack-loss choice of gradient attacks, from :data:`~napari_medadv.core.losses.LOSSES`
+    (``auto``: soft Dice for segmentation, CE/BCE for classifiers): one registry entry, so the
+    GUI form, the study grid and the record list every loss — OL included — with no other edit."""
+    return Param("loss", str, default, "attack loss: auto, " + ", ".join(LOSSES) + " (ol: Ghamizi's ordinal loss)",
+                 choices=("auto", *LOSSES))
+
+
 @dataclass
 class AttackStep:
     """What an iterative attack reports after each step (cheap: no extra forward pass).

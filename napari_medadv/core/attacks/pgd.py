@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Attack, AttackStep, Param, _Context, _check_finite_number, check_positive_int
+from .base import Attack, AttackStep, Param, _Context, _check_finite_number, check_positive_int, loss_param
 
 
 class PGD(Attack):
@@ -40,6 +40,7 @@ class PGD(Attack):
         Param("alpha", float, None, "step size α (fraction of range); default 2.5·ε/steps", 0.0, 1.0),
         Param("restarts", int, 1, "random restarts; the strongest per sample is kept", 1, 100),
         Param("random_start", bool, True, "start from a uniform random point in the ε-ball"),
+        loss_param(),
     )
 
     def __init__(self, model, eps: float = 0.05, steps: int = 10, alpha: float | None = None,
@@ -121,7 +122,7 @@ class RiskPGD(PGD):
     label = "PGD (risk-targeted)"
     description = "Ghamizi's risk-targeted PGD: targets labels that rarely co-occur with the prediction."
     targeted = "no"  # the target is derived from the model, not given
-    params = tuple(p if p.name != "random_start" else
+    params = tuple(loss_param("bce") if p.name == "loss" else p if p.name != "random_start" else
                    Param("random_start", bool, False, "start from a uniform random point in the ε-ball "
                                                       "(the paper starts from x)") for p in PGD.params) + (
         Param("cooccurrence", str, None, "inverse co-occurrence matrix (.npy/.csv, M×M)"),

@@ -139,20 +139,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None) -> dict:
                     tlabels = _case_labels(case, image, tm, extra)
                 rows.append({**base, "target": tgt, "seed": seed, "seconds": round(seconds, 3), **quality,
                              **_evaluate(tm, t_clean, t_adv, tlabels, case, extra)})
-            # the engine records each step's metrics at the iterate *before* its update, plus the final
-            # iterate: entry i is the image after i updates (0 = the clean image or random start)
-            # DGDE records its accepted solutions instead: step = its iteration, with L0, the attacked
-            # class's probability and the queries so far (a failed start has no L0)
-            for i, h in enumerate(result.history):
-                rec = {"case": case.case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
-                       "attack_label": gp.label, "eps": gp.eps, "steps": gp.steps,
-                       "step": int(h.get("iteration", i)), "loss": _f(h.get("loss")),
-                       "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))}
-                if "l0" in h:
-                    ok = h.get("phase") != "start-failed"
-                    rec.update(l0=float(h["l0"]) if ok else math.nan, probability=_f(h.get("probability")),
-                               queries=_f(h.get("queries")), phase=h.get("phase"))
-                history.append(rec)
+            history.extend(history_rows(case.case_id, src, gp, result.history))
     return {"case": case.case_id, "path": case.path, "rows": rows, "history": history,
             "seconds": round(time.perf_counter() - t_case, 2)}
 
@@ -207,6 +194,27 @@ def _matched_attack(image, model, gp: GridPoint, params: dict, labels, roi_mode:
     adv_out = model.forward(x)
     adv = x[0].detach().cpu().numpy().astype(np.float32)
     return adv, clean_out, adv_out, SimpleNamespace(history=[]), seconds, matched
+
+
+def history_rows(case_id: str, src: str, gp: GridPoint, steps: list[dict]) -> list[dict]:
+    """The per-iteration rows of one attack run (``history.csv``).
+
+    The engine records each step's metrics at the iterate *before* its update, plus the final
+    iterate: entry i is the image after i updates (0 = the clean image or random start). DGDE
+    records its accepted solutions instead: step = its iteration, with L0, the attacked class's
+    probability and the queries so far (a failed start has no L0)."""
+    rows = []
+    for i, h in enumerate(steps):
+        rec = {"case": case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
+               "attack_label": gp.label, "eps": gp.eps, "steps": gp.steps,
+               "step": int(h.get("iteration", i)), "loss": _f(h.get("loss")),
+               "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))}
+        if "l0" in h:
+            ok = h.get("phase") != "start-failed"
+            rec.update(l0=float(h["l0"]) if ok else math.nan, probability=_f(h.get("probability")),
+                       queries=_f(h.get("queries")), phase=h.get("phase"))
+        rows.append(rec)
+    return rows
 
 
 def l0_fields(result) -> dict:
