@@ -373,6 +373,39 @@ def flush_deferred(viewer: napari.Viewer) -> int:
     return n
 
 
+def snapshot_results(viewer: napari.Viewer, source: Source) -> dict:
+    """What a result could change on screen for ``source``: every layer's visibility and, for its
+    derived layers, their data and metadata (references, not copies: results replace arrays,
+    they never write into them) — :func:`restore_results` puts it back (a cancelled run that
+    showed its steps)."""
+    snap = {"visible": {lyr.name: lyr.visible for lyr in viewer.layers}, "data": {}}
+    for lyr in viewer.layers:
+        m = lyr.metadata.get(META, {})
+        if m.get("case") == source.case and m.get("derived"):
+            snap["data"][lyr.name] = (lyr.data, dict(lyr.metadata))
+    return snap
+
+
+def restore_results(viewer: napari.Viewer, snap: dict) -> None:
+    """Undo what results shown since :func:`snapshot_results` did: layers they added are removed,
+    the others get their data, metadata and visibility back (pending hidden-layer data dropped)."""
+    pending = _DEFERRED.get(id(viewer), {})
+    for lyr in list(viewer.layers):
+        if lyr.name not in snap["visible"]:
+            pending.pop(lyr.name, None)
+            viewer.layers.remove(lyr)
+    for name, (data, meta) in snap["data"].items():
+        if name in viewer.layers:
+            pending.pop(name, None)
+            lyr = viewer.layers[name]
+            if lyr.data is not data:
+                lyr.data = data
+            lyr.metadata = meta
+    for name, vis in snap["visible"].items():
+        if name in viewer.layers and viewer.layers[name].visible != vis:
+            viewer.layers[name].visible = vis
+
+
 def is_artifact(attack: str) -> bool:
     """True for registry entries that simulate an MR artifact (a severity, no ε)."""
     # deferred: the reader and the sample-data hooks import this module to open files, and the
@@ -548,8 +581,7 @@ def _show_segmentations(s: _Showing):
     """The clean and the perturbed segmentation, then their diff (yields each layer's name)."""
     viewer, source, outcome = s.viewer, s.source, s.outcome
     common, show = s.common, source.to_display
-    values = sorted(set(outcome.model.info.label_values or [])
-                    | _values_present(outcome.seg_clean) | _values_present(outcome.seg_adv))
+    values = _segmentation_values(outcome)
     cmap = brats_colormap(values) if set(values) <= set(BRATS_LABELS) else None
     extra = {"colormap": cmap} if cmap is not None else {}
     for name, role, seg, vis in (
@@ -604,12 +636,13 @@ def _show_perturbed_pixels(s: _Showing):
         viewer.layers.remove(pts_name)  # a newer non-DGDE attack: the pixel markers no longer apply
 
 
-def _values_present(seg: np.ndarray) -> set[int]:
-    """The label values in a label map; a count per value for small unsigned maps (np.unique sorts
-    the whole volume: 50 ms at BraTS size, on the GUI thread)."""
-    if seg.dtype in (np.uint8, np.uint16) and seg.size:
-        return set(np.flatnonzero(np.bincount(seg.ravel(), minlength=1)).tolist())
-    return set(np.unique(seg).tolist())
+def _segmentation_values(outcome: AttackOutcome) -> list[int]:
+    """The label values the segmentation layers may hold: those the model can output (its output
+    kind and declaration fix them), not a pass over the volumes on the GUI thread (counting the
+    values present in both maps cost 150 ms of each live frame at BraTS size)."""
+    from napari_medadv.core.pipeline import label_values  # deferred: opening images stays free of torch
+
+    return sorted(set(label_values(outcome)) | {0})
 
 
 def diff_map(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:

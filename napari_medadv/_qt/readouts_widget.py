@@ -154,12 +154,14 @@ class ReadoutsWidget(QWidget):
     def _add_callbacks(self) -> None:
         self.session.result_changed.connect(self.update_from)
         self.session.metrics_changed.connect(self.update_from)
+        self.session.frame.connect(self.update_from)
         self.session.matched_changed.connect(self.update_matched)
         self.copy_btn.clicked.connect(self.copy_csv)
 
     def closeEvent(self, event) -> None:
         self.session.result_changed.disconnect(self.update_from)
         self.session.metrics_changed.disconnect(self.update_from)
+        self.session.frame.disconnect(self.update_from)
         self.session.matched_changed.disconnect(self.update_matched)
         super().closeEvent(event)
 
@@ -178,6 +180,8 @@ class ReadoutsWidget(QWidget):
     def update_from(self, shown: Shown) -> None:
         o = shown.outcome
         where = "live ε" if shown.live else "run"
+        if "iterate" in o.result.extra:  # a running attack's current iterate
+            where = f"running: iterate {o.result.extra['iterate']} of {o.result.extra['n_steps']}"
         severity = (float(o.result.extra.get("severity", o.params.get("severity", 0.0)))
                     if is_artifact(o.attack) else None)
         self.title.setText(f"<b>{shown.source.case}</b> · {o.attack} · {knob_text(o)} · "

@@ -58,6 +58,7 @@ class Session:
     metrics_changed = Signal(object)  # Shown (metrics filled in after the images, in live mode)
     step = Signal(str, object)  # attack name, history record (one per iteration, live plots)
     run_started = Signal(str)  # attack name
+    frame = Signal(object)  # Shown: a running attack's current iterate on the layers (readouts filled)
     sweep_changed = Signal(object)  # dict: eps list + per-ε rows
     matched_changed = Signal(object)  # Matched | None (an MR artifact at the attack's image quality)
     choices_changed = Signal(object)  # Choices (image, ground truth, region, target picked in the Attack dock)

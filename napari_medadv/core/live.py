@@ -23,60 +23,23 @@ from .pipeline import AttackOutcome, content_roi, fill_ssim, label_values, outco
 from .readouts import DiceTable, FgsmQuality, channel_ranges, computed_quality
 
 
-class LiveEps:
-    """FGSM's fast ε path on an image: ``prepare`` once, then each ε costs one forward pass."""
+class OutcomeReadouts:
+    """Readouts of many outcomes on one image and model (live ε frames, the steps of a running
+    attack): the clean side — clean and ground-truth index maps, their Dice, each channel's
+    range — is built once; each outcome then costs one or two ``bincount`` passes and the image
+    quality (analytic for FGSM's image at ε when ``quality`` is given, else one pass)."""
 
-    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi="auto"):
+    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None, roi: np.ndarray | None,
+                 seg_clean: np.ndarray | None, quality: FgsmQuality | None = None):
         self.image = image
         self.model = model
         self.labels = None if labels is None else np.asarray(labels)
-        if isinstance(roi, str):
-            roi = content_roi(image)
         self.roi = roi
-        x, self.channel_mapping = prepare_input(image, model)
-        lab = None
-        if labels is not None:
-            lab = model.label_map_to_target(labels, model.n_outputs or model.forward(x).shape[1])
-        self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
-        self.ranges = channel_ranges(image.array)
-        self.quality = FgsmQuality(self.fgsm, image.channel_names, self.ranges)
         self.roi_note = "whole image" if roi is None else f"mask ({int(np.count_nonzero(roi))} voxels)"
+        self.ranges = channel_ranges(image.array)
+        self.quality = quality
+        self.seg_clean = seg_clean
         self._seg = None  # clean side of the Dice readouts (segmentation models)
-        self.seg_clean = None
-        if model.info.task == "segmentation":
-            self.seg_clean = model.to_label_map(self.fgsm.clean_output)[0]
-
-    def at(self, eps: float) -> tuple[np.ndarray, torch.Tensor]:
-        adv, out = self.fgsm.predict_at_eps(eps)
-        return adv[0].detach().cpu().numpy(), out
-
-    def outcome(self, eps: float, *, seed: int = 0, metrics: bool = True) -> AttackOutcome:
-        """The :class:`AttackOutcome` at ``eps`` for one forward pass (the clean output comes from
-        :meth:`FGSM.prepare`'s forward); ``metrics=False`` leaves ``metrics`` for the caller
-        (:meth:`readouts` then :meth:`add_ssim`, or :meth:`add_metrics`), e.g. to update images
-        first and readouts after."""
-        adv, out = self.at(eps)
-        fgsm = self.fgsm
-        ctx = fgsm._cache["ctx"]
-        clean_out = fgsm.clean_output
-        result = AttackResult(
-            attack="fgsm", clean=ctx.x, adversarial=torch.as_tensor(adv)[None], eps=float(eps),
-            eps_native=fgsm.native_eps(eps), params={**fgsm.get_params(), "eps": float(eps)},
-            n_forward=ctx.n_forward + 1, n_backward=ctx.n_backward,
-        )
-        o = AttackOutcome(image=self.image, model=self.model, attack="fgsm", params=result.params, seed=seed,
-                          adversarial=adv.astype(np.float32, copy=False), result=result,
-                          clean_output=clean_out, adv_output=out, labels=self.labels,
-                          channel_mapping=self.channel_mapping)
-        if self.model.info.task == "segmentation":
-            o.seg_clean = self.seg_clean
-            o.seg_adv = self.model.to_label_map(out)[0]
-        else:
-            o.probs_clean = self.model.probabilities(clean_out)[0].cpu().numpy()
-            o.probs_adv = self.model.probabilities(out)[0].cpu().numpy()
-        if metrics:
-            self.add_metrics(o)
-        return o
 
     # ------------------------------------------------------------------ readouts
     def _dice_side(self, o: AttackOutcome):
@@ -111,7 +74,8 @@ class LiveEps:
         """The ``image_quality`` block of ``o`` without SSIM (pending): analytic for FGSM's image
         at ε (no pass over the image), computed on the images otherwise."""
         eps = float(o.result.eps)
-        if o.attack == "fgsm" and o.adversarial is not None and self.quality.covers(eps):
+        if (o.attack == "fgsm" and o.adversarial is not None and self.quality is not None
+                and self.quality.covers(eps)):
             return self.quality.at(eps)
         return computed_quality(torch.from_numpy(self.image.array), torch.from_numpy(o.adversarial),
                                 self.image.channel_names, self.ranges)
@@ -135,3 +99,53 @@ class LiveEps:
     @staticmethod
     def ssim_pending(metrics: dict) -> bool:
         return metrics.get("image_quality", {}).get("ssim", 0.0) is None
+
+
+class LiveEps(OutcomeReadouts):
+    """FGSM's fast ε path on an image: ``prepare`` once, then each ε costs one forward pass."""
+
+    def __init__(self, image: ImageData, model: LoadedModel, labels: np.ndarray | None = None, roi="auto"):
+        if isinstance(roi, str):
+            roi = content_roi(image)
+        x, self.channel_mapping = prepare_input(image, model)
+        lab = None
+        if labels is not None:
+            lab = model.label_map_to_target(labels, model.n_outputs or model.forward(x).shape[1])
+        self.fgsm = FGSM(model.module, eps=0.05, activation=model.activation(), roi=roi).prepare(x, lab)
+        seg_clean = None
+        if model.info.task == "segmentation":
+            seg_clean = model.to_label_map(self.fgsm.clean_output)[0]
+        super().__init__(image, model, labels, roi, seg_clean)
+        self.quality = FgsmQuality(self.fgsm, image.channel_names, self.ranges)
+
+    def at(self, eps: float) -> tuple[np.ndarray, torch.Tensor]:
+        adv, out = self.fgsm.predict_at_eps(eps)
+        return adv[0].detach().cpu().numpy(), out
+
+    def outcome(self, eps: float, *, seed: int = 0, metrics: bool = True) -> AttackOutcome:
+        """The :class:`AttackOutcome` at ``eps`` for one forward pass (the clean output comes from
+        :meth:`FGSM.prepare`'s forward); ``metrics=False`` leaves ``metrics`` for the caller
+        (:meth:`readouts` then :meth:`add_ssim`, or :meth:`add_metrics`), e.g. to update images
+        first and readouts after."""
+        adv, out = self.at(eps)
+        fgsm = self.fgsm
+        ctx = fgsm._cache["ctx"]
+        clean_out = fgsm.clean_output
+        result = AttackResult(
+            attack="fgsm", clean=ctx.x, adversarial=torch.as_tensor(adv)[None], eps=float(eps),
+            eps_native=fgsm.native_eps(eps), params={**fgsm.get_params(), "eps": float(eps)},
+            n_forward=ctx.n_forward + 1, n_backward=ctx.n_backward,
+        )
+        o = AttackOutcome(image=self.image, model=self.model, attack="fgsm", params=result.params, seed=seed,
+                          adversarial=adv.astype(np.float32, copy=False), result=result,
+                          clean_output=clean_out, adv_output=out, labels=self.labels,
+                          channel_mapping=self.channel_mapping)
+        if self.model.info.task == "segmentation":
+            o.seg_clean = self.seg_clean
+            o.seg_adv = self.model.to_label_map(out)[0]
+        else:
+            o.probs_clean = self.model.probabilities(clean_out)[0].cpu().numpy()
+            o.probs_adv = self.model.probabilities(out)[0].cpu().numpy()
+        if metrics:
+            self.add_metrics(o)
+        return o

@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,9 +240,17 @@ def iter_attack(
     target=None,
     roi: np.ndarray | str | None = "auto",
     seed: int | None = None,
+    init: np.ndarray | None = None,
+    clean_output: torch.Tensor | None = None,
+    on_start: Callable[[StartedAttack], None] | None = None,
 ) -> Generator[AttackStep, bool | None, AttackOutcome]:
     """Generator form of :func:`run_attack` (for GUI workers): yields each :class:`AttackStep`,
     ``send(True)`` stops cleanly, and the :class:`AttackOutcome` is the ``StopIteration`` value.
+
+    ``init``: a warm start on the image grid (``C *spatial``, native units) for attacks with
+    ``warm_start``; ``clean_output``: the model's output on the clean image when the caller has it
+    (saves the clean forward); ``on_start``: called with the :class:`StartedAttack` before the
+    first step (:mod:`~napari_medadv.core.anytime` builds intermediate outcomes from it).
 
     ``labels``: ground-truth label values on the image grid (segmentation) or a multi-hot vector
     (classification); when given, gradient attacks use them, otherwise the clean prediction.
@@ -253,11 +261,16 @@ def iter_attack(
     ``None`` perturbs everywhere.
     """
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
-    s = start_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed)
+    s = start_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
+                     clean_output=clean_output)
     atk, x, mapping, clean_out, roi, roi_note = s.attack, s.x, s.mapping, s.clean_output, s.roi, s.roi_note
     engine_labels, engine_target = s.labels, s.target
+    if on_start is not None:
+        on_start(s)
     t0 = time.perf_counter()
-    steps = atk.iterate(x, engine_labels, target=engine_target)
+    warm = None if init is None else model.to_batch(np.asarray(init, dtype=np.float32))
+    # init only when given: attacks without warm starts may define iterate() without it
+    steps = atk.iterate(x, engine_labels, target=engine_target, **({} if warm is None else {"init": warm}))
     try:
         step = next(steps)
         while True:
@@ -297,8 +310,8 @@ def transfer_outcome(o: AttackOutcome, model: LoadedModel) -> AttackOutcome:
                       adversarial=o.adversarial, result=o.result, clean_output=clean_out, adv_output=adv_out,
                       labels=o.labels, channel_mapping=mapping)
     if model.info.task == "segmentation":
-        t.seg_clean = model.to_label_map(clean_out)[0].astype(np.int16)
-        t.seg_adv = model.to_label_map(adv_out)[0].astype(np.int16)
+        t.seg_clean = model.to_label_map(clean_out)[0]
+        t.seg_adv = model.to_label_map(adv_out)[0]
     else:
         t.probs_clean = model.probabilities(clean_out)[0].cpu().numpy()
         t.probs_adv = model.probabilities(adv_out)[0].cpu().numpy()

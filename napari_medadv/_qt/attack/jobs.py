@@ -11,7 +11,8 @@ from napari.utils import notifications
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton
 
-from napari_medadv.core.pipeline import iter_attack, transfer_outcome, write_outcome
+from napari_medadv.core.anytime import AnytimeRun, FramePacer
+from napari_medadv.core.pipeline import transfer_outcome, write_outcome
 
 from ..export import save_screenshot
 from ..workers import Job, report_error
@@ -26,23 +27,40 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- jobs (worker side)
 
 
-def attack_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, model_b):
-    """Generator for a napari worker: ``(done, total, history record)`` per step; returns
-    ``(outcome, transfer outcome or None)``."""
-    gen = iter_attack(source.image, model, name, params=params, labels=labels, target=target, roi=roi,
-                      seed=seed)
+def attack_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, model_b,
+               pacer: FramePacer | None = None, init=None, clean_output=None, stop=None):
+    """Generator for a napari worker: ``(done, total, (history record, frame or None))`` per step,
+    a frame (the iterate the step evaluated, its prediction and readouts but SSIM) when ``pacer``
+    says one is due; returns ``(outcome, transfer outcome or None)``. ``init``/``clean_output``:
+    a warm start and the clean output for live ε (:class:`~napari_medadv.core.anytime.AnytimeRun`);
+    ``stop`` (a ``threading.Event``): once set, the attack stops after its current step and returns
+    what it has (``result.cancelled``) — live ε moving on to a newer ε."""
+    run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
+                     init=init, clean_output=clean_output)
+    gen = run.steps()
     try:
         step = next(gen)
         while True:
             record = {"step": step.step, "loss": step.loss, **step.metrics}
-            yield step.step, step.n_steps, record
-            step = gen.send(None)
-    except StopIteration as done:
-        outcome = done.value
+            frame = None
+            if pacer is not None and pacer.due():
+                frame = pacer.build(lambda: _frame_with_readouts(run, step))
+            yield step.step, step.n_steps, (record, frame)
+            step = gen.send(True if stop is not None and stop.is_set() else None)
+    except StopIteration:
+        pass
     finally:
         gen.close()
+    outcome = run.outcome
     transfer = transfer_outcome(outcome, model_b) if model_b is not None else None
     return outcome, transfer
+
+
+def _frame_with_readouts(run: AnytimeRun, step):
+    frame = run.frame(step)
+    if frame is not None:
+        run.readouts.readouts(frame)
+    return frame
 
 
 def save_job(outcome, folder: str, extra: dict):

@@ -42,12 +42,14 @@ class LivePreview:
 
     def __init__(self, viewer: napari.Viewer, session: Session, toggle: QCheckBox, parent: QObject, *,
                  eps: Callable[[], float], key: Callable[[], tuple], context: Callable[[], tuple],
-                 say: Callable[[str], None], before_show: Callable[[], None]):
+                 say: Callable[[str], None], before_show: Callable[[], None],
+                 applies: Callable[[], bool] = lambda: True):
         self.viewer = viewer
         self.session = session
         self.toggle = toggle
         self._eps, self._key, self._context = eps, key, context
         self._say, self._before_show = say, before_show
+        self._applies = applies  # the selected attack has FGSM's fast ε path
         self._live = None  # (key, source, LiveEps)
         self._job: Job | None = None
         self._t0: dict[float, float] = {}
@@ -107,7 +109,7 @@ class LivePreview:
 
     def submit(self) -> None:
         """Debounced slider: prepare FGSM once per (image, labels, region, model), then submit ε."""
-        if not self.toggle.isChecked() or self.session.model is None:
+        if not self.toggle.isChecked() or self.session.model is None or not self._applies():
             return
         key = (*self._key(), id(self.session.model))
         if self._live is not None and self._live[0] == key:

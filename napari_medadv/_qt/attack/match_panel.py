@@ -202,7 +202,7 @@ class MatchPanel(QGroupBox):
         jobs.job = Job(match_job, src, model, artifact, metric, outcome.adversarial, outcome.labels, attack.roi,
                        seed, desc=f"matching {label}: {art_label} on {src.case}", total=total, hooks=True,
                        on_yield=on_step, on_done=on_done, on_cancel=on_cancel, on_finish=on_finish,
-                       on_oom=self._on_oom).start()
+                       on_oom=self._on_oom, activity=False).start()  # the dock's bar shows it
         return jobs.job
 
     def matched_changed(self, matched) -> None:

@@ -151,7 +151,7 @@ class MethodPanel:
         self.eps_native = QLabel("")
         self.eps_native.setWordWrap(True)
         self.eps_native.setToolTip("ε in the image's own units, per channel (ε × that channel's intensity range)")
-        self.live = QCheckBox("live ε (FGSM: one forward per slider move)")
+        self.live = QCheckBox("live ε (FGSM: one forward per move; iterative: warm start, steps shown)")
         attack_box = QGroupBox("Attack")
         fa = QFormLayout(attack_box)
         fa.addRow("method", self.method)
@@ -192,8 +192,8 @@ class MethodPanel:
         self.eps_native.setVisible(self._has_eps)
         if eps_default is not None and not old and self.eps_slider.value() == 0:
             self.set_eps(eps_default)
-        self.live.setEnabled(spec.live_eps)
-        if not spec.live_eps and self.live.isChecked():
+        self.live.setEnabled(spec.live_eps or spec.warm_start)
+        if not (spec.live_eps or spec.warm_start) and self.live.isChecked():
             self.live.setChecked(False)
         self._on_method_changed(spec)
 

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from napari.utils import notifications
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from napari_medadv.core.attacks import ATTACKS
@@ -19,9 +20,11 @@ from napari_medadv.core.attacks import ATTACKS
 from ..layers import iter_show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
+from .anytime import AnytimeDisplay
 from .inputs import InputsPanel
 from .jobs import JobBar, attack_job, expected_steps, headline
-from .live import LivePreview
+from .live import LIVE_DEBOUNCE_MS, LivePreview
+from .live_iter import LiveIterative
 from .match_panel import MatchPanel
 from .params import MethodPanel
 
@@ -52,7 +55,14 @@ class AttackWidget(QWidget):
                                       seed=self.inputs.seed_value, on_oom=self.use_cpu)
         self.live_eps = LivePreview(napari_viewer, self.session, self.method_panel.live, self, eps=self.eps,
                                     key=self.inputs.layer_key, context=self.inputs.context, say=self.jobs.say,
-                                    before_show=self._end_side_by_side)
+                                    before_show=self._end_side_by_side,
+                                    applies=lambda: self.method_panel.spec().live_eps)
+        self.live_iter = LiveIterative(napari_viewer, self.session, self.method_panel.live, self.jobs,
+                                       attack=self.attack_name, params=self.params, seed=self.inputs.seed_value,
+                                       key=self.inputs.layer_key, context=self.inputs.context, say=self.jobs.say)
+        self._iter_debounce = QTimer(self)
+        self._iter_debounce.setSingleShot(True)
+        self._iter_debounce.setInterval(LIVE_DEBOUNCE_MS)
         self._expose_controls()
 
         lay = QVBoxLayout(self)
@@ -100,6 +110,8 @@ class AttackWidget(QWidget):
         self.session.result_changed.connect(self.match_panel.update_controls)
         self.session.matched_changed.connect(self.match_panel.matched_changed)
         self.image_combo.currentIndexChanged.connect(self.match_panel.update_controls)
+        self._iter_debounce.timeout.connect(self.live_iter.submit)
+        self.live.toggled.connect(self._live_toggled)
 
     def _layer_events(self) -> tuple:
         events = self.viewer.layers.events
@@ -112,6 +124,7 @@ class AttackWidget(QWidget):
         self.session.result_changed.disconnect(self._result_changed)
         self.session.matched_changed.disconnect(self.match_panel.matched_changed)
         self.live_eps.shutdown()
+        self.live_iter.shutdown()
         for sig in self._layer_events():
             sig.disconnect(self.inputs.refresh)
         self.session.model_changed.disconnect(self._model_changed)
@@ -128,10 +141,21 @@ class AttackWidget(QWidget):
         self.live_eps.invalidate()
 
     def _method_changed(self, spec) -> None:
+        self.live_iter.cancel()
         self.inputs.set_method(spec)
 
     def _eps_changed(self) -> None:
-        self.live_eps.eps_changed()
+        if self.method_panel.spec().warm_start:
+            if self.live.isChecked():
+                self._iter_debounce.start()
+        else:
+            self.live_eps.eps_changed()
+
+    def _live_toggled(self, on: bool) -> None:
+        if on and self.method_panel.spec().warm_start:
+            self._iter_debounce.start()
+        elif not on:
+            self.live_iter.cancel()
 
     def _model_changed(self, model) -> None:
         self.live_eps.invalidate()
@@ -202,8 +226,13 @@ class AttackWidget(QWidget):
         self.session.run_started.emit(name)
         history: list[dict] = []
         t0 = time.perf_counter()
+        display = self.anytime = (AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi)
+                                  if spec.iterative else None)
 
-        def on_step(record):
+        def on_step(payload):
+            record, frame = payload
+            if display is not None:
+                display.show(frame)
             history.append(record)
             self.progress.setMaximum(max(self.progress.maximum(), int(record["step"])))
             self.progress.setValue(int(record["step"]))
@@ -211,6 +240,8 @@ class AttackWidget(QWidget):
 
         def on_done(res):
             outcome, transfer = res
+            if display is not None:
+                display.finish()
 
             def shown():
                 self.session.set_shown(Shown(src, outcome, live=False, transfer=transfer, history=history,
@@ -221,17 +252,22 @@ class AttackWidget(QWidget):
             self.jobs.apply_gradually(iter_show_outcome(self.viewer, src, outcome), shown)
 
         def on_cancel():
+            if display is not None:
+                display.cancel()
             self.jobs.say(f"{spec.label} cancelled — layers unchanged")
 
         def on_finish():
+            if display is not None and not display.stopped:
+                display.cancel()  # failed: no result replaces the frames
             self.jobs.end()
             self.match_panel.update_controls()
             if not self.jobs.job.cancelled and self.status.text().startswith("running"):
                 self.jobs.say(f"{spec.label} failed (see the notification)")
 
         self.jobs.job = Job(attack_job, src, model, name, params, labels, target, roi, seed, model_b,
-                            desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
-                            on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu).start()
+                            display.pacer if display is not None else None, desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
+                            on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu,
+                            activity=False).start()  # the dock's own bar shows it
         return self.jobs.job
 
     def use_cpu(self) -> None:
@@ -243,10 +279,13 @@ class AttackWidget(QWidget):
     def cancel(self) -> None:
         self.jobs.cancel()
         self.live_eps.cancel()
+        self.live_iter.cancel()
 
     @property
     def running(self) -> bool:
-        return self.jobs.applying or self.jobs.busy or self.live_eps.busy
+        """A run, a live-ε update or a result landing (not the live ε cache filling in the background)."""
+        return (self.jobs.applying or self.jobs.busy or self.live_eps.busy
+                or (self.live_iter.busy and not self.live_iter.filling))
 
     # ------------------------------------------------------------------ matched quality, export
     def current_attack(self) -> Shown | None:

@@ -30,7 +30,8 @@ class AttackSpec:
 
     ``kind``: ``"adversarial"``, ``"random"`` or ``"artifact"``; ``takes_eps``: has an ε budget
     (artifacts have a severity instead); ``iterative``: has steps (per-step history makes sense);
-    ``live_eps``: one forward pass per ε once prepared (the live slider).
+    ``live_eps``: one forward pass per ε once prepared (the live slider); ``warm_start``: a run
+    can continue from a given image (live ε for iterative attacks).
     """
 
     name: str
@@ -42,6 +43,7 @@ class AttackSpec:
     targeted: str
     kind: str = "adversarial"
     live_eps: bool = False
+    warm_start: bool = False
 
     @property
     def takes_eps(self) -> bool:
@@ -71,7 +73,8 @@ class AttackRegistry(dict):
         if cls.name in self:
             raise ValueError(f"an attack named {cls.name!r} is already registered")
         self[cls.name] = AttackSpec(cls.name, cls.label, cls.description, cls, cls.params,
-                                    cls.gradient_free, cls.targeted, cls.kind, cls.live_eps)
+                                    cls.gradient_free, cls.targeted, cls.kind, cls.live_eps,
+                                    cls.warm_start)
         return cls
 
     def get_spec(self, name: str) -> AttackSpec:

@@ -67,6 +67,9 @@ class AttackStep:
     ``loss`` is the mean attack loss evaluated at the iterate *before* this step's update;
     ``metrics`` holds attack-specific numbers (e.g. PSNR, Dice vs reference, L0, queries).
     ``adversarial`` is the current iterate on the model's device: read it, don't modify it.
+    ``evaluated`` / ``output``: the iterate this step ran the model on (the one before the update)
+    and the model's (detached) output there, when the attack has them — an image and its
+    prediction that belong together, for showing an attack while it runs at no extra forward.
     """
 
     step: int
@@ -75,6 +78,8 @@ class AttackStep:
     adversarial: torch.Tensor
     metrics: dict = field(default_factory=dict)
     restart: int = 0
+    evaluated: torch.Tensor | None = field(default=None, repr=False)
+    output: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def fraction(self) -> float:
@@ -203,6 +208,11 @@ class _Context:
         self.clean_output: torch.Tensor | None = None
         self.final_output: torch.Tensor | None = None  # output at the result, when computed
         self._channel_ranges: torch.Tensor | None = None
+        self.init: torch.Tensor | None = None  # a warm start (projected), see Attack.iterate
+
+    def start(self) -> torch.Tensor:
+        """The first iterate: the warm start when one was given, else the clean image."""
+        return self.init if self.init is not None else self.x
 
     def channel_ranges(self) -> torch.Tensor:
         """Each sample's and channel's max - min of the clean image (1 where constant), ``B C``,
@@ -284,6 +294,9 @@ class Attack:
     kind: ClassVar[str] = "adversarial"
     #: one forward per ε once prepared (``prepare`` + ``predict_at_eps``): the GUI's live ε slider
     live_eps: ClassVar[bool] = False
+    #: ``iterate(..., init=x0)`` starts from ``x0`` (projected onto this ε-ball) instead of the
+    #: clean image / a random start: live ε for iterative attacks continues from a nearby result
+    warm_start: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
     )
@@ -345,8 +358,12 @@ class Attack:
         finally:
             gen.close()
 
-    def iterate(self, images, labels=None, *, target=None) -> Generator[AttackStep, bool | None, AttackResult]:
+    def iterate(self, images, labels=None, *, target=None, init=None) -> Generator[AttackStep, bool | None, AttackResult]:
         """Generator form: yields :class:`AttackStep`; ``send(True)`` cancels; returns the result.
+
+        ``init``: a warm start shaped like ``images`` (attacks with ``warm_start``), projected onto
+        this attack's ε-ball and the valid range before the first step; the steps then continue
+        from it (PGD: instead of its first random start).
 
         The returned :class:`AttackResult` is also kept as ``self.last_result``.
         """
@@ -356,6 +373,8 @@ class Attack:
         labels_d = self._check_labels(labels, x)
         target_d = self._check_target(target, x)
         ctx = _Context(self, x, labels_d, target_d)
+        if init is not None:
+            ctx.init = self._check_init(init, x, ctx)
         history: list[dict] = []
         cancelled = False
         with eval_mode(self.model):
@@ -478,6 +497,16 @@ class Attack:
                 f"the model expects {expected} input channels but the images have {images.shape[1]}"
             )
         return images
+
+    def _check_init(self, init, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        if not self.warm_start:
+            raise ValueError(f"{self.label} cannot start from a given image (no warm start)")
+        t = torch.as_tensor(init).detach().to(device=x.device, dtype=torch.float32)
+        if t.shape != x.shape:
+            raise ValueError(f"the warm start is shaped {tuple(t.shape)}; the images are {tuple(x.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("the warm start holds NaN or infinite values")
+        return ctx.project(t)
 
     def _check_labels(self, labels, x: torch.Tensor):
         if labels is None:

@@ -31,6 +31,7 @@ class IFGSM(Attack):
         loss_param(),
     )
     _direction = 1.0  # +1: ascend the loss (untargeted); -1: descend towards a target
+    warm_start = True
 
     def __init__(self, model, eps: float = 0.05, steps: int = 10, alpha: float | None = None, **kwargs):
         super().__init__(model, eps, **kwargs)
@@ -45,10 +46,10 @@ class IFGSM(Attack):
 
     def _steps(self, ctx: _Context):
         alpha = ctx.range.eps_native(self.step_size)
-        adv = ctx.x
+        adv = ctx.start()
         for k in range(self.steps):
             per_sample, grad, out = ctx.loss_and_grad(adv)
             metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
-            adv = ctx.project(adv + self._direction * alpha * grad.sign())
-            yield AttackStep(k + 1, self.steps, float(per_sample.mean()), adv, metrics)
+            before, adv = adv, ctx.project(adv + self._direction * alpha * grad.sign())
+            yield AttackStep(k + 1, self.steps, float(per_sample.mean()), adv, metrics, evaluated=before, output=out)
         return adv

@@ -34,6 +34,7 @@ class PGD(Attack):
     label = "PGD"
     description = "Projected gradient descent with random start and restarts (untargeted or targeted)."
     targeted = "optional"
+    warm_start = True
     params = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
         Param("steps", int, 10, "iterations per restart", 1, 10000),
@@ -61,6 +62,8 @@ class PGD(Attack):
         return ctx._target is not None
 
     def _start(self, ctx: _Context, restart: int) -> torch.Tensor:
+        if restart == 0 and ctx.init is not None:
+            return ctx.init  # a warm start (live ε) replaces the first random start
         if not (self.random_start or restart > 0):
             return ctx.x
         noise = torch.empty_like(ctx.x).uniform_(-1.0, 1.0, generator=ctx.rng)
@@ -76,8 +79,9 @@ class PGD(Attack):
             for k in range(self.steps):
                 per_sample, grad, out = ctx.loss_and_grad(adv)
                 metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
-                adv = ctx.project(adv + sign * alpha * grad.sign())
-                yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r)
+                before, adv = adv, ctx.project(adv + sign * alpha * grad.sign())
+                yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r,
+                                 evaluated=before, output=out)
             if self.restarts == 1:
                 return adv
             with torch.no_grad():

@@ -46,5 +46,5 @@ class TIFGSM(IFGSM):
             raise ValueError(f"target_label must be a non-negative class index, got {target_label!r}")
         self.target_label = target_label
 
-    def iterate(self, images, labels=None, *, target=None):
-        return super().iterate(images, labels, target=self.target_label if target is None else target)
+    def iterate(self, images, labels=None, *, target=None, init=None):
+        return super().iterate(images, labels, target=self.target_label if target is None else target, init=init)

@@ -623,7 +623,8 @@ def regions_to_labels(regions: np.ndarray, names: Sequence[str], paint: Sequence
     """Binary region channels ``B R *spatial`` -> a label map. Default: BraTS labels, WT→2, TC→1, ET→4
     (nested); with ``paint``, channel ``i`` is painted ``paint[i]`` in channel order (nnU-Net's
     ``regions_class_order``)."""
-    out = np.zeros((regions.shape[0],) + regions.shape[2:], dtype=np.int16)
+    values = [int(v) for v in paint] if paint is not None else [1, 2, 4]
+    out = np.zeros((regions.shape[0],) + regions.shape[2:], dtype=small_labels(np.asarray([0, *values])).dtype)
     if paint is not None:
         for i, value in enumerate(paint):
             out[regions[:, i]] = int(value)

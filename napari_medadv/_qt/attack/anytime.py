@@ -1,0 +1,71 @@
+"""A running attack on screen: each frame the worker built (:class:`~napari_medadv.core.anytime.FramePacer`:
+the iterate a step evaluated, with its own prediction and readouts) goes onto the result layers
+one layer per event-loop turn, the Readouts dock follows (``Session.frame``), and the worker is
+asked for the next frame only once this one is on screen — never a queue of frames. A cancelled
+run puts the layers back as they were before its first frame."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from napari_medadv.core.anytime import FramePacer
+
+from ..layers import iter_show_outcome, restore_results, snapshot_results
+from ..session import Session, Shown
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..layers import Source
+    from .jobs import JobBar
+
+
+def _until(steps, stop):
+    """``steps`` (a layer-update generator) until ``stop()`` is true."""
+    for name in steps:
+        yield name
+        if stop():
+            steps.close()
+            return
+
+
+class AnytimeDisplay:
+    """The frames of one run of the Attack dock (``pacer`` goes to the worker)."""
+
+    def __init__(self, viewer: napari.Viewer, session: Session, jobs: JobBar, source: Source, roi):
+        self.viewer, self.session, self.jobs, self.source, self.roi = viewer, session, jobs, source, roi
+        self.pacer = FramePacer()
+        self._snapshot: dict | None = None
+        self.stopped = False
+        self.shown = 0  # frames that reached the screen
+        self.last: Shown | None = None
+
+    def show(self, frame) -> None:
+        """A frame from the worker (Qt thread)."""
+        if self.stopped or frame is None:
+            return
+        if self._snapshot is None:
+            self._snapshot = snapshot_results(self.viewer, self.source)
+        steps = iter_show_outcome(self.viewer, self.source, frame, live=True)
+        self.jobs.apply_gradually(_until(steps, lambda: self.stopped), lambda: self._on_screen(frame))
+
+    def _on_screen(self, frame) -> None:
+        if self.stopped:
+            return
+        self.shown += 1
+        self.last = Shown(self.source, frame, live=True, roi=self.roi)
+        self.session.frame.emit(self.last)
+        self.pacer.want.set()
+
+    def finish(self) -> None:
+        """The run returned: its result replaces the frames (no more frames, nothing to undo)."""
+        self.stopped = True
+
+    def cancel(self) -> None:
+        """The run was cancelled or failed: the layers as they were before its first frame."""
+        self.stopped = True
+        if self._snapshot is not None:
+            restore_results(self.viewer, self._snapshot)
+            self._snapshot = None
+            if self.session.shown is not None:
+                self.session.frame.emit(self.session.shown)  # the readouts of what is on screen again

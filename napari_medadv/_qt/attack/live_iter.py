@@ -1,0 +1,195 @@
+"""Live ε for iterative attacks (i-FGSM, ti-FGSM, PGD: ``AttackSpec.warm_start``).
+
+A slider move either shows a finished result for that ε from the cache (no model call) or runs
+the attack warm — from the latest result or frame, its perturbation scaled to the new ε
+(:func:`~napari_medadv.core.anytime.warm_start`) — showing each step as it comes
+(:class:`.anytime.AnytimeDisplay`). Latest value wins: a newer move asks the running attack to
+stop after its current step and continues from where it got. Once a run finishes, the ε values
+of :data:`FILL_GRID` are computed in the background (cold runs with the dock's seed: the results
+Run would give) until the cache holds them, and paused while the slider moves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from napari_medadv.core.anytime import EpsCache, warm_start
+
+from ..layers import show_outcome
+from ..session import Session, Shown
+from ..workers import Job, report_error
+from .anytime import AnytimeDisplay
+from .jobs import attack_job, headline
+
+if TYPE_CHECKING:
+    import napari
+    from qtpy.QtWidgets import QCheckBox
+
+    from .jobs import JobBar
+
+#: ε values filled into the cache in the background after the first live result
+FILL_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1)
+
+
+class LiveIterative:
+    """Live ε for attacks with warm starts, behind the dock's "live ε" check box.
+
+    ``attack()`` is the attack's registry name, ``params()`` its parameters (ε included),
+    ``seed()`` the dock's seed, ``key()`` the layer choices, ``context()`` the (source, labels,
+    roi, target) to run on."""
+
+    def __init__(self, viewer: napari.Viewer, session: Session, toggle: QCheckBox, jobs: JobBar, *,
+                 attack: Callable[[], str], params: Callable[[], dict], seed: Callable[[], int | None],
+                 key: Callable[[], tuple], context: Callable[[], tuple], say: Callable[[str], None]):
+        self.viewer, self.session, self.toggle, self.jobs = viewer, session, toggle, jobs
+        self._attack, self._params, self._seed, self._key, self._context = attack, params, seed, key, context
+        self._say = say
+        self.cache = EpsCache()
+        self._job: Job | None = None
+        self._stop: threading.Event | None = None
+        self._display: AnytimeDisplay | None = None
+        self._pending: float | None = None
+        self._last: tuple | None = None  # (key, ε, adversarial image): where the next warm start begins
+        self._t0: float | None = None
+        self.last_latency: float | None = None  # slider move -> first frame or cached result on screen
+        self.last_from_cache = False
+        self.filling = False
+        self._halted = False  # cancelled (or the dock closed): nothing starts until the next move
+        session.frame.connect(self._on_frame)
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self.session.frame.disconnect(self._on_frame)
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and self._job.running
+
+    # ------------------------------------------------------------------ keys
+    def full_key(self) -> tuple:
+        """What a cached result depends on besides ε: inputs, model, attack and its parameters, seed."""
+        params = tuple(sorted((k, repr(v)) for k, v in self._params().items() if k != "eps"))
+        return (*self._key(), id(self.session.model), self._attack(), params, self._seed())
+
+    def cache_text(self) -> str:
+        return f"cache: {len(self.cache)} ε, {self.cache.nbytes / 2**20:.0f} MB"
+
+    # ------------------------------------------------------------------ slider
+    def submit(self) -> None:
+        """The (debounced) slider moved: a cached result, or a warm run (latest value wins)."""
+        if not self.toggle.isChecked() or self.session.model is None:
+            return
+        self._halted = False
+        eps = float(self._params()["eps"])
+        key = self.full_key()
+        self.cache.use(key)
+        self._t0 = time.perf_counter()
+        hit = self.cache.get(key, eps)
+        if hit is not None:
+            self._pending = None
+            self._stop_running()
+            self._show_result(hit, cached=True)
+            return
+        self._pending = eps
+        if self.busy:
+            self._stop_running()  # it returns after its current step; _finished starts the next
+            return
+        self._start_next()
+
+    def cancel(self) -> None:
+        """Stop the running update and the background fill until the next slider move."""
+        self._halted = True
+        self._pending = None
+        self._stop_running()
+
+    def _stop_running(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def _start_next(self) -> None:
+        if self._halted:
+            return
+        if self._pending is not None:
+            eps, self._pending = self._pending, None
+            self._run(eps, fill=False)
+        elif self.toggle.isChecked():
+            self._fill_next()
+
+    # ------------------------------------------------------------------ runs
+    def _run(self, eps: float, fill: bool) -> None:
+        try:
+            src, labels, roi, target = self._context()
+            model = self.session.model
+            model.check_image(src.image.array, src.case, src.image.channel_names)
+        except Exception as e:
+            report_error(e, "live ε")
+            self.toggle.setChecked(False)
+            return
+        key = self.full_key()
+        params = {**self._params(), "eps": eps}
+        init = None
+        if not fill and self._last is not None and self._last[0] == key:
+            init = warm_start(src.image.array, self._last[2], self._last[1], eps)
+        elif not fill and (near := self.cache.nearest(key, eps)) is not None:
+            init = warm_start(src.image.array, near.adversarial, float(near.result.eps), eps)
+        seed = self._seed()
+        self._stop = stop = threading.Event()
+        self._display = display = None if fill else AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi)
+        self.filling = fill
+        name = self._attack()
+
+        def on_step(payload):
+            if display is not None and payload[1] is not None:
+                display.show(payload[1])
+                self._last = (key, eps, payload[1].adversarial)
+
+        def on_done(res):
+            outcome, _ = res
+            if display is not None:
+                display.finish()
+            if not outcome.result.cancelled:
+                self.cache.put(key, eps, outcome)
+                if not fill:
+                    self._show_result(outcome, cached=False)
+            elif not fill:
+                self._last = (key, eps, outcome.adversarial)  # a stopped run: the next one continues it
+
+        def on_finish():
+            if display is not None and not display.stopped:
+                display.finish()  # failed: keep what is on screen consistent with the readouts
+            self._job = None
+            self._start_next()
+
+        self._job = Job(attack_job, src, model, name, params, labels, target, roi, seed, None,
+                        display.pacer if display is not None else None, init, None, stop,
+                        desc=f"live ε: {name} at {100 * eps:.1f} %", on_yield=on_step, on_done=on_done,
+                        on_finish=on_finish, activity=False).start()
+
+    def _on_frame(self, shown) -> None:
+        """A frame of the current live run reached the screen: the latency of the slider move."""
+        if self._t0 is not None and self._display is not None and not self._display.stopped:
+            self.last_latency, self._t0 = time.perf_counter() - self._t0, None
+            self.last_from_cache = False
+
+    def _show_result(self, outcome, cached: bool) -> None:
+        src = self._context()[0]
+        show_outcome(self.viewer, src, outcome, live=True)
+        self.session.set_shown(Shown(src, outcome, live=True))
+        self._last = (self.full_key(), float(outcome.result.eps), outcome.adversarial)
+        if self._t0 is not None:
+            self.last_latency, self._t0 = time.perf_counter() - self._t0, None
+            self.last_from_cache = cached
+        how = "from the cache" if cached else "done"
+        self._say(f"live ε = {100 * outcome.result.eps:.1f} % on {src.case} ({how}) — {headline(outcome)} · "
+                  f"{self.cache_text()}")
+
+    def _fill_next(self) -> None:
+        key = self.full_key()
+        todo = [e for e in FILL_GRID if self.cache.get(key, e) is None]
+        if self.session.model is None or not todo or self.cache.key != key:
+            self.filling = False
+            return
+        self._run(todo[0], fill=True)

@@ -1,0 +1,221 @@
+"""Iterative attacks shown while they run, and live ε for them (the Attack dock, ``medadv demo --warm``).
+
+* :class:`AnytimeRun` runs an attack (:func:`~.pipeline.iter_attack`) and turns any of its steps
+  into an :class:`~.pipeline.AttackOutcome` for display at no extra model call: a gradient step
+  already ran the model on the iterate before its update (``AttackStep.evaluated`` / ``output``),
+  so that iterate and its prediction are shown together — one step behind the newest iterate,
+  never an image with another image's segmentation. The readouts of such a frame come from
+  :class:`~.live.OutcomeReadouts` (bincount Dice, one pass for the image quality; SSIM after).
+* :func:`warm_start` is where live ε continues from when the slider moves: the nearest finished
+  result's perturbation scaled to the new budget (then projected by the attack onto the new
+  ε-ball, the region and the valid range).
+* :class:`EpsCache` keeps finished results per ε, memory-bounded, least recently used out, under
+  a key of everything else that determines them; scrubbing over cached ε values costs no model call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import numpy as np
+
+from .attacks import AttackResult, AttackStep
+from .io import ImageData
+from .live import OutcomeReadouts
+from .models.base import LoadedModel
+from .pipeline import AttackOutcome, StartedAttack, iter_attack
+
+#: default memory bound of an :class:`EpsCache` (adversarial images and label maps)
+CACHE_BYTES = 2 * 2**30
+
+
+def warm_start(image: np.ndarray, previous: np.ndarray, eps_previous: float, eps: float) -> np.ndarray:
+    """The start of a live-ε run at ``eps`` from a finished result at ``eps_previous``: the clean
+    image plus the previous perturbation × ``eps / eps_previous``.
+
+    Why scaling: the L∞ attacks here end with most voxels at ±ε (sign steps, then projection),
+    so scaling maps the old ε-ball's corners onto the new one's and keeps the direction the
+    attack found; clipping the old perturbation instead would leave it at the old, smaller
+    budget when ε grows. The attack then projects this start onto the new ε-ball, its region and
+    the valid intensity range (:meth:`~.attacks.Attack.iterate`), so the start is always feasible.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if not eps_previous > 0:
+        return image.copy()
+    delta = np.asarray(previous, dtype=np.float32) - image
+    return image + delta * np.float32(eps / eps_previous)
+
+
+class AnytimeRun:
+    """One attack run whose steps can be shown as it goes.
+
+    ``run.steps()`` is the generator of :class:`AttackStep` (``send(True)`` stops it); once it is
+    exhausted ``run.outcome`` holds the final :class:`AttackOutcome`. ``run.frame(step)`` is the
+    outcome of the iterate that ``step`` evaluated (``None`` for steps without a model output,
+    e.g. DGDE's generations), with ``metrics`` left empty for :attr:`readouts` to fill.
+    """
+
+    def __init__(self, image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
+                 labels: np.ndarray | None = None, target=None, roi="auto", seed: int = 0,
+                 init: np.ndarray | None = None, clean_output=None):
+        self.image, self.model, self.attack = image, model, attack
+        self.params = dict(params or {})
+        self.labels = None if labels is None else np.asarray(labels)
+        self.target, self.roi, self.seed, self.init = target, roi, int(seed), init
+        self.clean_output = clean_output
+        self.started: StartedAttack | None = None
+        self.outcome: AttackOutcome | None = None
+        self.readouts: OutcomeReadouts | None = None
+        self._seg_clean = None
+        self._eps_native = None
+
+    def _on_start(self, started: StartedAttack) -> None:
+        self.started = started
+        self.clean_output = started.clean_output
+        if self.model.info.task == "segmentation":
+            self._seg_clean = self.model.to_label_map(started.clean_output)[0]
+        self.readouts = OutcomeReadouts(self.image, self.model, self.labels, started.roi, self._seg_clean)
+
+    def steps(self):
+        gen = iter_attack(self.image, self.model, self.attack, params=self.params, labels=self.labels,
+                          target=self.target, roi=self.roi, seed=self.seed, init=self.init,
+                          clean_output=self.clean_output, on_start=self._on_start)
+        try:
+            step = next(gen)
+            while True:
+                stop = yield step
+                step = gen.send(True if stop else None)
+        except StopIteration as done:
+            self.outcome = done.value
+        finally:
+            gen.close()
+
+    def frame(self, step: AttackStep) -> AttackOutcome | None:
+        """The outcome of the iterate ``step`` evaluated (its image, the model's output there)."""
+        if step.evaluated is None or step.output is None or self.started is None:
+            return None
+        s, model = self.started, self.model
+        atk = s.attack
+        if self._eps_native is None:
+            from .intensity import compute_range
+
+            self._eps_native = compute_range(s.x, atk.data_range).eps_native_per_channel(atk.eps)
+        adv = step.evaluated[0].detach().cpu().numpy()
+        # the iterate the step evaluated is iterate step-1 (0 = the start): say which one it is
+        result = AttackResult(attack=self.attack, clean=s.x, adversarial=step.evaluated, eps=float(atk.eps),
+                              eps_native=self._eps_native, params=atk.get_params(),
+                              extra={"iterate": step.step - 1, "n_steps": step.n_steps})
+        o = AttackOutcome(image=self.image, model=model, attack=self.attack, params=result.params, seed=self.seed,
+                          adversarial=adv.astype(np.float32, copy=False), result=result,
+                          clean_output=s.clean_output, adv_output=step.output, labels=self.labels,
+                          channel_mapping=s.mapping)
+        if model.info.task == "segmentation":
+            o.seg_clean = self._seg_clean
+            o.seg_adv = model.to_label_map(step.output)[0]
+        else:
+            o.probs_clean = model.probabilities(s.clean_output)[0].cpu().numpy()
+            o.probs_adv = model.probabilities(step.output)[0].cpu().numpy()
+        return o
+
+
+class FramePacer:
+    """When a running attack builds a frame: only when the front end wants one (``want``, set
+    again once the previous frame is on screen: never a queue of frames) and while frames have
+    cost at most ``share`` of the run's time so far (a label map and the readouts per frame must
+    not slow the attack they show)."""
+
+    def __init__(self, share: float = 0.1):
+        self.share = float(share)
+        self.want = threading.Event()
+        self.want.set()
+        self.spent = 0.0
+        self.t0 = time.perf_counter()
+        self.built = 0
+
+    def due(self) -> bool:
+        return self.want.is_set() and self.spent <= self.share * (time.perf_counter() - self.t0)
+
+    def build(self, make: Callable[[], AttackOutcome | None]) -> AttackOutcome | None:
+        t = time.perf_counter()
+        frame = make()
+        self.spent += time.perf_counter() - t
+        if frame is not None:
+            self.want.clear()
+            self.built += 1
+        return frame
+
+
+def outcome_bytes(o: AttackOutcome) -> int:
+    """Memory an outcome holds of its own (adversarial image, adversarial label map, outputs)."""
+    n = o.adversarial.nbytes
+    if o.seg_adv is not None:
+        n += o.seg_adv.nbytes
+    if o.adv_output is not None:
+        n += o.adv_output.element_size() * o.adv_output.nelement()
+    return int(n)
+
+
+class EpsCache:
+    """Finished results per ε under one key (image, model, attack and its other parameters,
+    labels, region, target, seed): least recently used out beyond ``max_bytes``; a new key
+    clears it."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.key: Hashable | None = None
+        self._items: OrderedDict[float, AttackOutcome] = OrderedDict()
+        self.nbytes = 0
+
+    @staticmethod
+    def _eps(eps: float) -> float:
+        return round(float(eps), 6)  # slider values are exact to far fewer digits
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def use(self, key: Hashable) -> None:
+        """Work under ``key``: a different key than the current one empties the cache."""
+        if key != self.key:
+            self.clear()
+            self.key = key
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+    def get(self, key: Hashable, eps: float) -> AttackOutcome | None:
+        if key != self.key:
+            return None
+        o = self._items.get(self._eps(eps))
+        if o is not None:
+            self._items.move_to_end(self._eps(eps))
+        return o
+
+    def put(self, key: Hashable, eps: float, outcome: AttackOutcome) -> None:
+        self.use(key)
+        e = self._eps(eps)
+        if e in self._items:
+            self.nbytes -= outcome_bytes(self._items.pop(e))
+        size = outcome_bytes(outcome)
+        if size > self.max_bytes:
+            return  # one result larger than the whole budget: not kept
+        self._items[e] = outcome
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= outcome_bytes(old)
+
+    def values(self) -> list[float]:
+        return sorted(self._items)
+
+    def nearest(self, key: Hashable, eps: float) -> AttackOutcome | None:
+        """The cached result whose ε is closest to ``eps`` (a warm start), or None."""
+        if key != self.key or not self._items:
+            return None
+        e = min(self._items, key=lambda v: (abs(v - eps), v))
+        return self._items[e]

@@ -1,0 +1,81 @@
+"""A running iterative attack on screen (issue 18): frames arrive in order, each frame's image and
+segmentation belong together, the final layers equal the plain run with the same seed, and a
+cancelled run puts the layers back as they were."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_docks import WAIT, _open, _wait_job, docks  # noqa: F401  (the docks fixture)
+
+pytestmark = pytest.mark.gui
+
+CHANNELS = ("t1", "t1ce", "t2", "flair")
+
+
+def _layers(viewer):
+    adv = np.stack([np.asarray(viewer.layers[f"case {c} adversarial"].data) for c in CHANNELS])
+    return adv, np.asarray(viewer.layers["case segmentation (adversarial)"].data)
+
+
+def test_frames_arrive_in_order_and_the_last_layers_equal_the_plain_run(docks, qtbot, glioma_small, unet2d):
+    from napari_medadv.core.pipeline import run_attack
+
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("ifgsm", eps=0.05, steps=150)
+    aw.seed.setValue(3)
+    frames = []
+
+    def on_frame(shown):
+        o = shown.outcome
+        # on screen when the frame is announced: the visible layers hold the frame (hidden ones
+        # catch up when shown, as in live ε)
+        np.testing.assert_array_equal(viewer.layers["case flair adversarial"].data, o.adversarial[3])
+        np.testing.assert_array_equal(viewer.layers["case segmentation (adversarial)"].data, o.seg_adv)
+        frames.append((o.result.extra["iterate"], o.adversarial.copy(), o.seg_adv.copy(), rw.title.text()))
+
+    aw.session.frame.connect(on_frame)
+    _wait_job(qtbot, aw.run(), aw)
+    aw.session.frame.disconnect(on_frame)
+    assert frames, "no step was shown while the attack ran"
+    iterates = [f[0] for f in frames]
+    assert iterates == sorted(iterates) and len(set(iterates)) == len(iterates) and iterates[-1] < 150
+    for it, adv, seg, title in frames:
+        out = unet2d.forward(unet2d.to_batch(adv))  # the frame's segmentation is its own image's
+        np.testing.assert_array_equal(unet2d.to_label_map(out)[0], seg)
+        assert f"iterate {it} of 150" in title
+    plain = run_attack(glioma_small, unet2d, "ifgsm", params={"eps": 0.05, "steps": 150, "track_metrics": True},
+                       labels=glioma_small.labels, seed=3)
+    adv, seg = _layers(viewer)
+    np.testing.assert_allclose(adv, plain.adversarial, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(seg, plain.seg_adv)
+    assert aw.session.shown.outcome.result.extra.get("iterate") is None  # the final result, not a frame
+    assert "running" not in rw.title.text()
+
+
+def test_a_cancelled_run_puts_the_shown_frames_back(docks, qtbot, glioma_small, unet2d):
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.02)
+    _wait_job(qtbot, aw.run(), aw)
+    before_adv, before_seg = _layers(viewer)
+    names = [lyr.name for lyr in viewer.layers]
+    meta = viewer.layers["case flair adversarial"].metadata["medadv"]
+    shown = aw.session.shown
+    aw.set_attack("pgd", eps=0.05, steps=500)
+    job = aw.run()
+    qtbot.waitUntil(lambda: aw.anytime.shown >= 1, timeout=WAIT)
+    assert not np.array_equal(_layers(viewer)[0], before_adv)  # a frame is on screen
+    aw.cancel()
+    _wait_job(qtbot, job, aw)
+    adv, seg = _layers(viewer)
+    np.testing.assert_array_equal(adv, before_adv)
+    np.testing.assert_array_equal(seg, before_seg)
+    assert [lyr.name for lyr in viewer.layers] == names
+    assert viewer.layers["case flair adversarial"].metadata["medadv"] == meta
+    assert aw.session.shown is shown
+    assert "cancelled" in aw.status.text()
