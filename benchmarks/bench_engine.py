@@ -140,7 +140,7 @@ def bench_dgde(q: bool) -> dict:
     out = {}
 
     def throughput(bs):
-        atk = DGDE(model, eps=0.3, population=32, batch_size=bs, activation="sigmoid", data_range=(0, 1), seed=0)
+        atk = DGDE(model, amplitude=0.3, population=32, batch_size=bs, activation="sigmoid", data_range=(0, 1), seed=0)
         ctx = _Context(atk, x, None, None)
         s = _Search(atk, ctx, x, ctx.range.lo[0].reshape(1, 1), ctx.range.hi[0].reshape(1, 1),
                     ctx.eps[0].reshape(1, 1), 0)

@@ -88,13 +88,35 @@ def test_tifgsm_target_and_2d_png_classifier(tmp_path, capsys):
 
 
 def test_dgde_on_radiograph(tmp_path, capsys):
-    rc, out, err = run(["attack", CXR, "--model", "demo:cxr", "--attack", "dgde", "--eps", 0.3,
+    rc, out, err = run(["attack", CXR, "--model", "demo:cxr", "--attack", "dgde",
                         "--max-queries", 300, "--seed", 0, "--out", tmp_path / "d", "--json", "--quiet",
                         "--device", "cpu"], capsys)
     assert rc == 0, err
     m = json.loads(out)
     assert m["model_calls"]["backward"] == 0
     assert "success" in m
+
+
+def test_risk_pgd_with_training_cooccurrence_and_ordinal_loss(tmp_path, capsys):
+    """``--cooccurrence-from`` builds C from a labels CSV (columns picked by the model's class names,
+    here in the other order), ``--loss ol``; metrics.json says where C came from and gives RISK from
+    the logits and the probabilities, k-accuracy and MLACC."""
+    (tmp_path / "train.csv").write_text("file,opacity,nodule\na.png,1,0\nb.png,1,1\nc.png,0,1\nd.png,1,0\n")
+    rc, out, err = run(["attack", CXR, "--model", "demo:cxr", "--attack", "pgd-risk", "--eps", 0.02, "--steps", 2,
+                        "--cooccurrence-from", tmp_path / "train.csv", "--loss", "ol", "--seed", 0,
+                        "--out", tmp_path / "r", "--json", "--quiet", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    m = json.loads(out)
+    c = m["classifier"]
+    assert c["cooccurrence_source"] == f"labels CSV {tmp_path / 'train.csv'}"
+    assert set(c["risk"]) == {"logits", "probabilities", "from_logits"} and c["risk"]["from_logits"]
+    assert {"k1_accuracy", "mlacc", "mlacc_thresholds", "mse", "bce"} <= set(c)
+    record = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert record["attack"]["params"]["loss"] == "ol" and record["attack"]["params"]["random_start"] is False
+    # C in the model's order (nodule, opacity): counts nodule 2, opacity 3, both 1 -> rows [0, 1/2], [2/3, 0]
+    p = [m["probabilities"][n]["clean"] for n in ("nodule", "opacity")]
+    expected = [[0.0, 0.5], [1 - 1 / 3, 0.0]][int(np.argmax(p))]
+    np.testing.assert_allclose(record["result"]["risk_target"][0], expected)
 
 
 def test_lists(capsys):

@@ -58,6 +58,39 @@ def test_study_matched_psnr_flags(cases, tmp_path, capsys):
     assert len(m) == 4 and m["match_reached"].all() and (abs(m["match_achieved"] - 35) <= 0.25).all()
 
 
+def test_study_losses_and_training_cooccurrence_flags(tmp_path, capsys):
+    """``--loss mse bce ol`` crosses the gradient attacks with Ghamizi's three losses (Table 5);
+    ``--cooccurrence-from`` takes C from training labels, said in the report."""
+    import imageio.v3 as iio
+    import numpy as np
+    import pandas as pd
+
+    from napari_medadv.core.models.registry import register_scheme
+
+    register_scheme("tinycls", _tiny_models.tiny_classifier_loader)
+    rng = np.random.default_rng(0)
+    rows = ["file,a,b,c"]
+    for i in range(3):
+        iio.imwrite(tmp_path / f"im{i}.png", (rng.random((16, 16)) * 255).astype(np.uint8))
+        rows.append(f"im{i}.png,{i % 2},1,0")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "train.csv").write_text("file,c,b,a\nx,1,0,0\ny,0,1,1\nz,1,1,0\n")
+    out = tmp_path / "s"
+    argv = ["study", str(tmp_path), "--model", "tinycls:0", "--attack", "pgd-risk", "--eps", "0.05", "--steps", "2",
+            "--loss", "mse", "bce", "ol", "--cooccurrence-from", str(tmp_path / "train.csv"), "--sequential",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    df = pd.read_csv(out / "per_case.csv")
+    keys = set(df["grid_key"]) - {"none"}
+    assert keys == {f"pgd-risk[eps=0.05,loss={x},steps=2]" for x in ("mse", "bce", "ol")}
+    md = (out / "report.md").read_text()
+    assert f"training labels {tmp_path / 'train.csv'}" in md and "MLACC" in md and "RISK (logits)" in md
+    assert "--loss mse bce ol" in md
+    assert main(["study", str(tmp_path), "--model", "tinycls:0", "--attack", "pgd-risk", "--loss", "hinge",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "unknown loss hinge" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["study", "{tmp}/nowhere", "--model", "tiny:0", "--attack", "fgsm", "--out", "{tmp}/o"], "nowhere: dataset folder not found"),
     (["study", "{cases}", "--model", "tiny:0", "--attack", "nope", "--out", "{tmp}/o"], "unknown attack 'nope'"),

@@ -1,6 +1,6 @@
 """Plots dock (matplotlib, following napari's theme): Dice vs ε sweep (run in the background,
 exportable as an animated GIF), Dice and PSNR vs iteration (live during i-FGSM/ti-FGSM/PGD),
-L0 vs iteration (live during DGDE)."""
+L0 and the attacked class's probability vs iteration (live during DGDE: its Figs. 3-4)."""
 
 from __future__ import annotations
 
@@ -336,7 +336,15 @@ class PlotsWidget(QWidget):
                 ax.set_yscale("log")
             ax.set_ylabel("perturbed pixels (L0)", fontsize=8)
             ax.set_xlabel("model queries", fontsize=8)
-            ax.set_title(f"{self.history_attack}: L0 vs iteration", fontsize=9)
+            ax.set_title(f"{self.history_attack}: L0 (red) and attacked-class probability (cyan)", fontsize=9)
+            prob = [(r["step"], r["probability"]) for r in h if "l0" in r and r.get("probability") is not None]
+            if prob:  # DGDE's Fig. 4 next to its Fig. 3: the probability stays on the far side of 0.5
+                self.ax_iter2 = ax.twinx()
+                self.ax_iter2.plot(*zip(*prob), marker=".", color="tab:cyan")
+                self.ax_iter2.axhline(0.5, color="tab:cyan", ls="--", lw=0.8)
+                self.ax_iter2.set_ylim(-0.02, 1.02)
+                self.ax_iter2.set_ylabel("probability (segmentation: Dice)", fontsize=8, color="tab:cyan")
+                self.ax_iter2.tick_params(colors=c["fg"], labelsize=8)
         elif h and any("dice" in r or "psnr" in r for r in h):
             steps = [r["step"] for r in h]
             if any("dice" in r for r in h):

@@ -7,12 +7,13 @@ import json
 import sys
 
 from napari_medadv.core.attacks import ATTACKS
+from napari_medadv.core.losses import LOSSES
 from napari_medadv.core.models import load_model
 
 from ._common import CLIError, ProgressBar, _bool, _channel_list
 
 
-_HANDLED = {"eps", "steps", "alpha", "restarts", "target_label"}
+_HANDLED = {"eps", "steps", "alpha", "restarts", "target_label", "loss"}  # loss: --loss
 
 
 def _attack_param_options(p: argparse.ArgumentParser) -> list[str]:
@@ -62,8 +63,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     rg.add_argument("--perturb-background", action="store_true",
                     help="also perturb the exactly-zero background of skull-stripped images "
                          "(by default perturbations stay on the non-zero voxels)")
-    a.add_argument("--loss", choices=["dice", "ce", "bce", "mse"], help="attack loss (default: soft Dice for "
-                                                                        "segmentation, CE/BCE for classifiers)")
+    a.add_argument("--loss", choices=list(LOSSES), help="attack loss (default: soft Dice for segmentation, "
+                                                       "CE/BCE for classifiers; ol: Ghamizi's ordinal loss)")
     a.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
     a.add_argument("--seed", type=int, help="random seed (recorded; drawn at random if omitted)")
     a.add_argument("--out", required=True, help="output folder (created; files are replaced atomically)")

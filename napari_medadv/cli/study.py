@@ -43,6 +43,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--match-tol", type=float, metavar="TOL",
                    help="accepted |reached - target| of --psnr/--ssim (default 0.1 dB / 0.002)")
     s.add_argument("--labels", help="labels CSV for image datasets (file,<class>,...)")
+    s.add_argument("--loss", nargs="+", metavar="LOSS",
+                   help="attack loss(es) of the gradient attacks, crossed with the grid: dice, ce, bce, mse, ol "
+                        "(e.g. --loss mse bce ol: Ghamizi's Table 5)")
+    s.add_argument("--cooccurrence-from", metavar="CSV",
+                   help="training labels CSV (file,<class>,...) for the inverse co-occurrence matrix of pgd-risk "
+                        "and RISK (default: the evaluated set's labels, said in the report)")
     s.add_argument("--transfer", action="store_true",
                    help="also evaluate every adversarial image on every other model (transfer matrix)")
     s.add_argument("--baseline-model", help="model the others are compared with (default: the first)")
@@ -139,7 +145,21 @@ def cmd_study(args) -> int:
             raise CLIError("--eps/--steps/--psnr/--ssim need --attack NAME")
     grid = grid_from_flags(args.attacks, args.eps, args.steps, psnr=args.psnr, ssim=args.ssim,
                            tol=args.match_tol) if args.attacks else None
+    if args.loss:
+        from napari_medadv.core.attacks import ATTACKS
+        from napari_medadv.core.losses import LOSSES
+
+        bad = [x for x in args.loss if x not in LOSSES]
+        if bad:
+            raise CLIError(f"unknown loss {', '.join(bad)}; choose from {', '.join(LOSSES)}")
+        if not grid:
+            raise CLIError("--loss needs --attack NAME")
+        for e in grid:
+            spec = ATTACKS.get_spec(e["attack"])
+            if spec.kind == "adversarial" and not spec.gradient_free:
+                e["loss"] = list(args.loss)
     overrides = dict(dataset=args.dataset, models=args.models or None, grid=grid, labels_csv=args.labels,
+                     cooccurrence_from=args.cooccurrence_from,
                      seed=args.seed, device=args.device, baseline_model=args.baseline_model, title=args.title,
                      transfer=True if args.transfer else None, trust_model_code=True if args.trust_model_code else None,
                      roi="none" if args.perturb_background else None,
@@ -194,7 +214,10 @@ def _argv_of(args) -> list[str]:
     for flag, v in (("--psnr", args.psnr), ("--ssim", args.ssim)):
         if v:
             out += [flag, *map(str, v)]
-    for flag, v in (("--labels", args.labels), ("--baseline-model", args.baseline_model), ("--seed", args.seed),
+    if args.loss:
+        out += ["--loss", *args.loss]
+    for flag, v in (("--labels", args.labels), ("--cooccurrence-from", args.cooccurrence_from),
+                    ("--baseline-model", args.baseline_model), ("--seed", args.seed),
                     ("--match-tol", args.match_tol), ("--title", args.title)):
         if v is not None:
             out += [flag, str(v)]

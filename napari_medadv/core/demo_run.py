@@ -82,7 +82,7 @@ def run_headless_demo(out: str | Path, *, device: str = "auto", quick: bool = Fa
     do("cxr-fgsm", cxr, mc, "fgsm", {"eps": 0.02})
     do("cxr-pgd", cxr, mc, "pgd", {"eps": 0.02, "steps": steps})
     probs = mc.probabilities(mc.forward(cxr.array))[0].cpu().numpy()
-    do("cxr-dgde", cxr, mc, "dgde", {"eps": 0.6, "max_queries": 300 if quick else 2000,
+    do("cxr-dgde", cxr, mc, "dgde", {"max_queries": 300 if quick else 2000,
                                       "class_index": dgde_class(probs)})
 
     summary = {"out": str(out), "seconds": round(time.perf_counter() - t0, 1), "runs": {}}

@@ -240,7 +240,64 @@ class DistillationDiceLoss:
         return 1.0 - soft_dice_coefficient(probs, teacher_probs.to(probs.dtype), gamma=self.gamma)
 
 
-LOSSES = {"dice": SoftDiceLoss, "ce": CrossEntropyLoss, "bce": BCELoss, "mse": MSELoss}
+def ordinal_targets(target: torch.Tensor) -> torch.Tensor:
+    """Frank & Hall's cumulative binary targets of a real-valued target, averaged over the cuts.
+
+    The Q distinct values of each target vector (along the channel axis ``1``) are Q ordered
+    levels; Frank & Hall (2001) decompose them into the Q - 1 binary problems "is the value
+    above cut q" (q = 1..Q-1). A channel with value t is above ``#{distinct values <= t} - 1``
+    cuts, so its mean binary target is ``(#{distinct v <= t} - 1) / (Q - 1)``: 1 for the
+    largest value, 0 for the smallest, evenly spaced between — only the *order* of the target
+    values matters. A target with a single level (Q = 1) has no cut and gives all zeros.
+    Pairwise over channels (K² comparisons per voxel), so it works for ``B K *spatial``.
+    """
+    t = target.unsqueeze(1)  # B 1 K *: value of channel j along axis 2
+    ti = target.unsqueeze(2)  # B K 1 *: value of channel i along axis 1
+    k = target.shape[1]
+    idx = torch.arange(k, device=target.device)
+    earlier = (idx[None, :] < idx[:, None]).reshape(1, k, k, *([1] * (target.ndim - 2)))
+    # channel j is the first of its value: no earlier channel holds the same value
+    dup = ((t == ti) & earlier).any(2)  # B K *: channel i repeats an earlier value
+    first = (~dup).unsqueeze(1)  # B 1 K *
+    levels = first.sum(2).to(target.dtype)  # B 1 *: Q per voxel
+    below = ((t <= ti) & first).sum(2).to(target.dtype)  # B K *: distinct values <= t_i
+    cuts = (levels - 1).clamp_min(1)
+    return torch.where(levels > 1, (below - 1) / cuts, torch.zeros_like(below))
+
+
+class OrdinalLoss:
+    """Ordinal classification loss (OL) of Ghamizi et al. 2023, after Frank & Hall 2001.
+
+    Ghamizi's risk-targeted attack treats the real-valued target ``C(ŷ*)`` as an *ordinal*
+    target ("the order of the values of target logits actually matter") and cites Frank & Hall's
+    simple approach to ordinal classification for OL without printing a formula. Frank & Hall
+    turn Q ordered levels into Q - 1 cumulative binary problems ("above cut q?"); scoring each
+    label's probability against every cut with binary cross-entropy and averaging over the cuts
+    equals BCE against the mean cumulative target of :func:`ordinal_targets` (BCE is linear in
+    its target), which is what is computed: ``OL = mean_i BCE(p_i, ordinal_targets(t)_i)`` per
+    sample. For a binary target (two levels) OL equals BCE; a rescaling of the target that keeps
+    its order leaves OL unchanged.
+
+    ``activation``: ``"sigmoid"`` (logits, default), ``"none"`` (probabilities) or ``"softmax"``.
+    """
+
+    name = "ol"
+
+    def __init__(self, activation: str = "sigmoid"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ordinal = ordinal_targets(as_dense_target(target, output))
+        if self.activation == "sigmoid":
+            loss = F.binary_cross_entropy_with_logits(output, ordinal, reduction="none")
+        else:
+            loss = F.binary_cross_entropy(_activate(output, self.activation).clamp(0, 1), ordinal, reduction="none")
+        return loss.reshape(loss.shape[0], -1).mean(1)
+
+
+LOSSES = {"dice": SoftDiceLoss, "ce": CrossEntropyLoss, "bce": BCELoss, "mse": MSELoss, "ol": OrdinalLoss}
 
 
 def make_loss(spec: str | LossFn | None, output: torch.Tensor, target: torch.Tensor | None = None,
@@ -270,6 +327,8 @@ def make_loss(spec: str | LossFn | None, output: torch.Tensor, target: torch.Ten
         return BCELoss("none" if act == "none" else "sigmoid")
     if spec == "mse":
         return MSELoss(act)
+    if spec == "ol":
+        return OrdinalLoss(act)
     return CrossEntropyLoss()
 
 

@@ -281,24 +281,41 @@ def top1_accuracy(scores, labels) -> float:
 
 
 def _topk(v: np.ndarray, k: int) -> np.ndarray:
-    # stable descending sort: ties (binary ground truth) are broken by the lower label index
+    # stable descending sort: ties among the *scores* are broken by the lower label index
     return np.argsort(-v, axis=1, kind="stable")[:, :k]
 
 
 def k_accuracy_per_sample(scores, reference, k: int) -> np.ndarray:
-    """Ghamizi et al. 2023, definition 1: ``|top_k(ŷ) ∩ top_k(ȳ)| / k`` for each sample.
+    """Ghamizi et al. 2023, definition 1: ``|argsort_k(ŷ) ∩ argsort_k(ȳ)| / k`` for each sample.
 
     ``reference`` is the ground truth ȳ (multi-hot or probabilities) — or, to measure how much
-    an attack changed the prediction, the clean prediction. With a binary ȳ, ties are broken by
-    the lower label index (the result of a stable arg-sort), which the paper leaves open.
+    an attack changed the prediction, the clean prediction.
+
+    **Tie rule.** Definition 1 takes "the indices of the top k elements" of ȳ, which is not
+    unique when ȳ is binary: every finding of an image with several findings ties at 1, every
+    other label at 0. The definition is read as "*a* top-k set of ȳ": any k labels that no
+    label outside them exceeds. Of those sets the one sharing most labels with the prediction's
+    top k is taken — i.e. labels of ȳ strictly above its k-th largest value all count, and of
+    the labels tied *at* the k-th value as many as the prediction has in its top k (up to the
+    places left). So for k = 1 the score is 1 exactly when the top predicted label is one of
+    the findings — the standard (multi-label) top-1 accuracy, as the paper says definition 2
+    gives for k = 1 (:func:`top1_accuracy`), whatever the label order. An image without any
+    finding (ȳ all zeros) has every label tied and scores 1. Ties among the predicted scores
+    (continuous, rarely tied) are broken by the lower label index.
     """
     s, r = _np(scores).astype(np.float64), _np(reference).astype(np.float64)
     if s.shape != r.shape or s.ndim != 2:
         raise ValueError(f"scores and reference must both be (n, M); got {s.shape} and {r.shape}")
     if not 1 <= k <= s.shape[1]:
         raise ValueError(f"k must be in 1..{s.shape[1]}, got {k}")
-    ps, rs = _topk(s, k), _topk(r, k)
-    return np.array([len(set(a) & set(b)) / k for a, b in zip(ps.tolist(), rs.tolist())])
+    pred = np.zeros(s.shape, dtype=bool)
+    np.put_along_axis(pred, _topk(s, k), True, axis=1)
+    kth = -np.sort(-r, axis=1)[:, k - 1 : k]  # the k-th largest reference value per sample
+    above, tied = r > kth, r == kth
+    sure = (pred & above).sum(1)
+    places = k - above.sum(1)  # how many of the tied labels a top-k set of ȳ holds
+    shared = sure + np.minimum(places, (pred & tied).sum(1))
+    return shared / k
 
 
 def k_accuracy(scores, reference, k: int) -> float:
@@ -307,6 +324,52 @@ def k_accuracy(scores, reference, k: int) -> float:
     Evaluated on adversarial outputs this is the *k-robust accuracy*.
     """
     return float(k_accuracy_per_sample(scores, reference, k).mean())
+
+
+def operating_thresholds(scores, labels) -> np.ndarray:
+    """Per-label operating thresholds, as Cohen et al. (torchxrayvision) calibrate their models and
+    Ghamizi et al. 2023 use for MLACC ("different thresholds are used for each label as proposed
+    by Cohen et al."): the threshold of the ROC point that maximises ``TPR − FPR`` (Youden's J),
+    from ``sklearn.metrics.roc_curve`` on ``(n, M)`` scores against the binary ``(n, M)`` labels.
+
+    A label whose column holds only one class (no ROC curve) gets 0.5. Scores ≥ the threshold
+    are positive.
+    """
+    from sklearn.metrics import roc_curve  # deferred: only MLACC needs scikit-learn
+
+    s, y = _np(scores).astype(np.float64), _np(labels)
+    if s.shape != y.shape or s.ndim != 2:
+        raise ValueError(f"scores and labels must both be (n, M); got {s.shape} and {y.shape}")
+    y = y > 0.5
+    out = np.full(s.shape[1], 0.5)
+    for j in range(s.shape[1]):
+        if y[:, j].all() or not y[:, j].any():
+            continue
+        fpr, tpr, thr = roc_curve(y[:, j], s[:, j])
+        best = int(np.argmax(tpr - fpr))
+        out[j] = min(float(thr[best]), float(s[:, j].max()))  # roc_curve's first threshold is inf
+    return out
+
+
+def multilabel_accuracy_per_sample(scores, reference, thresholds=0.5) -> np.ndarray:
+    """Multi-label accuracy (MLACC) of each sample: the fraction of labels on which the
+    thresholded prediction ``ŷ_i ≥ τ_i`` agrees with the binary reference ``ȳ_i`` (Hamming
+    accuracy, the per-label agreement of multi-label evaluation, Song et al. 2018 as cited by
+    Ghamizi et al. 2023), with one threshold τ_i per label (:func:`operating_thresholds`) or one
+    for all. A real-valued reference (e.g. the risk target ``C(ŷ*)``) is binarised at 0.5.
+    """
+    s, r = _np(scores).astype(np.float64), _np(reference).astype(np.float64)
+    if s.shape != r.shape or s.ndim != 2:
+        raise ValueError(f"scores and reference must both be (n, M); got {s.shape} and {r.shape}")
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != s.shape[1]):
+        raise ValueError(f"thresholds must be one number or one per label ({s.shape[1]}), got shape {t.shape}")
+    return ((s >= t) == (r >= 0.5)).mean(1)
+
+
+def multilabel_accuracy(scores, reference, thresholds=0.5) -> float:
+    """MLACC over the inputs: the mean of :func:`multilabel_accuracy_per_sample`."""
+    return float(multilabel_accuracy_per_sample(scores, reference, thresholds).mean())
 
 
 def success_rate(clean_scores, adv_scores) -> float:
@@ -354,3 +417,53 @@ def risk(adv_scores, clean_scores, inv_cooc) -> float:
         )
     rows = inv[c.argmax(1)]
     return float(np.mean((a * rows).sum(1)))
+
+
+def logits_of(output, kind: str) -> np.ndarray:
+    """The logits RISK is computed from (Ghamizi: "a vectorial product between the predicted
+    logits of the adversarial example and the target"): a model's raw output when it is logits
+    (``kind`` ``"sigmoid"``/``"softmax"``: activated afterwards), else — a model that outputs
+    probabilities — the sigmoid logit ``log(p / (1 - p))`` of each probability (p clipped to
+    ``[1e-7, 1 - 1e-7]``)."""
+    x = _np(output).astype(np.float64)
+    if kind in ("sigmoid", "softmax"):
+        return x
+    p = np.clip(x, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def classifier_metrics(probs_clean, probs_adv, *, reference=None, logits_adv=None, risk_target=None,
+                       thresholds=0.5) -> dict:
+    """Ghamizi et al. 2023's per-image classifier figures for metrics.json (one image, ``M`` labels).
+
+    ``reference``: the binary ground truth ȳ (``M``), else the clean prediction thresholded at
+    ``thresholds``. Gives the k-accuracy for k = 1 and 3 (definition 1, :func:`k_accuracy_per_sample`),
+    MLACC with the per-label ``thresholds`` (:func:`multilabel_accuracy_per_sample`), MSE and BCE of
+    the adversarial probabilities against the clean ones and, for a risk-targeted attack
+    (``risk_target`` = ``C(ŷ*)``), RISK from the logits (the paper) and from the probabilities,
+    and MLACC against the target ("how close the output is to the target output").
+    """
+    pc = _np(probs_clean).astype(np.float64).reshape(1, -1)
+    pa = _np(probs_adv).astype(np.float64).reshape(1, -1)
+    m = pc.shape[1]
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (m,))
+    if reference is None:
+        ref, ref_name = (pc >= thr).astype(np.float64), "clean prediction (thresholded)"
+    else:
+        ref, ref_name = _np(reference).astype(np.float64).reshape(1, -1), "ground truth"
+    out: dict = {"reference": ref_name}
+    for k in (1, 3):
+        if k <= m:
+            out[f"k{k}_accuracy"] = float(k_accuracy_per_sample(pa, ref, k)[0])
+    out["mlacc"] = float(multilabel_accuracy_per_sample(pa, ref, thr)[0])
+    out["mlacc_thresholds"] = [float(t) for t in thr]
+    q = np.clip(pa, 1e-7, 1 - 1e-7)
+    out["mse"] = float(np.mean((pa - pc) ** 2))
+    out["bce"] = float(np.mean(-(pc * np.log(q) + (1 - pc) * np.log(1 - q))))
+    if risk_target is not None:
+        t = _np(risk_target).astype(np.float64).reshape(1, -1)
+        z = pa if logits_adv is None else _np(logits_adv).astype(np.float64).reshape(1, -1)
+        out["risk"] = {"logits": float((z * t).sum()), "probabilities": float((pa * t).sum()),
+                       "from_logits": logits_adv is not None}
+        out["mlacc_vs_risk_target"] = float(multilabel_accuracy_per_sample(pa, t, thr)[0])
+    return out

@@ -24,6 +24,7 @@ import torch
 
 from . import metrics as M
 from .attacks import ATTACKS, AttackResult, AttackStep
+from .cooccurrence import inverse_cooccurrence_from_csv
 from .errors import InputFileError, MedadvError, ModelError
 from .files import package_versions, to_json
 from .io import ImageData, write_image, write_labels
@@ -177,6 +178,9 @@ def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: d
     x, mapping = prepare_input(image, model)
     kwargs = dict(params or {})
     kwargs.setdefault("activation", model.activation())
+    if kwargs.get("cooccurrence_from") is not None and kwargs.get("cooccurrence") is None:
+        # risk-targeted PGD: the labels CSV's columns picked by the model's class names
+        kwargs["cooccurrence"] = inverse_cooccurrence_from_csv(kwargs["cooccurrence_from"], model.info.class_names)
     atk = spec.create(model.module, seed=int(seed), roi=roi, **kwargs)
     clean_out = model.forward(x) if clean_output is None else clean_output
     engine_labels = None
@@ -428,7 +432,27 @@ def outcome_metrics(o: AttackOutcome, *, quality: dict | None = None,
             for n, c, a in zip(names, o.probs_clean, o.probs_adv)
         }
         out["top1_changed"] = bool(np.argmax(o.probs_clean) != np.argmax(o.probs_adv))
+        out["classifier"] = _classifier_block(o)
     return out
+
+
+def _classifier_block(o: AttackOutcome) -> dict:
+    """k-accuracy (k = 1, 3), MLACC, MSE/BCE and, for risk-targeted PGD, RISK (Ghamizi et al. 2023).
+
+    MLACC's per-label thresholds: the model's ``info.extra["thresholds"]`` when it declares them,
+    else 0.5 (torchxrayvision's released models map each label's operating threshold to 0.5)."""
+    info = o.model.info
+    thr = (info.extra or {}).get("thresholds", 0.5)
+    lab = None if o.labels is None else np.asarray(o.labels, dtype=np.float64).ravel()
+    ref = lab if lab is not None and lab.size == len(o.probs_clean) else None
+    target = o.result.extra.get("risk_target")
+    block = M.classifier_metrics(o.probs_clean, o.probs_adv, reference=ref, thresholds=thr,
+                               logits_adv=M.logits_of(o.adv_output[0].detach().cpu().numpy(), info.output),
+                               risk_target=None if target is None else target[0])
+    block["thresholds_from"] = "model" if "thresholds" in (info.extra or {}) else "0.5 for every label"
+    if "cooccurrence_source" in o.result.extra:
+        block["cooccurrence_source"] = o.result.extra["cooccurrence_source"]
+    return block
 
 
 def segmentation_dice(o: AttackOutcome) -> tuple[dict, int]:

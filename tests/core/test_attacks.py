@@ -233,6 +233,43 @@ def test_risk_pgd_raises_risk(classifier, cls_batch):
     assert M.risk(adv_p.numpy(), clean.numpy(), inv) > M.risk(clean.numpy(), clean.numpy(), inv)
 
 
+def test_risk_pgd_target_vector_start_and_cooccurrence_csv(tmp_path):
+    """The target C(ŷ*) by hand; x^0 = x by default (the paper); the matrix from a labels CSV."""
+    from napari_medadv.core.attacks.pgd import risk_targets
+    from napari_medadv.core.cooccurrence import inverse_cooccurrence_from_csv
+
+    # training labels (columns b, a, c in the file): counts a=3, b=2, c=1; a&b=2, a&c=0, b&c=1
+    (tmp_path / "train.csv").write_text("file,b,a,c\nx1.png,1,1,0\nx2.png,0,1,0\nx3.png,1,1,0\n"
+                                        "x4.png,0,0,1\n")
+    inv = inverse_cooccurrence_from_csv(tmp_path / "train.csv", ["a", "b", "c"])
+    # rows: a -> [0, 1 - 2/3, 1]; b -> [1 - 2/2, 0, 1]; c -> [1, 1, 0]
+    expected = torch.tensor([[0, 1 / 3, 1], [0, 0, 1], [1, 1, 0]], dtype=torch.float64)
+    torch.testing.assert_close(torch.as_tensor(inv), expected)
+    clean = torch.tensor([[0.2, 3.0, -1.0], [5.0, 0.0, 0.1], [0.0, 0.0, 2.0]], dtype=torch.float64)
+    # ŷ* = b, a, c -> target rows b, a, c
+    torch.testing.assert_close(risk_targets(inv, clean), expected[[1, 0, 2]])
+    with pytest.raises(ValueError, match="no column for the class"):
+        inverse_cooccurrence_from_csv(tmp_path / "train.csv", ["a", "d"])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 8), nn.Flatten())
+    x = torch.rand(2, 1, 8, 8)
+    # one step from x^0 = x with α: the result is x - α sign(∇ BCE(M(x), C(ŷ*))) exactly
+    atk = RiskPGD(model, eps=0.1, steps=1, alpha=0.05, cooccurrence_from=str(tmp_path / "train.csv"),
+                  data_range=(0, 1), activation="sigmoid")
+    assert atk.random_start is False and ATTACKS["pgd-risk"].cls.params[4].default is False
+    adv = atk(x)
+    xg = x.clone().requires_grad_(True)
+    out = model(xg)
+    # standalone, the attack takes the CSV's columns in their order (b, a, c); the pipeline picks by name
+    tgt = risk_targets(inverse_cooccurrence_from_csv(tmp_path / "train.csv"), out.detach()).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(out, tgt, reduction="none").mean(1).sum()
+    (g,) = torch.autograd.grad(loss, xg)
+    torch.testing.assert_close(adv, (x - 0.05 * g.sign()).clamp(0, 1))
+    extra = atk.last_result.extra
+    assert extra["cooccurrence_source"].startswith("labels CSV") and len(extra["risk_target"]) == 2
+
+
 class _Linear(nn.Module):
     """A one-logit classifier: a full-image convolution (so the channel check applies)."""
 
@@ -257,7 +294,7 @@ def test_dgde_classifier_reduces_l0_and_still_succeeds():
     x = torch.full((1, 1, 16, 16), 0.5)
     with torch.no_grad():
         net.bias = 0.4 - float(net.conv(x).sum())  # clean logit 0.4: positive (p = 0.60)
-    atk = DGDE(net, eps=0.2, population=16, max_queries=3000, seed=1, activation="sigmoid",
+    atk = DGDE(net, amplitude=0.2, population=16, max_queries=3000, seed=1, activation="sigmoid",
                data_range=(0, 1))
     res = atk.run(x)
     assert res.success == [True]
@@ -276,16 +313,79 @@ def test_dgde_batched_equals_one_by_one():
     x = torch.full((1, 1, 16, 16), 0.5)
     with torch.no_grad():
         net.bias = 0.4 - float(net.conv(x).sum())
-    kw = dict(eps=0.2, population=8, max_queries=400, seed=2, activation="sigmoid", data_range=(0, 1))
+    kw = dict(amplitude=0.2, population=8, max_queries=400, seed=2, activation="sigmoid", data_range=(0, 1))
     a = DGDE(net, **kw).run(x)
     b = DGDE(net, batch_size=1, **kw).run(x)
     torch.testing.assert_close(a.adversarial, b.adversarial)
     assert a.extra["l0_history"] == b.extra["l0_history"]
 
 
+def test_dgde_one_de_generation_by_hand():
+    """One DE/rand/1/bin generation on a fixed seed (generator seed 0), checked by hand: partners,
+    mutation F (v_r2 - v_r3) with clipping, binomial crossover with j_rand, strict selection."""
+    from napari_medadv.core.attacks.dgde import de_generation
+
+    g = torch.Generator().manual_seed(0)
+    # the draws of seed 0, in de_generation's order: partners (4 x 3), crossover uniforms (4 x 2), j_rand
+    # partners: i0 (3, 1, 2), i1 (0, 2, 3), i2 (3, 0, 1), i3 (1, 2, 0)
+    # uniforms: i0 (0.022, 0.169), i1 (0.294, 0.519), i2 (0.698, 0.800), i3 (0.161, 0.282); j_rand (0, 1, 1, 0)
+    pop = torch.tensor([[0.0, 0.4], [0.2, -0.2], [0.6, 0.1], [-0.4, 0.3]])[..., None]  # 4 individuals x 2 genes x 1 ch
+    lb, ub = torch.full((2, 1), -0.5), torch.full((2, 1), 0.5)
+    # mutants (F = 0.5), clipped to [-0.5, 0.5]:
+    #   i0: v3 + F (v1 - v2) = (-0.4 - 0.2, 0.3 - 0.15) -> (-0.5, 0.15)
+    #   i1: v0 + F (v2 - v3) = (0 + 0.5, 0.4 - 0.1)     -> (0.5, 0.3)
+    #   i2: v3 + F (v0 - v1) = (-0.4 - 0.1, 0.3 + 0.3)  -> (-0.5, 0.5)
+    #   i3: v1 + F (v2 - v0) = (0.2 + 0.3, -0.2 - 0.15) -> (0.5, -0.35)
+    # crossover CR = 0.5 (u < CR, or j = j_rand): i0 both genes, i1 both (gene 1 forced), i2 gene 1 only
+    # (forced), i3 both
+    hand_trial = torch.tensor([[-0.5, 0.15], [0.5, 0.3], [0.6, 0.5], [0.5, -0.35]])[..., None]
+    seen = {}
+
+    def evaluate(trial):
+        seen["trial"] = trial.clone()
+        f = torch.tensor([-0.35, 0.8, 1.1, 0.15])  # the trials' fitness (their gene sums)
+        return f, f > 0
+
+    fit = torch.tensor([0.4, 0.0, 0.7, 0.15])  # parents; i3 ties with its trial
+    ok = torch.tensor([True, True, True, False])
+    new_pop, new_fit, new_ok = de_generation(pop, fit, ok, lb, ub, 0.5, 0.5, g, evaluate)
+    torch.testing.assert_close(seen["trial"], hand_trial)
+    # strict greedy selection: i1, i2 improve; i0 is worse; the tie i3 keeps its parent
+    torch.testing.assert_close(new_pop, torch.stack([pop[0], hand_trial[1], hand_trial[2], pop[3]]))
+    torch.testing.assert_close(new_fit, torch.tensor([0.4, 0.8, 1.1, 0.15]))
+    assert new_ok.tolist() == [True, True, True, False]
+
+
+def test_dgde_is_an_l0_attack_with_free_values_and_failures_have_no_l0():
+    net = _Linear()
+    x = torch.full((1, 1, 16, 16), 0.5)
+    with torch.no_grad():
+        net.bias = 2.0 - float(net.conv(x).sum())  # clean logit 2: p = 0.88
+    atk = DGDE(net, population=8, max_queries=600, seed=0, activation="sigmoid", data_range=(0, 1))
+    assert ATTACKS["dgde"].takes_eps is False  # no ε budget: a study's ε axis does not reach DGDE
+    res = atk.run(x)
+    assert res.success == [True]
+    d = (res.adversarial - x)[0, 0]
+    assert float(d.abs().max()) > 0.2  # values free within [0, 1], not capped at a small ε
+    assert float(res.adversarial.min()) >= 0 and float(res.adversarial.max()) <= 1
+    assert res.extra["l0"][0] == int((d != 0).sum())
+    hist = res.history
+    assert [h["l0"] for h in hist] == res.extra["l0_history"][0]
+    assert all(h["probability"] < 0.5 for h in hist)  # every accepted solution keeps p below 0.5
+    assert [h["iteration"] for h in hist] == sorted(h["iteration"] for h in hist)
+    # with a cap the change never exceeds it; too small a cap fails: success False and no L0 (not 0)
+    capped = DGDE(net, amplitude=0.3, population=8, max_queries=300, seed=0, activation="sigmoid",
+                  data_range=(0, 1)).run(x)
+    assert float((capped.adversarial - x).abs().max()) <= 0.3 + 1e-6
+    failed = DGDE(net, amplitude=1e-4, population=8, max_queries=50, seed=0, activation="sigmoid",
+                  data_range=(0, 1)).run(x)
+    assert failed.success == [False] and failed.extra["l0"] == [None]
+    torch.testing.assert_close(failed.adversarial, x)
+
+
 def test_dgde_segmentation(seg_model, seg_data):
     x, y = seg_data
-    atk = DGDE(seg_model, eps=1.0, population=16, max_queries=1500, seed=0, threshold=0.5)
+    atk = DGDE(seg_model, population=16, max_queries=1500, seed=0, threshold=0.5)
     res = atk.run(x[:1], y[:1])
     assert res.success == [True]
     with torch.no_grad():
@@ -298,8 +398,10 @@ def test_dgde_segmentation(seg_model, seg_data):
 def test_registry_lists_every_attack_with_params():
     assert {"fgsm", "ifgsm", "tifgsm", "pgd", "pgd-risk", "dgde", "noise"} <= set(ATTACKS)
     for spec in ATTACKS.values():
-        # attacks lead with their L∞ budget, MR artifacts (core.attacks.artifacts) with their severity
-        assert spec.params and spec.params[0].name == ("severity" if spec.name in ARTIFACT_NAMES else "eps")
+        # attacks lead with their L∞ budget, MR artifacts (core.attacks.artifacts) with their severity,
+        # DGDE (an L0 attack: no ε budget) with its optional amplitude cap
+        lead = "severity" if spec.name in ARTIFACT_NAMES else "amplitude" if spec.name == "dgde" else "eps"
+        assert spec.params and spec.params[0].name == lead
         assert spec.label and spec.description
     with pytest.raises(ValueError, match="unknown attack"):
         ATTACKS.get_spec("deepfool")

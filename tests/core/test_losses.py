@@ -106,3 +106,40 @@ def test_automatic_loss_choice():
 def test_ill_opts(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- ordinal loss OL (Ghamizi et al. 2023 after Frank & Hall 2001) -----------------------------
+
+
+def test_ordinal_targets_hand_computed():
+    from napari_medadv.core.losses import ordinal_targets
+
+    t = torch.tensor([[0.2, 0.9, 0.2, 0.5],   # 3 levels 0.2 < 0.5 < 0.9 -> 0, 1, 0, 1/2
+                      [1.0, 0.0, 1.0, 0.0],   # binary: the target itself
+                      [0.3, 0.3, 0.3, 0.3]])  # one level: no cut
+    expected = torch.tensor([[0.0, 1.0, 0.0, 0.5], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(ordinal_targets(t), expected)
+    # segmentation layout B K H W: per voxel along the channels
+    seg = t[:2].T.reshape(1, 4, 1, 2)
+    torch.testing.assert_close(ordinal_targets(seg), expected[:2].T.reshape(1, 4, 1, 2))
+
+
+def test_ordinal_loss_hand_computed_and_order_only():
+    from napari_medadv.core.losses import OrdinalLoss
+
+    logits = torch.tensor([[0.0, 2.0, -1.0]])
+    target = torch.tensor([[0.1, 0.8, 0.4]])  # levels -> (0, 1, 1/2)
+    p = torch.sigmoid(logits)[0]
+    # BCE per label against the cumulative targets, averaged over the 3 labels
+    hand = -(torch.log(1 - p[0]) + torch.log(p[1]) + 0.5 * torch.log(p[2]) + 0.5 * torch.log(1 - p[2])) / 3
+    ol = OrdinalLoss()(logits, target)
+    assert ol.shape == (1,)
+    assert float(ol[0]) == pytest.approx(float(hand), rel=1e-6)
+    # only the order of the target matters; a binary target gives plain BCE
+    assert float(OrdinalLoss()(logits, target ** 3 + 5)[0]) == pytest.approx(float(ol[0]), rel=1e-6)
+    binary = torch.tensor([[0.0, 1.0, 1.0]])
+    assert float(OrdinalLoss()(logits, binary)[0]) == pytest.approx(float(BCELoss()(logits, binary)[0]), rel=1e-6)
+    assert float(OrdinalLoss("none")(torch.sigmoid(logits), target)[0]) == pytest.approx(float(hand), rel=1e-5)
+    assert isinstance(make_loss("ol", logits, target), OrdinalLoss)
+    with pytest.raises(ValueError, match="activation"):
+        OrdinalLoss("relu")

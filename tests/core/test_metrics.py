@@ -128,8 +128,9 @@ TRUTH = np.array([[1.0, 0.0, 1.0, 0.0],
         (1, [1.0, 0.0]),
         # top2: pred {0,2} vs {0,2} -> 1 ; pred {1,2} vs {2,3} -> 1/2
         (2, [1.0, 0.5]),
-        # top3: pred {0,2,3} vs {0,2,1} -> 2/3 ; pred {1,2,0} vs {2,3,0} -> 2/3
-        (3, [2 / 3, 2 / 3]),
+        # top3 (tie rule: of the tied 0-labels, as many as the prediction holds, up to the places left):
+        # truth {0,2} + 1 of {1,3}; pred {0,2,3} -> 3/3 ; truth {2,3} + 1 of {0,1}; pred {1,2,0} -> 2/3
+        (3, [1.0, 2 / 3]),
     ],
 )
 def test_k_accuracy_hand_computed(k, per_sample):
@@ -144,6 +145,69 @@ def test_top1_equals_k1_on_single_label_and_success_rate():
     adv = SCORES[:, ::-1]
     assert M.success_rate(SCORES, adv) == 1.0
     assert M.success_rate(SCORES, SCORES) == 0.0
+
+
+# several findings tie at 1 in a binary ground truth (definition 1's argsort_k is not unique)
+TIE_TRUTH = np.array([[1, 0, 1, 1, 0],    # three findings
+                      [0, 1, 1, 0, 0],    # two findings
+                      [0, 0, 0, 0, 0],    # no finding: every label tied at 0
+                      [1, 0, 0, 0, 0]])   # one finding
+TIE_SCORES = np.array([[0.1, 0.2, 0.3, 0.9, 0.4],   # top1 {3}; top3 {3,4,2}
+                       [0.8, 0.7, 0.1, 0.2, 0.3],   # top1 {0}; top3 {0,1,4}
+                       [0.1, 0.2, 0.3, 0.4, 0.5],   # top1 {4}; top3 {4,3,2}
+                       [0.3, 0.1, 0.9, 0.2, 0.8]])  # top1 {2}; top3 {2,4,0}
+
+
+@pytest.mark.parametrize(
+    "k, per_sample",
+    [
+        # k=1: is the top predicted label a finding? 3 yes; 0 no; (no finding: all tied) yes; 2 no
+        (1, [1.0, 0.0, 1.0, 0.0]),
+        # k=3, row 1: truth top3 = the 3 findings {0,2,3}; pred {3,4,2} shares {2,3} -> 2/3
+        # row 2: truth {1,2} sure + 1 of the tied zeros {0,3,4}; pred {0,1,4}: {1} + min(1, |{0,4}|) -> 2/3
+        # row 3: all tied, 3 places; pred shares 3 -> 1 ; row 4: {0} + 2 of zeros; pred {2,4,0}: 1 + 2 -> 1
+        (3, [2 / 3, 2 / 3, 1.0, 1.0]),
+    ],
+)
+def test_k_accuracy_tie_rule_hand_computed(k, per_sample):
+    np.testing.assert_allclose(M.k_accuracy_per_sample(TIE_SCORES, TIE_TRUTH, k), per_sample)
+
+
+def test_k1_equals_standard_multilabel_accuracy_whatever_the_label_order():
+    rng = np.random.default_rng(3)
+    truth = (rng.random((40, 6)) < 0.4).astype(float)
+    truth[truth.sum(1) == 0, 0] = 1  # every image has a finding (accuracy needs one)
+    scores = rng.random((40, 6))
+    assert M.k_accuracy(scores, truth, 1) == pytest.approx(M.top1_accuracy(scores, truth))
+    perm = rng.permutation(6)  # relabelling the classes changes nothing (no index tie-break)
+    np.testing.assert_allclose(M.k_accuracy_per_sample(scores[:, perm], truth[:, perm], 3),
+                               M.k_accuracy_per_sample(scores, truth, 3))
+
+
+def test_operating_thresholds_youden_hand_computed():
+    scores = np.array([[0.1, 0.6], [0.3, 0.7], [0.35, 0.2], [0.8, 0.9]])
+    labels = np.array([[0, 1], [0, 1], [1, 1], [1, 1]])
+    # label 0: at 0.8 TPR 1/2 FPR 0 (J 0.5); at 0.35 TPR 1 FPR 0 (J 1) -> 0.35
+    # label 1: only positives, no ROC curve -> 0.5
+    np.testing.assert_allclose(M.operating_thresholds(scores, labels), [0.35, 0.5])
+
+
+def test_multilabel_accuracy_with_per_label_thresholds_hand_computed():
+    scores = np.array([[0.30, 0.60, 0.10],
+                       [0.05, 0.40, 0.90]])
+    truth = np.array([[1, 1, 0],
+                      [0, 0, 1]])
+    # thresholds (0.25, 0.5, 0.5): sample 1 -> (1, 1, 0) vs (1, 1, 0): 3/3 ; sample 2 -> (0, 0, 1): 3/3
+    np.testing.assert_allclose(M.multilabel_accuracy_per_sample(scores, truth, [0.25, 0.5, 0.5]), [1.0, 1.0])
+    # one threshold 0.5: sample 1 -> (0, 1, 0): 2/3 ; sample 2 -> (0, 0, 1): 3/3
+    np.testing.assert_allclose(M.multilabel_accuracy_per_sample(scores, truth, 0.5), [2 / 3, 1.0])
+    assert M.multilabel_accuracy(scores, truth, 0.5) == pytest.approx(5 / 6)
+    # a real-valued reference (the risk target C(y*)) is binarised at 0.5: (0.9, 0.7, 0.2) -> (1, 1, 0);
+    # the prediction at 0.5 is (0, 1, 0): 2/3
+    target = np.array([[0.9, 0.7, 0.2]])
+    assert M.multilabel_accuracy(scores[:1], target, 0.5) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="one per label"):
+        M.multilabel_accuracy(scores, truth, [0.5, 0.5])
 
 
 def test_inverse_cooccurrence_and_risk_hand_computed():

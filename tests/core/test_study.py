@@ -291,8 +291,10 @@ def test_classifier_metrics_hand_checked():
     bce = -np.mean([0.7 * np.log(0.1) + 0.3 * np.log(0.9), 0.2 * np.log(0.3) + 0.8 * np.log(0.7),
                     0.1 * np.log(0.6) + 0.9 * np.log(0.4)])
     assert out["bce"] == pytest.approx(bce)
-    # RISK = adv . C(argmax clean = a) = 0.3*2/3 + 0.6*1
-    assert out["risk"] == pytest.approx(0.3 * 2 / 3 + 0.6)
+    # RISK = adv . C(argmax clean = a), from the logits (the paper; this model outputs probabilities,
+    # so the logits are log(p / (1 - p))): logit(0.3)*2/3 + logit(0.6)*1 ; and from the probabilities
+    assert out["risk"] == pytest.approx(np.log(0.3 / 0.7) * 2 / 3 + np.log(0.6 / 0.4))
+    assert out["risk_prob"] == pytest.approx(0.3 * 2 / 3 + 0.6)
     assert out["top1_changed"] is True
 
 
@@ -332,10 +334,20 @@ def test_classifier_study_with_risk_pgd_and_transfer(tmp_path):
         aucs = [S.auc(sub[f"p_adv_{n}"], sub[f"y_{n}"]) for n in "abc"]
         assert r["auc"] == pytest.approx(np.nanmean(aucs))
     assert (out / "transfer_pgd-risk_eps_0.1_steps_3_.csv").is_file()
-    # the risk-targeted attack moves the white-box prediction towards its target C(y*), the row of
-    # the inverse co-occurrence matrix (built from labels.csv) for the clean top-1 label
+    assert (out / "transfer_pgd-risk_eps_0.1_steps_3__k3.csv").is_file()  # Table 2 at k = 3 too
+    # MLACC: per-label Youden thresholds from each model's clean rows, then label agreement
     from napari_medadv.core import metrics as M
 
+    for _, r in summ.iterrows():
+        g = df[(df["source"] == r["model"]) & (df["target"] == r["model"])]
+        clean = g[g["grid_key"] == "none"]
+        thr = M.operating_thresholds(clean[[f"p_clean_{n}" for n in "abc"]].to_numpy(),
+                                     clean[[f"y_{n}" for n in "abc"]].to_numpy())
+        sub = g[g["grid_key"] == r["grid_key"]]
+        assert r["mlacc"] == pytest.approx(M.multilabel_accuracy(sub[[f"p_adv_{n}" for n in "abc"]].to_numpy(),
+                                                                 sub[[f"y_{n}" for n in "abc"]].to_numpy(), thr))
+    # the risk-targeted attack moves the white-box prediction towards its target C(y*), the row of
+    # the inverse co-occurrence matrix (built from labels.csv) for the clean top-1 label
     labels = pd.read_csv(tmp_path / "labels.csv")[["a", "b", "c"]].to_numpy()
     inv = M.inverse_cooccurrence(labels)
     wb = df[(df["source"] == df["target"]) & df["grid_key"].str.startswith("pgd-risk")]
@@ -343,8 +355,10 @@ def test_classifier_study_with_risk_pgd_and_transfer(tmp_path):
     pa = wb[[f"p_adv_{n}" for n in "abc"]].to_numpy()
     target = inv[pc.argmax(1)]
     assert np.mean((pa - target) ** 2) < np.mean((pc - target) ** 2)
-    # and RISK is M(x*) . C(y*) per case
-    assert np.allclose(wb["risk"], (pa * target).sum(1))
+    # and RISK is M(x*) . C(y*) per case: from the probabilities (risk_prob) and the logits (risk)
+    assert np.allclose(wb["risk_prob"], (pa * target).sum(1))
+    za = np.log(np.clip(pa, 1e-7, 1 - 1e-7) / (1 - np.clip(pa, 1e-7, 1 - 1e-7)))
+    assert np.allclose(wb["risk"], (za * target).sum(1), atol=1e-4)
     assert "Ghamizi" in (out / "report.md").read_text()
 
 
@@ -533,3 +547,72 @@ def test_ground_truth_the_model_cannot_read_names_the_case(tmp_path):
     cfg = ST.StudyConfig(dataset=str(root), models=["tinybin:0"], grid=[{"attack": "fgsm", "eps": [0.05]}], seed=3)
     with pytest.raises(MedadvError, match=r"glioma_001: ground truth does not fit tinybin:0: label values \[2, 4\]"):
         ST.Study(cfg, tmp_path / "out").run(workers=0)
+
+
+def test_dgde_summary_counts_only_successes_hand_computed():
+    """DGDE Table 2 bookkeeping: a failure has no L0 (NaN), never 0 pixels."""
+    import pandas as pd
+
+    from napari_medadv.core.study.report.tables import dgde_summary
+
+    base = {"source": "m", "target": "m", "grid_key": "dgde", "attack_label": "DGDE", "n_pixels": 100}
+    df = pd.DataFrame([{**base, "case": "a", "success": True, "l0_pixels": 10.0},
+                       {**base, "case": "b", "success": True, "l0_pixels": 30.0},
+                       {**base, "case": "c", "success": True, "l0_pixels": 20.0},
+                       {**base, "case": "d", "success": False, "l0_pixels": float("nan")},
+                       {**base, "case": "a", "grid_key": "fgsm", "success": float("nan"),
+                        "l0_pixels": float("nan")}])
+    s = dgde_summary(df)
+    assert list(s["grid_key"]) == ["dgde"]
+    r = s.iloc[0]
+    # 3 of 4 succeed; L0 over the successes {10, 30, 20}: mean 20, median 20, sd 10, % of 100 pixels: 20
+    assert (r["n"], r["n_success"], r["success_rate"]) == (4, 3, 0.75)
+    assert (r["l0_max"], r["l0_min"], r["l0_mean"], r["l0_median"]) == (30, 10, 20, 20)
+    assert r["l0_sd"] == pytest.approx(10.0) and r["l0_percent_mean"] == pytest.approx(20.0)
+
+
+def test_dgde_study_grid_params_bookkeeping_and_figures(tmp_path):
+    """DGDE's own parameters as grid axes; per case success and l0_pixels; Table 2 and Figs. 3-4."""
+    import imageio.v3 as iio
+    import pandas as pd
+
+    from napari_medadv.core.models.registry import register_scheme
+
+    from _tiny_models import tiny_classifier_loader
+
+    register_scheme("tinycls", tiny_classifier_loader)
+    rng = np.random.default_rng(1)
+    rows = ["file,a,b,c"]
+    for i in range(3):  # bright images: finding c ("bright overall") positive; full-range noise hides it
+        img = 0.4 + 0.6 * rng.random((16, 16))
+        img[0, 0] = 0.0
+        iio.imwrite(tmp_path / f"im{i}.png", (img * 255).astype(np.uint8))
+        rows.append(f"im{i}.png,1,1,1")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = ST.StudyConfig(dataset=str(tmp_path), models=["tinycls:0"],
+                         grid=[{"attack": "dgde", "population": [4, 6], "max_queries": 150, "F": 0.5, "CR": 0.7,
+                                "class_index": 2}])
+    assert [gp.key for gp in cfg.points()][1:] == [
+        "dgde[CR=0.7,F=0.5,class_index=2,max_queries=150,population=4]",
+        "dgde[CR=0.7,F=0.5,class_index=2,max_queries=150,population=6]"]
+    out = tmp_path / "out"
+    ST.Study(cfg, out).run(workers=0)
+    df = pd.read_csv(out / "per_case.csv")
+    d = df[df["attack"] == "dgde"]
+    assert len(d) == 6 and d["success"].notna().all()
+    assert d.loc[~d["success"].astype(bool), "l0_pixels"].isna().all()  # a failure has no L0
+    ok = d[d["success"].astype(bool)]
+    assert (ok["l0_pixels"] >= 1).all() and (ok["n_pixels"] == 256).all()
+    summ = pd.read_csv(out / "summary_dgde.csv")
+    assert len(summ) == 2
+    for _, r in summ.iterrows():
+        sub = d[d["grid_key"] == r["grid_key"]]
+        assert r["success_rate"] == pytest.approx(sub["success"].astype(bool).mean())
+    assert len(ok) >= 4  # the noise start flips c on these images; the decrease steps then remove pixels
+    assert (ok["l0_pixels"] < 256).all()
+    hist = pd.read_csv(out / "history.csv")
+    h = hist[hist["l0"].notna()]
+    assert {"l0", "probability", "queries"} <= set(hist.columns) and (h["probability"] < 0.5).all()
+    for stem in ("dgde_l0_vs_iteration", "dgde_probability_vs_iteration"):
+        assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.svg").is_file()
+    assert "DGDE 2024, Table 2" in (out / "report.md").read_text()

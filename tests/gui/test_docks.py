@@ -53,7 +53,7 @@ SEG_RUNS = [
     ("tifgsm", {"eps": 0.05, "steps": 2}),
     ("pgd", {"eps": 0.05, "steps": 2}),
     ("noise", {"eps": 0.05}),
-    ("dgde", {"eps": 0.2, "max_queries": 40, "population": 4, "init_tries": 2}),
+    ("dgde", {"amplitude": 0.2, "max_queries": 40, "population": 4, "init_tries": 2}),
 ]
 
 
@@ -79,7 +79,8 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
             assert lyr.metadata["medadv"]["derived"] is True
     adv = np.stack([viewer.layers[f"case {c} adversarial"].data for c in ("t1", "t1ce", "t2", "flair")])
     delta = adv - glioma_small.array
-    eps_native = params["eps"] * np.ptp(glioma_small.array.reshape(4, -1), axis=1)
+    bound = params["eps"] if "eps" in params else params["amplitude"]  # DGDE: its optional amplitude cap
+    eps_native = bound * np.ptp(glioma_small.array.reshape(4, -1), axis=1)
     assert np.all(np.abs(delta).reshape(4, -1).max(1) <= eps_native * (1 + 1e-5) + 1e-6)
     assert viewer.layers["case flair adversarial"].contrast_limits == viewer.layers["case flair"].contrast_limits
     seg_c = viewer.layers["case segmentation (clean)"].data
@@ -109,7 +110,7 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
 CXR_RUNS = [
     ("fgsm", {"eps": 0.02}),
     ("pgd", {"eps": 0.02, "steps": 2}),
-    ("dgde", {"eps": 0.3, "max_queries": 60, "population": 4, "init_tries": 2}),
+    ("dgde", {"max_queries": 60, "population": 4, "init_tries": 2}),
     ("pgd-risk", {"eps": 0.02, "steps": 2}),
 ]
 
@@ -128,6 +129,10 @@ def test_classifier_attack_readouts(docks, qtbot, cxr_small, cxr_model, attack, 
     o = aw.session.shown.outcome
     assert viewer.layers["case adversarial"].data.shape == (256, 256)
     assert "case segmentation (clean)" not in viewer.layers
+    if attack == "dgde":  # the Plots dock shows DGDE's Fig. 4 (probability) next to its L0
+        pw = docks["plots"]
+        qtbot.waitUntil(lambda: any("probability" in r for r in pw.history), timeout=WAIT)
+        assert pw.ax_iter2 is not None and pw.ax_iter2.lines
     probs = o.metrics["probabilities"]
     rows = {r[0].split(" ")[0]: r for r in rw.rows}
     for name, p in probs.items():
@@ -140,7 +145,8 @@ def test_classifier_attack_readouts(docks, qtbot, cxr_small, cxr_model, attack, 
 def _registry_entries_without_eps():
     from napari_medadv.core.attacks import ATTACKS
 
-    return [n for n, s in ATTACKS.items() if not any(p.name == "eps" for p in s.params)]
+    # the MR artifacts (DGDE, an L0 attack, has no ε either: it runs in the attack tests above)
+    return [n for n, s in ATTACKS.items() if s.kind == "artifact" and not any(p.name == "eps" for p in s.params)]
 
 
 @pytest.mark.parametrize("name", _registry_entries_without_eps()[:2])

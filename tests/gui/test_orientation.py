@@ -123,7 +123,7 @@ def test_derived_layers_and_writers_follow_a_permuted_source(make_napari_viewer,
     aw = AttackWidget(viewer)
     viewer.window.add_dock_widget(aw, name="attack")
     aw.session.set_model(unet2d)
-    aw.set_attack("dgde", eps=0.3, max_queries=30, population=4, init_tries=2)
+    aw.set_attack("dgde", max_queries=30, population=4, init_tries=2)
     job = aw.run()
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
     qtbot.waitUntil(lambda: not aw.running, timeout=WAIT)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..intensity import DataRangeSpec, IntensityRange, compute_range
-from ..losses import LossFn, class_indices, make_loss
+from ..losses import LOSSES, LossFn, class_indices, make_loss
 from ..metrics import channel_argmax, foreground_dice_fast, psnr_channels_fast
 
 StepCallback = Callable[["AttackStep"], Any]
@@ -50,6 +50,14 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple | None = None
+
+
+def loss_param(default: str = "auto") -> Param:
+    """The attack-loss choice of gradient attacks, from :data:`~napari_medadv.core.losses.LOSSES`
+    (``auto``: soft Dice for segmentation, CE/BCE for classifiers): one registry entry, so the
+    GUI form, the study grid and the record list every loss — OL included — with no other edit."""
+    return Param("loss", str, default, "attack loss: auto, " + ", ".join(LOSSES) + " (ol: Ghamizi's ordinal loss)",
+                 choices=("auto", *LOSSES))
 
 
 @dataclass
@@ -309,8 +317,8 @@ class Attack:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.eps = _check_finite_number("eps", eps, minimum=0.0)
-        if loss is not None and not callable(loss) and loss not in ("auto", "dice", "ce", "bce", "mse"):
-            raise ValueError(f"unknown loss {loss!r}; choose dice, ce, bce, mse or pass a callable")
+        if loss is not None and not callable(loss) and loss != "auto" and loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose {', '.join(LOSSES)} or pass a callable")
         self._loss_spec = loss
         if activation not in ("auto", "softmax", "sigmoid", "none"):
             raise ValueError(f"activation must be auto, softmax, sigmoid or none, got {activation!r}")

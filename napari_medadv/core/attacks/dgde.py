@@ -1,4 +1,4 @@
-"""DGDE — decrease-group differential evolution, a black-box minimal-pixel attack (2024)."""
+"""DGDE — decrease-group differential evolution, a black-box minimal-pixel (L0) attack (2024)."""
 
 from __future__ import annotations
 
@@ -10,73 +10,101 @@ from .base import Attack, AttackStep, Param, _check_finite_number, _Context, che
 
 
 class DGDE(Attack):
-    r"""Black-box attack that looks for an adversarial image with as few changed pixels as possible.
+    r"""Black-box L0 attack: an adversarial image with as few changed pixels as possible.
 
     Uses only model outputs (no gradients). Following "Attacking medical images with minimal
-    noise" (DGDE, 2024):
+    noise" (DGDE, 2024), an **L0** attack: the paper limits the *number* of changed pixels, not
+    their amplitude, so by default a changed pixel may take any value inside the valid
+    intensity range ``[lo, hi]`` (``amplitude=None``). ``amplitude=a`` caps each change at
+    ``±a`` of the range as an option (an L0 + L∞ attack). There is no ε budget: a study's ε axis
+    does not apply to DGDE; its own parameters (``population``, ``F``, ``CR``, ``max_queries`` ...)
+    are grid parameters.
 
-    1. **Start** — uniform random noise ``U(−ε, ε)`` on every pixel (all channels of a pixel,
-       inside the optional ROI); ``init_tries`` draws are evaluated in one batch and the
-       strongest one that flips the decision is kept. If none does, the attack stops with
-       ``success=False`` (raise ε).
-    2. **Decrease group (random search)** — ``population`` random subsets of the current
-       perturbed pixel set, each dropping a fraction ``rate`` of it, are evaluated in one batched
-       forward; the best that still succeeds becomes the new solution (so L0 never increases).
-       When none succeeds, ``rate`` halves, down to removing a single pixel.
-    3. **Differential evolution on the values** of the remaining pixels when no pixel can be
-       removed: DE/rand/1/bin — mutation ``v = x_r1 + F (x_r2 − x_r3)`` (three distinct other
-       individuals, clipped to ``[−ε, ε]``), binomial crossover with probability ``CR`` (one
-       forced gene ``j_rand``), greedy selection (a child replaces its parent when its fitness is
-       not lower). The population starts from the current solution plus uniform random
-       individuals (the paper's initiation ``x_L + rand(0, 1) (x_U − x_L)``). A stronger margin
-       lets later decrease steps drop more pixels.
-    4. **Stop** at ``max_queries`` model evaluations, or when single-pixel removals still fail
-       after ``de_generations`` generations of DE ("nothing more can be removed").
+    **Search space.** A solution is a set S of pixels (spatial positions inside the optional
+    ROI; all channels of a pixel change together) and a change vector ``v_p`` per pixel; the
+    image is ``clip(x + v, lo, hi)`` on S, x elsewhere. Each gene (one pixel's change, per
+    channel) lives in ``[x_L, x_U] = [lo − x_p, hi − x_p]`` (∩ ``[−a, a]`` with a cap).
 
-    The paper's printed equations did not survive in our copy; steps 3's operators are the
-    standard DE ones its text describes ("randomly selecting two different individuals ...
-    vector difference scaling", crossover with ``CR`` and ``j_rand``, greedy selection).
+    **The scheme** (steps 1-2 are the paper's decrease group, 3 its DE; the order of 2 and 3 is
+    ours, see deviations):
 
-    Success:
+    1. **Initiate** — ``init_tries`` random perturbations of *every* pixel, each gene
+       ``x_L + rand(0, 1) (x_U − x_L)`` (the paper's initiation), evaluated in one batch; the
+       strongest that succeeds is the first solution. If none does, the attack stops with
+       ``success=False`` (and no L0: a failure is never counted as 0 pixels).
+    2. **Decrease group (random search)** — ``population`` random subsets of S, each dropping
+       a fraction ``rate`` of it (at least one pixel), keep their pixels' values and are
+       evaluated in one batch; the best that still succeeds becomes the solution (L0 never
+       increases: each solution is a subset of the previous one). When none succeeds, ``rate``
+       halves, down to removing single pixels (then every single-pixel removal is tried when
+       the population covers them).
+    3. **Differential evolution on the values** of S, when no single pixel can be removed.
+       Population: the current values plus ``population − 1`` random individuals (initiation
+       above), evaluated once. Then ``de_generations`` generations of DE/rand/1/bin:
 
-    * classifiers (output ``B K``): with a sigmoid/binary output, the decision for class ``c``
-      (default: the clean top class) crosses ``threshold`` (0.5: the paper's "positive class
-      below 0.5"); with a softmax over K > 2 classes, the top class changes. Fitness is the
-      margin past the decision boundary.
-    * segmentation (``B K *spatial``): hard Dice between the adversarial and the reference
-      foreground (labels if given, else the clean prediction; ``region`` restricts it to class
-      indices) falls below ``threshold``. Fitness is ``threshold − Dice`` (soft Dice breaks ties).
+       * mutation ``u_i = v_r1 + F (v_r2 − v_r3)`` with r1, r2, r3 distinct and ≠ i (drawn
+         uniformly), clipped to ``[x_L, x_U]`` gene by gene;
+       * binomial crossover: the trial takes gene j (a pixel, all its channels) from ``u_i``
+         when ``rand_j < CR`` or ``j = j_rand`` (one forced gene), else from ``v_i``;
+       * strict greedy selection: the trial replaces its parent only if its fitness is
+         **greater** (``>``), as the paper states ("if the fitness of the newly generated
+         offspring is greater than that of the parent").
 
-    Arguments: ``eps=0.1`` (noise amplitude, fraction of range), ``population=16``, ``F=0.5``,
-    ``CR=0.7``, ``max_queries=5000``, ``rate=0.5`` (initial fraction dropped per decrease step),
-    ``init_tries=8``, ``de_generations=5``, ``threshold=0.5``, ``class_index=None``,
-    ``region=None``, ``batch_size=None`` (candidates per forward pass, see below; ``1`` is the
-    naive one-candidate loop the benchmark compares with), plus ``seed``/``roi``.
+       A better successful individual becomes the solution's values; a stronger margin lets
+       the next decrease step drop pixels again. Runs on the model's device, the population
+       batched (:func:`de_generation` is one generation).
+    4. **Stop** at ``max_queries`` model evaluations, or when a single-pixel removal still fails
+       after DE (or DE did not improve): "nothing more can be removed".
+
+    **Fitness and success.** Classifiers (``B K``), sigmoid/binary output: the attacked
+    finding ``c`` (``class_index``, default the clean top class) — success when its probability
+    crosses ``threshold`` (0.5: the paper's criterion, a positive finding pushed below 0.5, or
+    a negative one above); fitness is the margin past 0.5. Softmax over K > 2 classes: the top
+    class changes; fitness the margin to the best other class. Segmentation (``B K *spatial``):
+    hard Dice of the reference foreground (labels, else the clean prediction; ``region`` picks
+    class indices) below ``threshold``; fitness ``threshold − Dice`` (soft Dice breaks ties).
+
+    **Deviations from the paper, and why.** The paper's printed equations and its pseudocode
+    (Figure S1) are not in our copy; its text describes DE/rand/1/bin ("randomly selecting two
+    different individuals ... vector difference scaling" added to a base individual, crossover
+    with CR and ``j_rand``, greedy selection), which is what is implemented. Where DE runs
+    relative to the decrease group is not stated: here DE only refines the values when pixel
+    removal is stuck, so every query of the common case goes to lowering L0. How mutants
+    outside ``[x_L, x_U]`` are handled is not stated: they are clipped (the simplest repair
+    that keeps every image valid). The paper reports 224² RGB images; pixels here are spatial
+    positions of any channel count and 2-D or 3-D.
+
+    Arguments: ``amplitude=None`` (free values; or a cap, fraction of range), ``population=16``,
+    ``F=0.5``, ``CR=0.7``, ``max_queries=5000``, ``rate=0.5``, ``init_tries=8``,
+    ``de_generations=5``, ``threshold=0.5``, ``class_index=None``, ``region=None``,
+    ``batch_size=None`` (candidates per forward pass, see below; ``1`` is the naive
+    one-candidate loop the benchmark compares with), plus ``seed``/``roi``.
 
     Batching: candidates are stacked and evaluated together. On a GPU the whole population goes
     in one forward pass. On a CPU a forward carries at most ``CPU_VOXELS_PER_FORWARD`` input
-    voxels (the population of 16 at 512², 3 volumes of 4 x 64 x 80 x 64) to bound memory. On 2
-    idle CPU cores, 600 queries on the demo classifier (512² radiograph) took 7.0 s one candidate
-    per forward, 4.3-5.6 s two per forward and 3.6-4.8 s sixteen per forward; for a tiny CNN at
-    224² batching is slower (see ``benchmarks/bench_engine.py``), so the gain on CPU depends on
-    the model. Results do not depend on the batch size (tested).
+    voxels (the population of 16 at 512², 3 volumes of 4 x 64 x 80 x 64) to bound memory.
+    Results do not depend on the batch size (tested).
 
-    The result's ``extra`` has ``l0`` per sample and ``l0_history``; the step history has
-    ``l0``, ``fitness``, ``queries`` and ``phase`` per generation.
+    ``result.success`` per sample; ``result.extra``: ``l0`` (pixels changed, ``None`` for a
+    failure), ``n_pixels``, ``attacked_class``, ``l0_history``. The step history has, per
+    accepted solution, ``iteration`` (generations so far: one per decrease attempt or DE
+    generation), ``queries``, ``l0``, ``probability`` (the attacked class's probability; Dice
+    for segmentation), ``fitness`` and ``phase`` — the paper's Fig. 3 and Fig. 4.
 
     Example::
 
-        >>> atk = DGDE(classifier, eps=0.1, max_queries=2000, seed=0, activation="sigmoid")
+        >>> atk = DGDE(classifier, max_queries=2000, seed=0, activation="sigmoid")
         >>> x_adv = atk(image)
         >>> atk.last_result.extra["l0"]
     """
 
     name = "dgde"
     label = "DGDE (black-box)"
-    description = "Black-box minimal-pixel attack: random start, random subset search and differential evolution."
+    description = "Black-box minimal-pixel (L0) attack: random start, random subset search and differential evolution."
     gradient_free = True
     params = (
-        Param("eps", float, 0.1, "noise amplitude, fraction of the intensity range", 0.0, 1.0),
+        Param("amplitude", float, None, "optional cap on each changed pixel's change, fraction of the range "
+                                        "(default: none, values free in the valid range as in the paper)", 0.0, 1.0),
         Param("population", int, 16, "DE population / candidates per generation", 4, 4096),
         Param("F", float, 0.5, "DE mutation scale factor", 0.0, 2.0),
         Param("CR", float, 0.7, "DE crossover probability", 0.0, 1.0),
@@ -88,11 +116,15 @@ class DGDE(Attack):
         Param("class_index", int, None, "classifier: class whose decision to flip (default: top class)", 0, 10**6),
     )
 
-    def __init__(self, model, eps: float = 0.1, *, population: int = 16, F: float = 0.5, CR: float = 0.7,
-                 max_queries: int = 5000, rate: float = 0.5, init_tries: int = 8, de_generations: int = 5,
-                 threshold: float = 0.5, class_index: int | None = None, region=None,
+    def __init__(self, model, amplitude: float | None = None, *, population: int = 16, F: float = 0.5,
+                 CR: float = 0.7, max_queries: int = 5000, rate: float = 0.5, init_tries: int = 8,
+                 de_generations: int = 5, threshold: float = 0.5, class_index: int | None = None, region=None,
                  batch_size: int | None = None, **kwargs):
-        super().__init__(model, eps, **kwargs)
+        if amplitude is not None:
+            amplitude = _check_finite_number("amplitude", amplitude, minimum=0.0, strict=True)
+        self.amplitude = amplitude
+        # the engine's ε: the cap, or the whole range (never binding: genes stay in [lo - x, hi - x])
+        super().__init__(model, 1.0 if amplitude is None else amplitude, **kwargs)
         self.population = check_positive_int("population", population)
         if self.population < 4:
             raise ValueError(f"population must be >= 4 (DE/rand/1 needs three other individuals), got {population}")
@@ -117,37 +149,37 @@ class DGDE(Attack):
     def _steps(self, ctx: _Context):
         x = ctx.x
         b, c = x.shape[:2]
-        spatial = x.shape[2:]
-        n_pix = math.prod(spatial)
+        n_pix = math.prod(x.shape[2:])
         adv_all = x.clone()
         self._success: list[bool] = []
-        self._l0: list[int] = []
+        self._l0: list[int | None] = []
         self._l0_hist: list[list[int]] = []
+        self._classes: list[int | None] = []
         queries_total = 0
         for i in range(b):
             xi = x[i : i + 1]
             lo = ctx.range.lo[i].reshape(c, 1)
             hi = ctx.range.hi[i].reshape(c, 1)
-            eps = ctx.eps[i].reshape(c, 1)
             roi = ctx.roi[min(i, ctx.roi.shape[0] - 1), 0].flatten() if ctx.roi is not None else None
             pix = torch.nonzero(roi).flatten() if roi is not None else torch.arange(n_pix, device=x.device)
-            state = _Search(self, ctx, xi, lo, hi, eps, labels_index=i)
+            state = _Search(self, ctx, xi, lo, hi, ctx.eps[i].reshape(c, 1), labels_index=i)
             hist: list[int] = []
-            for s, values, fit, phase in state.run(pix):
-                adv_all[i : i + 1] = state.compose(s[None], values[None])
-                hist.append(int(s.numel()))
+            for sol, values, fit, score, phase in state.run(pix):
+                adv_all[i : i + 1] = state.compose(sol[None], values[None])
+                hist.append(int(sol.numel()))
                 yield AttackStep(
                     queries_total + state.queries,
                     self.max_queries * b,
                     None,
                     adv_all.clone(),
-                    {"sample": i, "l0": int(s.numel()), "fitness": float(fit),
-                     "queries": state.queries, "phase": phase},
+                    {"sample": i, "iteration": state.iteration, "queries": state.queries, "l0": int(sol.numel()),
+                     "probability": float(score), "fitness": float(fit), "phase": phase},
                 )
             queries_total += state.queries
             self._success.append(state.success)
-            self._l0.append(int(state.best_s.numel()) if state.success else 0)
+            self._l0.append(int(state.best_s.numel()) if state.success else None)  # a failure has no L0
             self._l0_hist.append(hist)
+            self._classes.append(state.attacked_class)
             if state.success:
                 adv_all[i : i + 1] = state.compose(state.best_s[None], state.best_v[None])
             else:
@@ -156,7 +188,8 @@ class DGDE(Attack):
 
     def _finish(self, ctx, adv, history):
         return {"success": self._success, "l0": self._l0, "l0_history": self._l0_hist,
-                "n_pixels": math.prod(ctx.x.shape[2:])}
+                "n_pixels": math.prod(ctx.x.shape[2:]), "attacked_class": self._classes,
+                "amplitude": self.amplitude}
 
 
 CPU_VOXELS_PER_FORWARD = 2**22
@@ -171,21 +204,56 @@ def auto_batch_size(attack: DGDE, x: torch.Tensor) -> int:
     return max(1, min(attack.population, CPU_VOXELS_PER_FORWARD // max(1, x[0].numel())))
 
 
+def draw_partners(n: int, rng: torch.Generator | None, device=None) -> torch.Tensor:
+    """``n × 3`` indices r1, r2, r3 per individual i: distinct, all ≠ i, uniform (a random
+    permutation of the n − 1 others, shifted past i — no rejection loop)."""
+    r = torch.rand(n, n - 1, generator=rng, device=device).argsort(1)[:, :3]
+    return r + (r >= torch.arange(n, device=device)[:, None]).long()
+
+
+def de_generation(pop, fit, ok, lb, ub, F: float, CR: float, rng, evaluate):
+    """One DE/rand/1/bin generation with strict greedy selection (see :class:`DGDE`).
+
+    ``pop``: ``n × L × C`` values of the L pixels of the solution; ``fit``/``ok``: ``n`` fitness
+    and success; ``lb``/``ub``: ``L × C`` gene bounds; ``evaluate(trial) -> (fitness, success)``.
+    Draws, in this order from ``rng``: the partners (:func:`draw_partners`), the crossover
+    uniforms ``n × L`` and ``j_rand`` (``n``). Returns the new ``(pop, fit, ok)``.
+    """
+    n, size = pop.shape[:2]
+    r = draw_partners(n, rng, pop.device)
+    mutant = pop[r[:, 0]] + F * (pop[r[:, 1]] - pop[r[:, 2]])
+    mutant = torch.maximum(torch.minimum(mutant, ub), lb)
+    cross = torch.rand(n, size, generator=rng, device=pop.device) < CR
+    j_rand = torch.randint(size, (n,), generator=rng, device=pop.device)
+    cross[torch.arange(n), j_rand] = True
+    trial = torch.where(cross[..., None], mutant, pop)
+    f_trial, s_trial = evaluate(trial)
+    better = f_trial > fit  # strict: a tie keeps the parent
+    return (torch.where(better[:, None, None], trial, pop), torch.where(better, f_trial, fit),
+            torch.where(better, s_trial, ok))
+
+
 class _Search:
     """State of DGDE on one image: solution (pixel indices, values), population, budget."""
 
-    def __init__(self, attack: DGDE, ctx: _Context, x, lo, hi, eps, labels_index: int):
+    def __init__(self, attack: DGDE, ctx: _Context, x, lo, hi, cap, labels_index: int):
         self.a = attack
         self.ctx = ctx
         self.x = x  # 1 C *spatial
         self.flat = x.reshape(x.shape[1], -1)  # C P
-        self.lo, self.hi, self.eps = lo, hi, eps  # C 1
+        self.lo, self.hi = lo, hi  # C 1
+        # gene bounds per pixel and channel, P C: the valid range (∩ the optional amplitude cap)
+        self.lb = torch.maximum(lo - self.flat, -cap).T.contiguous()
+        self.ub = torch.minimum(hi - self.flat, cap).T.contiguous()
         self.rng = ctx.rng
         self.queries = 0
+        self.iteration = 0
         self.success = False
         self.best_s = torch.zeros(0, dtype=torch.long, device=x.device)
         self.best_v = torch.zeros(0, x.shape[1], device=x.device)
         self.best_f = -math.inf
+        self.best_score = math.nan
+        self.attacked_class: int | None = None
         self._labels_index = labels_index
         self._criterion = None
         self.batch_size = auto_batch_size(attack, x)
@@ -201,18 +269,20 @@ class _Search:
         return flat.reshape(n, *self.x.shape[1:])
 
     @torch.no_grad()
-    def evaluate(self, sets, values) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fitness and success of ``n`` candidates, ``batch_size`` per forward pass."""
-        fits, succ = [], []
+    def evaluate(self, sets, values) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fitness, success and score (attacked-class probability / Dice) of ``n`` candidates,
+        ``batch_size`` per forward pass."""
+        fits, succ, scores = [], [], []
         bs = self.batch_size
         for start in range(0, sets.shape[0], bs):
             imgs = self.compose(sets[start : start + bs], values[start : start + bs])
             out = self.ctx.forward(imgs)
             self.queries += imgs.shape[0]
-            f, s = self._criterion(out)
+            f, s, sc = self._criterion(out)
             fits.append(f)
             succ.append(s)
-        return torch.cat(fits), torch.cat(succ)
+            scores.append(sc)
+        return torch.cat(fits), torch.cat(succ), torch.cat(scores)
 
     def _setup_criterion(self):
         with torch.no_grad():
@@ -220,15 +290,17 @@ class _Search:
         self.queries += 1
         labels = self.ctx._labels
         ref = None if labels is None else labels[self._labels_index : self._labels_index + 1]
-        self._criterion = _make_criterion(self.a, out0, ref)
+        self._criterion, self.attacked_class = _make_criterion(self.a, out0, ref)
 
     # -- the algorithm ---------------------------------------------------------------------------
     def _budget_left(self) -> int:
         return self.a.max_queries - self.queries
 
-    def _uniform(self, *shape) -> torch.Tensor:
-        u = torch.rand(*shape, self.x.shape[1], generator=self.rng, device=self.x.device)
-        return (2 * u - 1) * self.eps[:, 0]
+    def _random_values(self, n: int, pixels: torch.Tensor) -> torch.Tensor:
+        """``n`` individuals on ``pixels``: each gene ``x_L + rand(0, 1) (x_U − x_L)``, ``n L C``."""
+        lb, ub = self.lb[pixels], self.ub[pixels]
+        u = torch.rand(n, *lb.shape, generator=self.rng, device=self.x.device)
+        return lb + u * (ub - lb)
 
     def run(self, pixels: torch.Tensor):
         self._setup_criterion()
@@ -236,14 +308,15 @@ class _Search:
         if n_init < 1:
             return
         sets = pixels.unsqueeze(0).expand(n_init, -1)
-        values = self._uniform(n_init, pixels.numel())
-        f, s = self.evaluate(sets, values)
+        values = self._random_values(n_init, pixels)
+        f, s, sc = self.evaluate(sets, values)
         if not bool(s.any()):
-            yield pixels[:0], values[0, :0], float(f.max()), "start-failed"
+            k = int(f.argmax())
+            yield pixels[:0], values[0, :0], float(f[k]), float(sc[k]), "start-failed"
             return
         k = int(torch.where(s, f, torch.full_like(f, -math.inf)).argmax())
-        self._accept(pixels, values[k], float(f[k]))
-        yield self.best_s, self.best_v, self.best_f, "start"
+        self._accept(pixels, values[k], float(f[k]), float(sc[k]))
+        yield self.best_s, self.best_v, self.best_f, self.best_score, "start"
         rate = self.a.rate
         while self._budget_left() > 0 and self.best_s.numel() > 1:
             size = self.best_s.numel()
@@ -262,13 +335,14 @@ class _Search:
             if not improved:
                 break
 
-    def _accept(self, s, v, f):
-        self.best_s, self.best_v, self.best_f, self.success = s, v, f, True
+    def _accept(self, s, v, f, score):
+        self.best_s, self.best_v, self.best_f, self.best_score, self.success = s, v, f, score, True
 
     def _decrease(self, keep: int):
         n = min(self.a.population, self._budget_left())
         if n < 1:
             return False
+        self.iteration += 1
         size = self.best_s.numel()
         if size - keep == 1 and size <= n:
             # exhaustive single-pixel removals: decides "nothing more can be removed" exactly
@@ -279,85 +353,82 @@ class _Search:
             order = order.sort(1).values
         sets = self.best_s[order]
         values = self.best_v[order]
-        f, s = self.evaluate(sets, values)
+        f, s, sc = self.evaluate(sets, values)
         if not bool(s.any()):
             return False
         k = int(torch.where(s, f, torch.full_like(f, -math.inf)).argmax())
-        self._accept(sets[k], values[k], float(f[k]))
-        yield self.best_s, self.best_v, self.best_f, "decrease"
+        self._accept(sets[k], values[k], float(f[k]), float(sc[k]))
+        yield self.best_s, self.best_v, self.best_f, self.best_score, "decrease"
         return True
 
     def _evolve(self):
         """DE/rand/1/bin on the values of the current pixel set; True if the best improved."""
         np_ = self.a.population
-        size = self.best_s.numel()
-        sets = self.best_s.unsqueeze(0).expand(np_, -1)
-        pop = self._uniform(np_, size)
-        pop[0] = self.best_v
         if self._budget_left() < np_ - 1:
             return False
+        self.iteration += 1
+        sets = self.best_s.unsqueeze(0).expand(np_, -1)
+        lb, ub = self.lb[self.best_s], self.ub[self.best_s]
+        pop = self._random_values(np_, self.best_s)
+        pop[0] = self.best_v
         fit = torch.empty(np_, device=pop.device)
         ok = torch.empty(np_, dtype=torch.bool, device=pop.device)
-        fit[0], ok[0] = self.best_f, True
-        fit[1:], ok[1:] = self.evaluate(sets[1:], pop[1:])
+        score = torch.empty(np_, device=pop.device)
+        fit[0], ok[0], score[0] = self.best_f, True, self.best_score
+        fit[1:], ok[1:], score[1:] = self.evaluate(sets[1:], pop[1:])
         start_best = self.best_f
-        gen_device = pop.device
+        scores = {"last": score}
+
+        def evaluate(trial):
+            f, s, sc = self.evaluate(sets, trial)
+            scores["trial"] = sc
+            return f, s
+
         for _ in range(self.a.de_generations):
             if self._budget_left() < np_:
                 break
-            # three distinct partners, all different from i (rejection-free: shifted permutation)
-            r = torch.rand(np_, np_ - 1, generator=self.rng, device=gen_device).argsort(1)[:, :3]
-            r = r + (r >= torch.arange(np_, device=gen_device)[:, None]).long()
-            mutant = pop[r[:, 0]] + self.a.F * (pop[r[:, 1]] - pop[r[:, 2]])
-            mutant = torch.maximum(torch.minimum(mutant, self.eps[:, 0]), -self.eps[:, 0])
-            cross = torch.rand(np_, size, generator=self.rng, device=gen_device) < self.a.CR
-            j_rand = torch.randint(size, (np_,), generator=self.rng, device=gen_device)
-            cross[torch.arange(np_), j_rand] = True
-            trial = torch.where(cross[..., None], mutant, pop)
-            f_trial, s_trial = self.evaluate(sets, trial)
-            better = f_trial >= fit
-            pop = torch.where(better[:, None, None], trial, pop)
-            fit = torch.where(better, f_trial, fit)
-            ok = torch.where(better, s_trial, ok)
+            self.iteration += 1
+            new_pop, new_fit, new_ok = de_generation(pop, fit, ok, lb, ub, self.a.F, self.a.CR, self.rng, evaluate)
+            score = torch.where(new_fit > fit, scores["trial"], score)
+            pop, fit, ok = new_pop, new_fit, new_ok
             k = int(torch.where(ok, fit, torch.full_like(fit, -math.inf)).argmax())
             if bool(ok[k]) and float(fit[k]) > self.best_f:
-                self._accept(self.best_s, pop[k].clone(), float(fit[k]))
-                yield self.best_s, self.best_v, self.best_f, "evolve"
+                self._accept(self.best_s, pop[k].clone(), float(fit[k]), float(score[k]))
+                yield self.best_s, self.best_v, self.best_f, self.best_score, "evolve"
         return self.best_f > start_best
 
 
 def _make_criterion(attack: DGDE, out0: torch.Tensor, ref):
-    """Return ``f(outputs) -> (fitness, success)``; success ⇔ fitness > 0."""
+    """Return ``(f, attacked class)`` with ``f(outputs) -> (fitness, success, score)``; success ⇔
+    fitness > 0; score: the attacked class's probability (classifiers) or the hard Dice
+    (segmentation, attacked class None)."""
     thr = attack.threshold
     act = attack.activation
     if out0.ndim == 2:  # classifier
         k = out0.shape[1]
         sigmoid = act == "sigmoid" or (act == "auto" and k == 1)
         probs0 = _probs(out0, "sigmoid" if sigmoid else act)
-        if sigmoid:
-            c = attack.class_index if attack.class_index is not None else int(probs0[0].argmax())
-            if c >= k:
-                raise ValueError(f"class_index {c} is not one of the model's classes 0..{k - 1}")
-            positive = bool(probs0[0, c] >= thr)
-
-            def crit(out):
-                p = _probs(out, "sigmoid" if sigmoid else act)[:, c]
-                margin = (thr - p) if positive else (p - thr)
-                return margin, margin > 0
-
-            return crit
         c = attack.class_index if attack.class_index is not None else int(probs0[0].argmax())
         if c >= k:
             raise ValueError(f"class_index {c} is not one of the model's classes 0..{k - 1}")
+        if sigmoid:
+            positive = bool(probs0[0, c] >= thr)
+
+            def crit(out):
+                p = _probs(out, "sigmoid")[:, c]
+                margin = (thr - p) if positive else (p - thr)
+                return margin, margin > 0, p
+
+            return crit, c
 
         def crit(out):
             p = _probs(out, act)
             others = p.clone()
             others[:, c] = -math.inf
             margin = others.max(1).values - p[:, c]
-            return margin, margin > 0
+            return margin, margin > 0, p[:, c]
 
-        return crit
+        return crit, c
     # segmentation
     ref_idx = out0.argmax(1) if ref is None else (ref[:, 0] if ref.ndim == out0.ndim else ref).long()
     region = attack.region
@@ -379,9 +450,9 @@ def _make_criterion(attack: DGDE, out0: torch.Tensor, ref):
         soft_fg = 1 - probs[:, 0] if region_t is None else probs[:, region_t].sum(1)
         soft = 2 * (soft_fg * fg).sum(dims) / (soft_fg.sum(dims) + fg.sum(dims) + 1e-6)
         fitness = (thr - dice) + 1e-3 * (1 - soft)
-        return fitness, dice < thr
+        return fitness, dice < thr, dice
 
-    return crit
+    return crit, None
 
 
 def _probs(out: torch.Tensor, activation: str) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, AttackStep, Param, _Context, eval_mode, model_device
+from .base import Attack, AttackStep, Param, _Context, eval_mode, loss_param, model_device
 
 
 class FGSM(Attack):
@@ -108,4 +108,5 @@ class FGSM(Attack):
 
     params = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
+        loss_param(),
     )

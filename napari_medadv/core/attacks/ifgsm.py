@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Attack, AttackStep, Param, _Context, _check_finite_number, check_positive_int
+from .base import Attack, AttackStep, Param, _Context, _check_finite_number, check_positive_int, loss_param
 
 
 class IFGSM(Attack):
@@ -28,6 +28,7 @@ class IFGSM(Attack):
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
         Param("steps", int, 10, "number of iterations N", 1, 10000),
         Param("alpha", float, None, "step size α (fraction of range); default ε/N", 0.0, 1.0),
+        loss_param(),
     )
     _direction = 1.0  # +1: ascend the loss (untargeted); -1: descend towards a target
     warm_start = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Attack, AttackStep, Param, _Context, _check_finite_number, check_positive_int
+from .base import Attack, AttackStep, Param, _Context, _check_finite_number, check_positive_int, loss_param
 
 
 class PGD(Attack):
@@ -41,6 +41,7 @@ class PGD(Attack):
         Param("alpha", float, None, "step size α (fraction of range); default 2.5·ε/steps", 0.0, 1.0),
         Param("restarts", int, 1, "random restarts; the strongest per sample is kept", 1, 100),
         Param("random_start", bool, True, "start from a uniform random point in the ε-ball"),
+        loss_param(),
     )
 
     def __init__(self, model, eps: float = 0.05, steps: int = 10, alpha: float | None = None,
@@ -101,31 +102,58 @@ class RiskPGD(PGD):
     For each input, the target is ``C(ŷ*)``: the row of the normalised *inverse label
     co-occurrence matrix* C (see :func:`napari_medadv.core.metrics.inverse_cooccurrence`) for
     the clean prediction's most probable label ŷ*, a real-valued vector of labels that rarely
-    occur with ŷ*. Targeted PGD then descends ``loss(M(x), C(ŷ*))`` (BCE by default; the paper
-    also uses MSE): ``x^{t+1} = Π(x^t − α sgn(∇ L(θ, x, C(ŷ*))))``, and
-    ``RISK = M(x*) · C(ŷ*)`` (:func:`napari_medadv.core.metrics.risk`).
+    occur with ŷ*. Targeted PGD then descends ``loss(M(x), C(ŷ*))`` from the clean image, as the
+    paper writes it: ``x^0 = x``; ``x^{t+1} = Π(x^t − α sgn(∇ L(θ, x, C(ŷ*))))`` (no random
+    start by default; ``random_start=True`` gives Madry's start instead). The loss is BCE by
+    default; the paper also uses MSE and the ordinal loss OL (``loss="ol"``). RISK is
+    ``M(x*) · C(ŷ*)`` with ``M(x*)`` the *logits* as the paper states; metrics.json and
+    studies give it from the probabilities too, labelled
+    (:func:`napari_medadv.core.metrics.risk`).
 
-    Arguments: ``cooccurrence`` — the inverse co-occurrence matrix ``M × M`` (array, or a path
-    to a ``.npy``/``.csv`` file); the rest as :class:`PGD` (the paper: ε ∈ {0.5 … 8}/255,
-    25 steps). One extra forward pass finds ŷ* on the clean image.
+    Where C comes from (one of, ``cooccurrence`` winning when both are given):
+
+    * ``cooccurrence`` — the matrix ``M × M`` (array, or a ``.npy``/``.csv`` file);
+    * ``cooccurrence_from`` — a labels CSV (``file,<class>,...``, 0/1 rows), e.g. the
+      *training* labels as in the paper; its class columns in order (the pipeline and the CLI
+      pick them by the model's class names).
+
+    ``result.extra`` holds ``risk_target`` (each sample's ``C(ŷ*)``) and ``cooccurrence_source``.
+    The rest as :class:`PGD` (the paper: ε ∈ {0.5 … 8}/255, 25 steps). One extra forward pass
+    finds ŷ* on the clean image.
     """
 
     name = "pgd-risk"
     label = "PGD (risk-targeted)"
     description = "Ghamizi's risk-targeted PGD: targets labels that rarely co-occur with the prediction."
     targeted = "no"  # the target is derived from the model, not given
-    params = PGD.params + (
+    params = tuple(loss_param("bce") if p.name == "loss" else p if p.name != "random_start" else
+                   Param("random_start", bool, False, "start from a uniform random point in the ε-ball "
+                                                      "(the paper starts from x)") for p in PGD.params) + (
         Param("cooccurrence", str, None, "inverse co-occurrence matrix (.npy/.csv, M×M)"),
+        Param("cooccurrence_from", str, None, "labels CSV (file,<class>,...) the matrix is built from, "
+                                              "e.g. the training labels"),
     )
 
     def __init__(self, model, eps: float = 0.05, steps: int = 25, alpha: float | None = None,
-                 random_start: bool = True, restarts: int = 1, cooccurrence=None, **kwargs):
+                 random_start: bool = False, restarts: int = 1, cooccurrence=None,
+                 cooccurrence_from=None, **kwargs):
         kwargs.setdefault("loss", "bce")
         super().__init__(model, eps, steps, alpha, random_start, restarts, **kwargs)
-        if cooccurrence is None:
-            raise ValueError("pgd-risk needs the inverse co-occurrence matrix (cooccurrence=...)")
+        if cooccurrence is None and cooccurrence_from is None:
+            raise ValueError("pgd-risk needs the inverse co-occurrence matrix (cooccurrence=...) "
+                             "or a labels CSV to build it from (cooccurrence_from=...)")
         self.cooccurrence = cooccurrence
-        self._matrix = _load_matrix(cooccurrence)
+        self.cooccurrence_from = cooccurrence_from
+        if cooccurrence is not None:
+            self._matrix = _load_matrix(cooccurrence)
+            given = isinstance(cooccurrence, (str, bytes)) or hasattr(cooccurrence, "__fspath__")
+            self.cooccurrence_source = (f"labels CSV {cooccurrence_from}" if cooccurrence_from is not None
+                                        else f"matrix file {cooccurrence}" if given else "matrix given")
+        else:
+            from ..cooccurrence import inverse_cooccurrence_from_csv  # deferred: file reading
+
+            self._matrix = inverse_cooccurrence_from_csv(cooccurrence_from)
+            self.cooccurrence_source = f"labels CSV {cooccurrence_from}"
 
     def _is_targeted(self, ctx: _Context) -> bool:
         return True
@@ -136,17 +164,24 @@ class RiskPGD(PGD):
         ctx.clean_output = clean
         if clean.ndim != 2:
             raise ValueError("pgd-risk applies to (multi-label) classifiers with outputs B × M")
-        m = clean.shape[1]
-        if self._matrix.shape != (m, m):
-            raise ValueError(f"cooccurrence matrix is {self._matrix.shape} but the model has {m} labels")
-        rows = torch.as_tensor(self._matrix, dtype=clean.dtype, device=clean.device)[clean.argmax(1)]
-        ctx._ref = rows
+        ctx._ref = risk_targets(self._matrix, clean)
         return (yield from super()._steps(ctx))
 
     def _finish(self, ctx: _Context, adv, history):
         extra = super()._finish(ctx, adv, history)
         extra["risk_target"] = ctx._ref.detach().cpu().tolist()
+        extra["cooccurrence_source"] = self.cooccurrence_source
         return extra
+
+
+def risk_targets(matrix, clean_output: torch.Tensor) -> torch.Tensor:
+    """``C(ŷ*)`` per sample: the row of the inverse co-occurrence matrix for each clean output's
+    arg-max label (``B × M``, on the output's device and dtype)."""
+    m = clean_output.shape[1]
+    mat = torch.as_tensor(np.asarray(matrix), dtype=clean_output.dtype, device=clean_output.device)
+    if tuple(mat.shape) != (m, m):
+        raise ValueError(f"cooccurrence matrix is {tuple(mat.shape)} but the model has {m} labels")
+    return mat[clean_output.argmax(1)]
 
 
 def _load_matrix(spec) -> np.ndarray:

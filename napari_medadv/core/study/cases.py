@@ -139,10 +139,12 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
                                  **_evaluate(models[tgt], out, out, labels, case, extra)})
                 continue
             params = gp.params_dict
-            if gp.attack == "pgd-risk" and params.get("cooccurrence") is None:
-                if extra.get("inverse_cooccurrence") is None:
+            if gp.attack == "pgd-risk" and params.get("cooccurrence") is None \
+                    and params.get("cooccurrence_from") is None:
+                inv = model_cooccurrence(m, extra)
+                if inv is None:
                     raise MedadvError("pgd-risk needs a labels CSV to build the inverse co-occurrence matrix")
-                params["cooccurrence"] = np.asarray(extra["inverse_cooccurrence"])
+                params["cooccurrence"] = inv
             iterative = any(p.name == "steps" for p in ATTACKS[gp.attack].params)
             track = cfg.track_iterations and iterative and not ATTACKS[gp.attack].gradient_free
             seed = case_seed(cfg.seed, case.case_id, src, gp.seed_key)
@@ -155,7 +157,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
                     params["track_metrics"] = True
                 adv, clean_out, adv_out, result, seconds = _attack(image, m, gp.attack, params, labels, cfg.roi,
                                                                      seed, clean_output(src))
-            quality = _quality(image.array, adv)
+            quality = {**_quality(image.array, adv), **l0_fields(result)}
             for tgt in targets:
                 tm = models[tgt]
                 if tgt == src:
@@ -167,13 +169,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
                     tlabels = _case_labels(case, image, tm, extra)
                 rows.append({**base, "target": tgt, "seed": seed, "seconds": round(seconds, 3), **quality,
                              **_evaluate(tm, t_clean, t_adv, tlabels, case, extra)})
-            # the engine records each step's metrics at the iterate *before* its update, plus the final
-            # iterate: entry i is the image after i updates (0 = the clean image or random start)
-            for i, h in enumerate(result.history):
-                history.append({"case": case.case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
-                                "attack_label": gp.label, "eps": gp.eps, "steps": gp.steps,
-                                "step": i, "loss": _f(h.get("loss")),
-                                "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))})
+            history.extend(history_rows(case.case_id, src, gp, result.history))
     return {"case": case.case_id, "path": case.path, "rows": rows, "history": history,
             "seconds": round(time.perf_counter() - t_case, 2), "worker": where_am_i(),
             "models_loaded": sum(new for _, new in loaded.values())}
@@ -231,6 +227,39 @@ def _matched_attack(image, model, gp: GridPoint, params: dict, labels, roi_mode:
     return adv, clean_out, adv_out, SimpleNamespace(history=[]), seconds, matched
 
 
+def history_rows(case_id: str, src: str, gp: GridPoint, steps: list[dict]) -> list[dict]:
+    """The per-iteration rows of one attack run (``history.csv``).
+
+    The engine records each step's metrics at the iterate *before* its update, plus the final
+    iterate: entry i is the image after i updates (0 = the clean image or random start). DGDE
+    records its accepted solutions instead: step = its iteration, with L0, the attacked class's
+    probability and the queries so far (a failed start has no L0)."""
+    rows = []
+    for i, h in enumerate(steps):
+        rec = {"case": case_id, "source": src, "grid_key": gp.key, "attack": gp.attack,
+               "attack_label": gp.label, "eps": gp.eps, "steps": gp.steps,
+               "step": int(h.get("iteration", i)), "loss": _f(h.get("loss")),
+               "psnr": _f(h.get("psnr")), "dice_fg": _f(h.get("dice"))}
+        if "l0" in h:
+            ok = h.get("phase") != "start-failed"
+            rec.update(l0=float(h["l0"]) if ok else math.nan, probability=_f(h.get("probability")),
+                       queries=_f(h.get("queries")), phase=h.get("phase"))
+        rows.append(rec)
+    return rows
+
+
+def l0_fields(result) -> dict:
+    """Per-case fields of an L0 attack (DGDE): ``success`` (the paper's criterion), ``l0_pixels``
+    (NaN for a failure: it is never counted as 0 pixels) and ``n_pixels``; ``{}`` for others."""
+    extra = getattr(result, "extra", None) or {}
+    if "l0" not in extra:
+        return {}
+    ok = bool((result.success or [False])[0])
+    l0 = extra["l0"][0]
+    return {"success": ok, "l0_pixels": float(l0) if ok and l0 is not None else math.nan,
+            "n_pixels": int(extra.get("n_pixels", 0))}
+
+
 def _f(v) -> float:
     return math.nan if v is None else float(v)
 
@@ -246,6 +275,24 @@ def _case_labels(case: Case, image, model, extra: dict):
     if missing:
         raise MedadvError(f"the labels CSV has no column for the model's class(es) {', '.join(missing)}")
     return [case.labels[names.index(n)] for n in model_names]
+
+
+def model_cooccurrence(model, extra: dict):
+    """The study's inverse co-occurrence matrix (dataset class order) in the model's class order,
+    or None without one."""
+    inv = extra.get("inverse_cooccurrence")
+    if inv is None:
+        return None
+    inv = np.asarray(inv, dtype=np.float64)
+    names = extra.get("class_names") or []
+    model_names = model.info.class_names or names
+    if not names or list(model_names) == list(names):  # no names: already in the model's order
+        return inv
+    missing = [n for n in model_names if n not in names]
+    if missing:
+        raise MedadvError(f"the co-occurrence labels have no column for the model's class(es) {', '.join(missing)}")
+    idx = [names.index(n) for n in model_names]
+    return inv[np.ix_(idx, idx)]
 
 
 def _quality(clean: np.ndarray, adv: np.ndarray) -> dict:
@@ -284,8 +331,13 @@ def _evaluate(model, clean_out, adv_out, labels, case: Case, extra: dict) -> dic
     out["mse"] = float(np.mean((pa - pc) ** 2))
     q = np.clip(pa, eps_, 1 - eps_)
     out["bce"] = float(np.mean(-(pc * np.log(q) + (1 - pc) * np.log(1 - q))))
-    inv = extra.get("inverse_cooccurrence")
-    out["risk"] = float(M.risk(pa[None], pc[None], np.asarray(inv))) if inv is not None else math.nan
+    inv = model_cooccurrence(model, extra)
+    if inv is not None:  # RISK from the logits (the paper), and from the probabilities (labelled risk_prob)
+        za = M.logits_of(adv_out[0].detach().cpu().numpy(), model.info.output)
+        out["risk"] = float(M.risk(za[None], pc[None], inv))
+        out["risk_prob"] = float(M.risk(pa[None], pc[None], inv))
+    else:
+        out["risk"] = out["risk_prob"] = math.nan
     out["top1_changed"] = bool(np.argmax(pc) != np.argmax(pa))
     for i, n in enumerate(names):
         out[f"p_clean_{n}"] = float(pc[i])

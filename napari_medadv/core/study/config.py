@@ -24,6 +24,7 @@ class StudyConfig:
     models: list[str]
     grid: list[dict]
     labels_csv: str | None = None
+    cooccurrence_from: str | None = None  # training labels CSV for pgd-risk/RISK (default: the evaluated set)
     transfer: bool = False
     seed: int = 0
     roi: str = "auto"  # "auto" (non-zero support of skull-stripped images) | "none"

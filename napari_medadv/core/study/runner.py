@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import metrics as M
+from ..cooccurrence import inverse_cooccurrence_from_csv
 from ..errors import MedadvError
 from ..files import package_versions, write_json
 from . import store
@@ -85,10 +86,17 @@ class Study:
         """Dataset-wide inputs of every case: class names and the inverse co-occurrence matrix."""
         if self._extra is None:
             ds = self.dataset()
-            y = ds.label_matrix()
-            inv = None if y is None else M.inverse_cooccurrence(y)
+            src = self.config.cooccurrence_from
+            if src:  # the paper's setting: co-occurrences of the training labels
+                inv = inverse_cooccurrence_from_csv(src, ds.class_names)
+                note = f"training labels {src}"
+            else:
+                y = ds.label_matrix()
+                inv = None if y is None else M.inverse_cooccurrence(y)
+                note = None if y is None else "the evaluated set's labels (no training labels CSV given)"
             self._extra = {"class_names": ds.class_names,
-                           "inverse_cooccurrence": None if inv is None else inv.tolist()}
+                           "inverse_cooccurrence": None if inv is None else inv.tolist(),
+                           "cooccurrence_source": note}
         return self._extra
 
     def model_checksums(self) -> dict:
@@ -193,7 +201,9 @@ class Study:
     def _write_meta(self, ds: Dataset, config: dict, command) -> None:
         write_json(self.out / "study.json", {"config": config, "dataset": {"kind": ds.kind, "root": ds.root,
                                                                             "n_cases": len(ds.cases), "note": ds.note,
-                                                                            "class_names": ds.class_names},
+                                                                            "class_names": ds.class_names,
+                                                                            "cooccurrence_source":
+                                                                                self.extra().get("cooccurrence_source")},
                                              "models": self.model_checksums(), "grid": [gp.key for gp in self.config.points()],
                                              "versions": package_versions(extra=("dask", "distributed", "dask_jobqueue",
                                                                                  "pandas", "matplotlib")),

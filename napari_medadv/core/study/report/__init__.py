@@ -10,12 +10,16 @@ atomically, temp name + rename):
   PSNR/SSIM/RMSE of the input, Wilcoxon vs no attack (Bonferroni, stars);
 * ``model_comparison.csv`` — Liu Table 2 style: each model vs the baseline model, same attack;
 * ``summary_classification.csv`` — Ghamizi Table 5 style: top-1/top-3 k-robust accuracy, AUC,
-  MSE/BCE (vs the clean prediction), RISK, success rate;
+  MSE/BCE (vs the clean prediction), MLACC (per-label thresholds), RISK (logits; probabilities),
+  success rate;
+* ``summary_dgde.csv`` — DGDE 2024 Table 2: success rate and changed pixels (max, min, mean, sd,
+  median, % of the image) over the successful cases, with ``figures/dgde_l0_vs_iteration.*`` and
+  ``figures/dgde_probability_vs_iteration.*`` (its Figs. 3-4);
 * ``summary_matched_quality.csv`` — matched image quality: Dice per perturbation source
   (adversarial or natural MR artifact) × target PSNR/SSIM, the knob found, the quality reached,
   Wilcoxon vs no attack (Bonferroni, stars); ``comparison_matched_quality.csv`` — each
   adversarial source vs each other source at the same target (Wilcoxon, Bonferroni);
-* ``transfer_*.csv`` — source → target matrices (Ghamizi Table 2);
+* ``transfer_*.csv`` — source → target matrices (Ghamizi Table 2; classifiers at k = 1 and, ``*_k3.csv``, k = 3);
 * ``stats.csv`` — every test (statistic, p, adjusted p, family size);
 * ``figures/*.png|svg`` — Dice vs ε, Dice vs PSNR/SSIM at matched quality (one line per source,
   adversarial solid, natural dashed), Dice vs iterations, PSNR vs iterations, k-robust accuracy vs ε;
@@ -39,6 +43,7 @@ from .document import (
     Doc,
     classification_section,
     curves_section,
+    dgde_section,
     header_section,
     matched_section,
     model_section,
@@ -77,7 +82,9 @@ def build_report(out: str | Path) -> dict:
     if not seg.empty:
         all_tests += _segmentation_part(doc, out, seg, hist, cfg, figdir, files, links)
     if not cls.empty:
-        classification_section(doc, out, cls, meta["dataset"].get("class_names") or [], figdir, files, links)
+        classification_section(doc, out, cls, meta["dataset"].get("class_names") or [], figdir, files, links,
+                               meta["dataset"].get("cooccurrence_source"))
+    dgde_section(doc, out, df, hist, figdir, files, links)
     if all_tests:
         write_csv(pd.DataFrame(all_tests), out / "stats.csv")
         files["stats"] = str(out / "stats.csv")

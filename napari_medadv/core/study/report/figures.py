@@ -186,3 +186,41 @@ def figure_dice_vs_quality(reached, clean, metric: str, folder: Path) -> list[st
         row[0].set_ylabel("Dice vs ground truth (mean ± sd)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no line hidden
     return _save(fig, folder, f"dice_vs_{metric}")
+
+
+DGDE_CASES_SHOWN = 15  # the paper's Figs. 3-4 show 15 randomly chosen samples
+
+
+def figure_dgde_history(hist, folder: Path) -> dict[str, list[str]]:
+    """DGDE 2024, Fig. 3 (changed pixels vs iteration) and Fig. 4 (the attacked class's
+    probability vs iteration): one line per case (its accepted solutions, held between them as
+    steps; the first :data:`DGDE_CASES_SHOWN` successful cases in case order), one panel per
+    model × DGDE grid point, white box. ``{"l0": files, "probability": files}``; empty without
+    DGDE history."""
+    if hist is None or hist.empty or "l0" not in hist:
+        return {}
+    h = hist[hist["l0"].notna()]  # history rows are the source's own (white box) runs
+    if h.empty:
+        return {}
+    panels = list(dict.fromkeys(zip(h["source"], h["grid_key"])))
+    out = {}
+    for col, stem, ylabel in (("l0", "dgde_l0_vs_iteration", "changed pixels (L0)"),
+                              ("probability", "dgde_probability_vs_iteration",
+                               "probability of the attacked class")):
+        fig, axes = _figure(len(panels), width=4.6, height=3.6)
+        for ax, (src, key) in zip(axes, panels):
+            g = h[(h["source"] == src) & (h["grid_key"] == key)]
+            for case in list(dict.fromkeys(g["case"]))[:DGDE_CASES_SHOWN]:
+                c = g[g["case"] == case].sort_values("step")
+                ax.step(c["step"], c[col], where="post", lw=1.2, label=str(case))
+            if col == "probability":
+                ax.axhline(0.5, color="0.4", ls="--", lw=1)  # the paper's success threshold
+            else:
+                ax.set_yscale("log")
+            ax.set_title(f"{src} · {g.iloc[0]['attack_label']}", fontsize=9)
+            ax.set_xlabel("iteration (decrease step or DE generation)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        out[col] = _save(fig, folder, stem)
+    return out

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ... import metrics as M
 from ...attacks import ATTACKS
 from .. import stats as S
 from ..store import NO_ATTACK, REGIONS
@@ -137,11 +138,34 @@ def segmentation_summary(seg, tests: list[dict]):
     return pd.DataFrame(rows)
 
 
+def mlacc_thresholds(g, class_names: list[str]):
+    """Per-label MLACC thresholds of one model: Youden's J on its clean (no-attack) probabilities
+    against the labels of the evaluated cases (:func:`~napari_medadv.core.metrics.operating_thresholds`,
+    the calibration Cohen et al. and Ghamizi et al. use, here on the evaluated set: no training
+    predictions are at hand); None without labels or a no-attack row."""
+    names = [n for n in class_names if f"y_{n}" in g and f"p_clean_{n}" in g]
+    clean = g[g["grid_key"] == NO_ATTACK]
+    if not names or len(names) != len(class_names) or clean.empty or clean[[f"y_{n}" for n in names]].isna().any().any():
+        return None
+    return M.operating_thresholds(clean[[f"p_clean_{n}" for n in names]].to_numpy(),
+                                  clean[[f"y_{n}" for n in names]].to_numpy())
+
+
+def _mlacc(sub, class_names: list[str], thr) -> float:
+    if thr is None:
+        return math.nan
+    return M.multilabel_accuracy(sub[[f"p_adv_{n}" for n in class_names]].to_numpy(),
+                                 sub[[f"y_{n}" for n in class_names]].to_numpy(), thr)
+
+
 def classification_summary(cls, class_names: list[str]):
-    """Ghamizi Table 5: k-robust accuracy, AUC, MSE/BCE, RISK, success rate per model × grid point."""
+    """Ghamizi Table 5: k-robust accuracy (k = 1, 3), AUC, MSE/BCE, MLACC (per-label thresholds of
+    :func:`mlacc_thresholds`), RISK (from logits, and from probabilities) and the success rate per
+    model × grid point."""
     rows = []
     wb = whitebox(cls)
     for model, g in wb.groupby("target", sort=False):
+        thr = mlacc_thresholds(g, class_names)
         for k in grid_order(g):
             sub = g[g["grid_key"] == k]
             first = sub.iloc[0]
@@ -153,7 +177,9 @@ def classification_summary(cls, class_names: list[str]):
             if "k3_acc" in sub and sub["k3_acc"].notna().any():
                 row["k3_robust_accuracy"] = float(sub["k3_acc"].mean())
             row.update({"auc": float(np.mean(aucs)) if aucs else math.nan, "mse": float(sub["mse"].mean()),
-                        "bce": float(sub["bce"].mean()), "risk": float(sub["risk"].mean()),
+                        "bce": float(sub["bce"].mean()), "mlacc": _mlacc(sub, class_names, thr),
+                        "risk": float(sub["risk"].mean()),
+                        "risk_prob": float(sub["risk_prob"].mean()) if "risk_prob" in sub else math.nan,
                         "success_rate": float(sub["top1_changed"].astype(float).mean())})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -278,3 +304,30 @@ def matched_comparison_tests(reached) -> list[dict]:
                             "metric": metric, "target": target, "region": r, **_paired_test(a, b, col)})
             out.extend(_bonferroni_family(fam))
     return out
+
+
+# --------------------------------------------------------------------------- L0 attacks (DGDE)
+
+
+def dgde_summary(df):
+    """DGDE 2024, Table 2: per model × grid point (white box), the success rate (the attacked
+    finding's probability crossed 0.5) and, over the successes only (a failure has no L0), the
+    number of changed pixels — max, min, mean, sd, median — and its mean percentage of the image."""
+    if "l0_pixels" not in df:
+        return pd.DataFrame()
+    rows = []
+    wb = whitebox(df[df["l0_pixels"].notna() | df["success"].notna()])
+    for model, g in wb.groupby("target", sort=False):
+        for k in grid_order(g):
+            sub = g[g["grid_key"] == k]
+            ok = sub[sub["success"].fillna(False).astype(bool)]
+            l0 = ok["l0_pixels"].astype(float)
+            pct = 100.0 * l0 / ok["n_pixels"].astype(float)
+            m, sd, _ = S.mean_sd(l0)
+            rows.append({"model": model, "grid_key": k, "attack": sub.iloc[0]["attack_label"], "n": len(sub),
+                         "n_success": len(ok), "success_rate": len(ok) / len(sub) if len(sub) else math.nan,
+                         "l0_max": float(l0.max()) if len(ok) else math.nan,
+                         "l0_min": float(l0.min()) if len(ok) else math.nan, "l0_mean": m, "l0_sd": sd,
+                         "l0_median": float(l0.median()) if len(ok) else math.nan,
+                         "l0_percent_mean": float(pct.mean()) if len(ok) else math.nan})
+    return pd.DataFrame(rows)
