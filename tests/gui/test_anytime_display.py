@@ -79,3 +79,28 @@ def test_a_cancelled_run_puts_the_shown_frames_back(docks, qtbot, glioma_small, 
     assert viewer.layers["case flair adversarial"].metadata["medadv"] == meta
     assert aw.session.shown is shown
     assert "cancelled" in aw.status.text()
+
+
+def test_dgde_generations_are_shown_with_their_pixels(docks, qtbot, cxr_small, cxr_model):
+    viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
+    for data, kw, kind in __import__("napari_medadv._qt.layers", fromlist=["x"]).layer_data_for_image(cxr_small,
+                                                                                                      name="cxr"):
+        getattr(viewer, f"add_{kind}")(data, **kw)
+    aw.session.set_model(cxr_model)
+    aw.set_attack("dgde", max_queries=4000, population=8, init_tries=4)
+    frames = []
+
+    def on_frame(shown):
+        o = shown.outcome
+        assert o.result.extra["unit"] == "queries"
+        changed = int((o.adversarial != cxr_small.array).any(0).sum())
+        pts = viewer.layers["cxr perturbed pixels"] if "cxr perturbed pixels" in viewer.layers else None
+        frames.append((changed, 0 if pts is None else len(pts.data), rw.title.text()))
+
+    aw.session.frame.connect(on_frame)
+    _wait_job(qtbot, aw.run(), aw)
+    aw.session.frame.disconnect(on_frame)
+    assert frames, "no generation was shown while DGDE ran"
+    for changed, markers, title in frames:
+        assert markers == changed  # one marker per perturbed pixel of the shown candidate
+        assert "running: queries" in title
