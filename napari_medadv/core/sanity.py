@@ -111,8 +111,11 @@ def check_gradients(grad: torch.Tensor | np.ndarray, roi: np.ndarray | None = No
         msg = (f"possible gradient masking: {msg}; gradient attacks cannot move those voxels — check for "
                "non-differentiable steps (rounding, argmax, detached branches) or saturated outputs, and try "
                "a gradient-free (DGDE, noise) or transfer attack, or BPDA")
+    finite = g.abs().amax(0)[mask & ~nonfinite]  # per voxel, the largest |gradient| over channels
+    size = {"median_abs": float(finite.median()) if finite.numel() else None,
+            "max_abs": float(finite.max()) if finite.numel() else None}
     return CheckResult("zero_gradients", passed, share, msg,
-                       {"voxels": n, "zero": n_zero, "non_finite": n_bad, "tolerance": max_share})
+                       {"voxels": n, "zero": n_zero, "non_finite": n_bad, "tolerance": max_share, **size})
 
 
 # --------------------------------------------------------------------------- 2. black box vs white box
