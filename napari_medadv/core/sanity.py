@@ -173,7 +173,7 @@ def check_monotone(table: Mapping[float, float | Mapping[str, float]], *, what: 
     by = f"{attack} " if attack else ""
     passed = worst <= tolerance
     if passed:
-        msg = f"{by}robustness does not rise with {what} beyond {tolerance:g} over {xs}"
+        msg = f"{by}robustness does not rise with {what} over {what} {', '.join(f'{x:g}' for x in xs)} (tolerance {tolerance:g})"
     else:
         key, lo_x, hi_x, lo_v, hi_v = where
         label = f" ({key})" if key else ""
@@ -290,18 +290,17 @@ def run_sanity_checks(image: ImageData, model: LoadedModel, *, labels: np.ndarra
     ctx = live.fgsm._cache["ctx"]  # the prepared FGSM's context: same loss, reference and ROI as the attacks
     clean = live.fgsm.clean_output
     _, grad, _ = ctx.loss_and_grad(ctx.x)
-    checks = [check_gradients(grad, live.roi, max_share=max_zero_share)]
+    region = _content_region(image, model, live.roi)
+    checks = [check_gradients(grad, region, max_share=max_zero_share)]
     say("stochastic outputs")
     checks.append(check_stochastic(model, ctx.x, clean_output=clean))
-    run = _Runner(image, model, labels, live.roi, seed, clean)
+    run = _Runner(image, model, labels, region, seed, clean, say)
     tables: dict[str, dict] = {"fgsm_eps": {}, "pgd_eps": {}, "pgd_steps": {}, "noise_eps": {}}
     for e in eps:
         tables["fgsm_eps"][float(e)] = robustness_of(model, clean, live.at(float(e))[1])
     for e in pgd_eps:
-        say(f"PGD ε {e:g}, {pgd_steps} steps")
         tables["pgd_eps"][float(e)] = run("pgd", {"eps": float(e), "steps": int(pgd_steps)})
     for s in steps:
-        say(f"PGD ε {steps_eps:g}, {s} steps")
         tables["pgd_steps"][int(s)] = run("pgd", {"eps": float(steps_eps), "steps": int(s)})
     all_eps = sorted({float(e) for e in (*eps, *pgd_eps)})
     for e in all_eps:
@@ -309,10 +308,8 @@ def run_sanity_checks(image: ImageData, model: LoadedModel, *, labels: np.ndarra
     if source_model is not None:
         tables["transfer_eps"] = {}
         for e in pgd_eps:
-            say(f"PGD ε {e:g} crafted on {source_model.spec}")
             tables["transfer_eps"][float(e)] = run.transfer(source_model, {"eps": float(e), "steps": int(pgd_steps)})
     if dgde if dgde is not None else model.info.task == "classification":
-        say("DGDE")
         tables["dgde_eps"] = {e: run("dgde", {"eps": e, "max_queries": 200}) for e in all_eps[-1:]}
     for key, what in (("fgsm_eps", "eps"), ("pgd_eps", "eps"), ("pgd_steps", "steps")):
         if len(tables[key]) >= 2:
@@ -322,12 +319,26 @@ def run_sanity_checks(image: ImageData, model: LoadedModel, *, labels: np.ndarra
                 "pgd_eps": [float(e) for e in pgd_eps], "pgd_steps": int(pgd_steps), "steps": [int(s) for s in steps],
                 "steps_eps": float(steps_eps), "source_model": None if source_model is None else source_model.spec,
                 "tolerance": tolerance, "max_zero_share": max_zero_share, "roi": live.roi_note,
+                "region_voxels": int(np.count_nonzero(region)) if region is not None else int(np.prod(image.spatial_shape)),
                 "labels": "ground truth" if labels is not None else "clean prediction"}
     report = SanityReport(model.spec, checks, {k: {str(x): v for x, v in t.items()} for k, t in tables.items()},
                           settings, time.perf_counter() - t0)
     if warn:
         warn_failed(checks, stacklevel=3)
     return report
+
+
+def _content_region(image: ImageData, model: LoadedModel, roi: np.ndarray | None) -> np.ndarray | None:
+    """The region of the checks: the attack's ROI, less — for a model normalised over the non-zero
+    voxels — the voxels that are exactly 0 in every channel. That is the model's background by
+    design: its normalisation multiplies them by a mask, so their gradient is 0 (not masking), and
+    noise painted there changes which voxels count as brain (a change of the mask, which no gradient
+    attack can make). :func:`~.pipeline.content_roi` leaves them out too, except when they are under
+    5 % of the image; here they are always left out, for the gradient share and for every attack."""
+    if model.info.normalization != "zscore-nonzero":
+        return roi
+    content = np.any(image.array != 0, axis=0)
+    return content if roi is None else (np.asarray(roi) != 0) & content
 
 
 def _black_box_over_eps(tables: dict, tolerance: float) -> CheckResult:
@@ -352,8 +363,9 @@ def _black_box_over_eps(tables: dict, tolerance: float) -> CheckResult:
 class _Runner:
     """One attack on the image at a time, to a robustness figure (no metrics: only the outputs)."""
 
-    def __init__(self, image, model, labels, roi, seed, clean):
+    def __init__(self, image, model, labels, roi, seed, clean, say):
         self.image, self.model, self.labels, self.roi, self.seed, self.clean = image, model, labels, roi, seed, clean
+        self.say = say
         self.cache: dict[tuple, float] = {}
 
     def _adversarial(self, model: LoadedModel, attack: str, params: dict, clean=None):
@@ -370,6 +382,7 @@ class _Runner:
         return self.cache[key]
 
     def _run(self, attack: str, params: dict) -> float:
+        self.say(f"{attack} " + ", ".join(f"{k} {v:g}" for k, v in params.items()))
         res = self._adversarial(self.model, attack, params, self.clean)
         out = res.output if res.output is not None else self.model.forward(res.adversarial)
         return robustness_of(self.model, self.clean, out)
@@ -378,6 +391,7 @@ class _Runner:
         """PGD crafted on ``source``, evaluated on this model."""
         from .pipeline import prepare_input
 
+        self.say(f"pgd crafted on {source.spec}, " + ", ".join(f"{k} {v:g}" for k, v in params.items()))
         res = self._adversarial(source, "pgd", params)
         prepare_input(self.image, self.model)  # the channel order and geometry are per module: set them back
         return robustness_of(self.model, self.clean, self.model.forward(res.adversarial))

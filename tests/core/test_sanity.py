@@ -22,30 +22,9 @@ from napari_medadv.core.sanity import (SanityWarning, check_black_box, check_gra
                                        check_stochastic, robustness_of, run_sanity_checks, warn_failed)
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _tiny_models  # noqa: E402  (registers the tiny: scheme)
+import _tiny_models  # noqa: E402  (registers the tiny: and masked: schemes)
 
 
-class _Round(nn.Module):
-    """Quantise the (z-scored) input to whole numbers: a non-differentiable step (gradient 0)."""
-
-    def forward(self, x):
-        return torch.round(x)
-
-
-class _AlwaysDropout(nn.Module):
-    """Dropout that ignores eval mode (a model that is random at inference)."""
-
-    def forward(self, x):
-        return nn.functional.dropout(x, 0.3, training=True)
-
-
-def _masked_loader(value, *, weights=None, trust_code=False, info=None):
-    first = {"round": _Round(), "dropout": _AlwaysDropout()}[value]
-    net = nn.Sequential(first, _tiny_models.tiny_segmenter(0)).eval()
-    return net, ModelInfo.from_dict({**_tiny_models.SEG_INFO, "name": f"masked:{value}"}), f"masked-{value}"
-
-
-register_scheme("masked", _masked_loader)
 
 
 @pytest.fixture(scope="module")
