@@ -173,7 +173,7 @@ def check_monotone(table: Mapping[float, float | Mapping[str, float]], *, what: 
     by = f"{attack} " if attack else ""
     passed = worst <= tolerance
     if passed:
-        msg = f"{by}robustness does not rise with {what} over {what} {', '.join(f'{x:g}' for x in xs)} (tolerance {tolerance:g})"
+        msg = f"{by}robustness does not rise over {what} {', '.join(f'{x:g}' for x in xs)} (tolerance {tolerance:g})"
     else:
         key, lo_x, hi_x, lo_v, hi_v = where
         label = f" ({key})" if key else ""
