@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
-from napari_medadv.core.models.base import ModelInfo
 from napari_medadv.core.models.registry import register_scheme
 from napari_medadv.core.pipeline import model_input
 from napari_medadv.core.sanity import (SanityWarning, check_black_box, check_gradients, check_monotone,
