@@ -262,8 +262,8 @@ def run_sanity_checks(image: ImageData, model: LoadedModel, *, labels: np.ndarra
                       source_model: LoadedModel | None = None, dgde: bool | None = None,
                       tolerance: float = 0.02, max_zero_share: float = 0.01,
                       progress: Callable[[str], None] | None = None, warn: bool = True) -> SanityReport:
-    """All four checks for one image and model, cheaply (defaults: 22 forward/backward passes — PGD at
-    0.02 with 5 steps serves both tables — and 9 forwards).
+    """All four checks for one image and model, cheaply (defaults: 23 forward/backward passes — PGD at
+    0.02 with 5 steps serves both tables — and about ten forwards).
 
     * gradients: the attack loss's input gradient at the clean image (soft Dice / CE / BCE against
       ``labels``, or the clean prediction when ``None``), over ``roi`` (as :func:`~.pipeline.run_attack`);
