@@ -87,6 +87,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     bg.add_argument("--break-max-eps", type=float, default=0.1, metavar="EPS",
                     help="largest ε searched (fraction of the range; default 0.1); labels not broken up to it "
                          "get null")
+    sg = a.add_argument_group("evaluation sanity checks")
+    sg.add_argument("--sanity", action="store_true",
+                    help="also run the gradient-masking sanity checks on this image and model (zero/non-finite "
+                         "input gradients, black-box never stronger than white-box, robustness non-increasing in "
+                         "ε and steps, stochastic outputs) with small fixed settings (FGSM at 4 ε, PGD at 2 ε and "
+                         "1/5/10 steps, uniform noise); writes a sanity block into metrics.json and prints one "
+                         "warning line per failed check (the exit code is unchanged)")
+    sg.add_argument("--sanity-source", metavar="SPEC",
+                    help="a second model to craft a transfer attack on for the black-box check (e.g. demo:unet3d "
+                         "when checking a defended model); loaded with the same --trust-model-code and --device")
     _attack_param_options(a)
     a.set_defaults(func=cmd_attack)
     return a
@@ -147,6 +157,8 @@ def cmd_attack(args) -> int:
         roi = None
     if args.breaking_eps:
         _check_breaking_args(args, spec)
+    if args.sanity_source and not args.sanity:
+        raise CLIError("--sanity-source needs --sanity")
     record_extra = None
     seed = args.seed
     if args.match_psnr is not None or args.match_ssim is not None:
@@ -160,6 +172,8 @@ def cmd_attack(args) -> int:
             bar.close()
     if args.breaking_eps:
         _add_breaking(args, outcome, params, labels, target, roi)
+    if args.sanity:
+        _add_sanity(args, outcome, labels, roi)
     paths = write_outcome(outcome, args.out, command=["medadv", *sys.argv[1:]], record_extra=record_extra)
     if args.json:
         print(json.dumps(outcome.metrics, indent=1, default=str))
@@ -188,6 +202,23 @@ def _add_breaking(args, outcome, params: dict, labels, target, roi) -> None:
                        roi=roi, seed=outcome.seed, threshold=args.break_threshold, eps_max=args.break_max_eps)
     outcome.metrics["breaking_eps"] = res.breaking_eps
     outcome.metrics["breaking"] = {k: v for k, v in res.to_dict().items() if k != "breaking_eps"}
+
+
+def _add_sanity(args, outcome, labels, roi) -> None:
+    """--sanity: the checks with the run's seed, labels and region; a sanity block in metrics.json and
+    one stderr line per failed check."""
+    from napari_medadv.core.sanity import run_sanity_checks
+
+    source = None
+    if args.sanity_source:
+        source = load_model(args.sanity_source, trust_code=args.trust_model_code, device=args.device)
+        source.channel_map = args.channels
+    say = None if args.quiet else (lambda text: print(f"sanity checks: {text} ...", file=sys.stderr))
+    rep = run_sanity_checks(outcome.image, outcome.model, labels=labels, roi=roi, seed=outcome.seed,
+                            source_model=source, progress=say, warn=False)
+    outcome.metrics["sanity"] = rep.to_dict()
+    for check in rep.failed:
+        print(f"medadv: warning: sanity check '{check.name}' failed: {check.message}", file=sys.stderr)
 
 
 def _match_quality(args, image, model, spec, params: dict, labels, target, roi) -> tuple[dict, int]:
@@ -239,4 +270,8 @@ def _summary_line(o) -> str:
         parts.append("breaks at ε " + " ".join(
             f"{names.get(k, k)} {'>' + format(m['breaking']['eps_max'], 'g') if v is None else format(v, '.4g')}"
             for k, v in shown.items()))
+    if "sanity" in m:
+        failed = m["sanity"]["failed"]
+        parts.append(f"sanity: {len(failed)} of {len(m['sanity']['checks'])} checks failed ({', '.join(failed)})"
+                     if failed else f"sanity: all {len(m['sanity']['checks'])} checks passed")
     return "  ".join(parts)

@@ -115,3 +115,28 @@ def save_torchscript(folder, variant: int = 0):
     torch.jit.script(tiny_segmenter(variant).eval()).save(str(pt))
     pt.with_suffix(".json").write_text(json.dumps({**SEG_INFO, "name": f"tiny{variant}"}))
     return pt
+
+
+class _Round(nn.Module):
+    """Quantise the (z-scored) input to whole numbers: a non-differentiable step (gradient 0)."""
+
+    def forward(self, x):
+        return torch.round(x)
+
+
+class _AlwaysDropout(nn.Module):
+    """Dropout that ignores eval mode (a model that is random at inference)."""
+
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.3, training=True)
+
+
+def masked_loader(value, *, weights=None, trust_code=False, info=None):
+    """``masked:round`` / ``masked:dropout``: tiny:0 behind a rounding step (gradient masking) or an
+    always-on dropout (random at inference), for the sanity checks."""
+    first = {"round": _Round(), "dropout": _AlwaysDropout()}[value]
+    net = nn.Sequential(first, tiny_segmenter(0)).eval()
+    return net, ModelInfo.from_dict({**SEG_INFO, "name": f"masked:{value}"}), f"masked-{value}"
+
+
+register_scheme("masked", masked_loader)
