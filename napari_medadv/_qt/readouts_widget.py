@@ -208,8 +208,6 @@ class ReadoutsWidget(QWidget):
         o = shown.outcome
         key = _breaking_key(shown)
         params = {k: v for k, v in o.params.items() if k not in ("eps", "seed", "data_range", "activation")}
-        if o.attack == "fgsm" and params.get("loss") is None:
-            params.pop("loss", None)  # the defaults: FGSM's fast ε path
 
         def done(result):
             self._breaking = (key, result)

@@ -168,7 +168,10 @@ def breaking_eps(image: ImageData, model: LoadedModel, attack: str = "fgsm", *, 
         raise MedadvError(f"{spec.label} has no ε budget: breaking ε needs an attack with one (fgsm, pgd, ...)")
     if not 0 < float(threshold) < 1:
         raise MedadvError(f"the break threshold must lie between 0 and 1, got {threshold}")
-    params = {k: v for k, v in (params or {}).items() if k != "eps"}
+    defaults = {p.name: p.default for p in spec.params}
+    # parameters at their registry defaults (e.g. loss "auto") do not leave FGSM's fast path
+    params = {k: v for k, v in (params or {}).items()
+              if k != "eps" and not (k in defaults and (v is None or v == defaults[k]))}
     segmentation = model.info.task == "segmentation"
     fast = spec.live_eps and not params and target is None
     grid = grid if grid is not None else (16 if fast else 6)
