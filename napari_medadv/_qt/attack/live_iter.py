@@ -1,10 +1,12 @@
 """Live ε for iterative attacks (i-FGSM, ti-FGSM, PGD: ``AttackSpec.warm_start``).
 
-A slider move either shows a finished result for that ε from the cache (no model call) or runs
-the attack warm — from the latest result or frame, its perturbation scaled to the new ε
-(:func:`~napari_medadv.core.anytime.warm_start`) — showing each step as it comes
-(:class:`.anytime.AnytimeDisplay`). Latest value wins: a newer move asks the running attack to
-stop after its current step and continues from where it got. Once a run finishes, the ε values
+A slider move either shows a finished result for that ε from the cache (no model call) or first
+previews it warm — from the latest result or frame, its perturbation scaled to the new ε
+(:func:`~napari_medadv.core.anytime.warm_start`), until its first step is on screen
+(:class:`.anytime.AnytimeDisplay`) — and then settles on the cold run Run would do (same seed),
+shown and cached when it ends: continued warm runs drift from the cold result and can even undo
+the attack when ε goes down (``benchmarks/bench_warm_start.py``). Latest value wins: a newer move
+asks the running attack to stop after its current step and continues from where it got. Once a run finishes, the ε values
 of :data:`FILL_GRID` are computed in the background (cold runs with the dock's seed: the results
 Run would give) until the cache holds them, and paused while the slider moves.
 """
@@ -51,7 +53,8 @@ class LiveIterative:
         self._job: Job | None = None
         self._stop: threading.Event | None = None
         self._display: AnytimeDisplay | None = None
-        self._pending: float | None = None
+        self._pending: float | None = None  # a move waiting for the running job to stop
+        self._settle: float | None = None  # ε whose cold (final) run follows its preview
         self._last: tuple | None = None  # (key, ε, adversarial image): where the next warm start begins
         self._t0: float | None = None
         self.last_latency: float | None = None  # slider move -> first frame or cached result on screen
@@ -83,6 +86,7 @@ class LiveIterative:
         if not self.toggle.isChecked() or self.session.model is None:
             return
         self._halted = False
+        self._settle = None
         eps = float(self._params()["eps"])
         key = self.full_key()
         self.cache.use(key)
@@ -102,7 +106,7 @@ class LiveIterative:
     def cancel(self) -> None:
         """Stop the running update and the background fill until the next slider move."""
         self._halted = True
-        self._pending = None
+        self._pending = self._settle = None
         self._stop_running()
 
     def invalidate(self, *_) -> None:
@@ -123,12 +127,19 @@ class LiveIterative:
             return
         if self._pending is not None:
             eps, self._pending = self._pending, None
-            self._run(eps, fill=False)
+            self._run(eps, "preview")
+        elif self._settle is not None:
+            eps, self._settle = self._settle, None
+            self._run(eps, "final")
         elif self.toggle.isChecked():
             self._fill_next()
 
     # ------------------------------------------------------------------ runs
-    def _run(self, eps: float, fill: bool) -> None:
+    def _run(self, eps: float, mode: str) -> None:
+        """``mode``: ``"preview"`` — warm from the latest result, its steps shown until one is on
+        screen, then stopped (the first frame is the quick answer to a move); ``"final"`` — the
+        cold run Run would do at ``eps`` (same seed), shown and cached when it ends (its steps are
+        shown only when there was nothing to warm-start from); ``"fill"`` — a cold run into the cache."""
         try:
             src, labels, roi, target = self._context()
             model = self.session.model
@@ -140,31 +151,39 @@ class LiveIterative:
         key = self.full_key()
         params = {**self._params(), "eps": eps}
         init = None
-        if not fill and self._last is not None and self._last[0] == key:
-            init = warm_start(src.image.array, self._last[2], self._last[1], eps)
-        elif not fill and (near := self.cache.nearest(key, eps)) is not None:
-            init = warm_start(src.image.array, near.adversarial, float(near.result.eps), eps)
+        if mode == "preview":
+            if self._last is not None and self._last[0] == key:
+                init = warm_start(src.image.array, self._last[2], self._last[1], eps)
+            elif (near := self.cache.nearest(key, eps)) is not None:
+                init = warm_start(src.image.array, near.adversarial, float(near.result.eps), eps)
+        shows = mode == "preview"
+        if mode == "preview" and init is None:  # nothing to start from: the cold run, shown step by step
+            mode = "final"
         seed = self._seed()
         self._stop = stop = threading.Event()
-        self._display = display = None if fill else AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi)
-        self.filling = fill
+        self._display = display = AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi) if shows else None
+        self.filling = mode == "fill"
         name = self._attack()
 
         def on_step(payload):
             if display is not None and payload[1] is not None:
                 display.show(payload[1])
                 self._last = (key, eps, payload[1].adversarial)
+            if mode == "preview" and display is not None and display.shown:
+                stop.set()  # a frame is on screen: the cold run gives the settled result
 
         def on_done(res):
             outcome, _ = res
             if display is not None:
                 display.finish()
-            if not outcome.result.cancelled:
+            if mode == "preview":
+                self._last = (key, eps, outcome.adversarial)  # where the next warm start begins
+                if not self._halted and self._pending is None:
+                    self._settle = eps
+            elif not outcome.result.cancelled:
                 self.cache.put(key, eps, outcome)
-                if not fill and self._pending is None and not stop.is_set():
+                if mode == "final" and self._pending is None and not stop.is_set():
                     self._show_result(outcome, cached=False, source=src)
-            elif not fill:
-                self._last = (key, eps, outcome.adversarial)  # a stopped run: the next one continues it
 
         def on_finish():
             if display is not None and not display.stopped:
@@ -201,4 +220,4 @@ class LiveIterative:
         if self.session.model is None or not todo or self.cache.key != key:
             self.filling = False
             return
-        self._run(todo[0], fill=True)
+        self._run(todo[0], "fill")
