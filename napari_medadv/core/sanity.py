@@ -310,7 +310,8 @@ def run_sanity_checks(image: ImageData, model: LoadedModel, *, labels: np.ndarra
         for e in pgd_eps:
             tables["transfer_eps"][float(e)] = run.transfer(source_model, {"eps": float(e), "steps": int(pgd_steps)})
     if dgde if dgde is not None else model.info.task == "classification":
-        tables["dgde_eps"] = {e: run("dgde", {"eps": e, "max_queries": 200}) for e in all_eps[-1:]}
+        # DGDE is an L0 attack; capped at ±ε per pixel it is comparable with the L∞ attacks at ε
+        tables["dgde_eps"] = {e: run("dgde", {"amplitude": e, "max_queries": 200}) for e in all_eps[-1:]}
     for key, what in (("fgsm_eps", "eps"), ("pgd_eps", "eps"), ("pgd_steps", "steps")):
         if len(tables[key]) >= 2:
             checks.append(check_monotone(tables[key], what=what, tolerance=tolerance, attack=key.split("_")[0].upper()))

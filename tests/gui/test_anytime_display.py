@@ -19,13 +19,38 @@ def _layers(viewer):
     return adv, np.asarray(viewer.layers["case segmentation (adversarial)"].data)
 
 
-def test_frames_arrive_in_order_and_the_last_layers_equal_the_plain_run(docks, qtbot, glioma_small, unet2d):
+def _frames_land(monkeypatch):
+    """The dock's attack waits after each frame until it is on screen (the pacer asks for the next),
+    so frames show on any machine, however fast the attack."""
+    from napari_medadv._qt.attack import widget
+
+    real = widget.attack_job
+
+    def job(*args, **kwargs):
+        pacer = args[9] if len(args) > 9 else kwargs.get("pacer")
+        gen = real(*args, **kwargs)
+        try:
+            item = next(gen)
+            while True:
+                yield item
+                if pacer is not None and item[2][1] is not None:
+                    pacer.want.wait(30)
+                item = next(gen)
+        except StopIteration as done:
+            return done.value
+
+    monkeypatch.setattr(widget, "attack_job", job)
+
+
+def test_frames_arrive_in_order_and_the_last_layers_equal_the_plain_run(docks, qtbot, glioma_small, unet2d,
+                                                                         monkeypatch):
     from napari_medadv.core.pipeline import run_attack
 
+    _frames_land(monkeypatch)
     viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
     _open(viewer, glioma_small)
     aw.session.set_model(unet2d)
-    aw.set_attack("ifgsm", eps=0.05, steps=150)
+    aw.set_attack("ifgsm", eps=0.05, steps=40)
     aw.seed.setValue(3)
     frames = []
 
@@ -42,12 +67,12 @@ def test_frames_arrive_in_order_and_the_last_layers_equal_the_plain_run(docks, q
     aw.session.frame.disconnect(on_frame)
     assert frames, "no step was shown while the attack ran"
     iterates = [f[0] for f in frames]
-    assert iterates == sorted(iterates) and len(set(iterates)) == len(iterates) and iterates[-1] < 150
+    assert iterates == sorted(iterates) and len(set(iterates)) == len(iterates) and iterates[-1] < 40
     for it, adv, seg, title in frames:
         out = unet2d.forward(unet2d.to_batch(adv))  # the frame's segmentation is its own image's
         np.testing.assert_array_equal(unet2d.to_label_map(out)[0], seg)
-        assert f"iterate {it} of 150" in title
-    plain = run_attack(glioma_small, unet2d, "ifgsm", params={"eps": 0.05, "steps": 150, "track_metrics": True},
+        assert f"iterate {it} of 40" in title
+    plain = run_attack(glioma_small, unet2d, "ifgsm", params={"eps": 0.05, "steps": 40, "track_metrics": True},
                        labels=glioma_small.labels, seed=3)
     adv, seg = _layers(viewer)
     np.testing.assert_allclose(adv, plain.adversarial, rtol=0, atol=1e-5)
@@ -81,13 +106,14 @@ def test_a_cancelled_run_puts_the_shown_frames_back(docks, qtbot, glioma_small, 
     assert "cancelled" in aw.status.text()
 
 
-def test_dgde_generations_are_shown_with_their_pixels(docks, qtbot, cxr_small, cxr_model):
+def test_dgde_generations_are_shown_with_their_pixels(docks, qtbot, cxr_small, cxr_model, monkeypatch):
     viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
     for data, kw, kind in __import__("napari_medadv._qt.layers", fromlist=["x"]).layer_data_for_image(cxr_small,
                                                                                                       name="cxr"):
         getattr(viewer, f"add_{kind}")(data, **kw)
     aw.session.set_model(cxr_model)
-    aw.set_attack("dgde", max_queries=4000, population=8, init_tries=4)
+    _frames_land(monkeypatch)
+    aw.set_attack("dgde", max_queries=1500, population=8, init_tries=4)
     frames = []
 
     def on_frame(shown):
