@@ -55,6 +55,7 @@ class LiveIterative:
         self._display: AnytimeDisplay | None = None
         self._pending: float | None = None  # a move waiting for the running job to stop
         self._settle: float | None = None  # ε whose cold (final) run follows its preview
+        self._source: tuple | None = None  # (key, Source) of the latest run
         self._last: tuple | None = None  # (key, ε, adversarial image): where the next warm start begins
         self._t0: float | None = None
         self.last_latency: float | None = None  # slider move -> first frame or cached result on screen
@@ -95,7 +96,10 @@ class LiveIterative:
         if hit is not None:
             self._pending = None
             self._stop_running()
-            self._show_result(hit, cached=True)
+            # the source the cached runs were made on (same key: same layers): not the dock's whole
+            # context again, which copies the ground truth and region onto the grid
+            src = self._source[1] if self._source is not None and self._source[0] == key else None
+            self._show_result(hit, cached=True, source=src)
             return
         self._pending = eps
         if self.busy:
@@ -149,6 +153,7 @@ class LiveIterative:
             self.toggle.setChecked(False)
             return
         key = self.full_key()
+        self._source = (key, src)
         params = {**self._params(), "eps": eps}
         init = None
         if mode == "preview":
@@ -205,11 +210,11 @@ class LiveIterative:
     def _show_result(self, outcome, cached: bool, source=None) -> None:
         src = source if source is not None else self._context()[0]
         show_outcome(self.viewer, src, outcome, live=True)
-        self.session.set_shown(Shown(src, outcome, live=True))
-        self._last = (self.full_key(), float(outcome.result.eps), outcome.adversarial)
-        if self._t0 is not None:
+        if self._t0 is not None:  # the layers are updated: as live FGSM's latency, before the docks redraw
             self.last_latency, self._t0 = time.perf_counter() - self._t0, None
             self.last_from_cache = cached
+        self.session.set_shown(Shown(src, outcome, live=True))
+        self._last = (self.full_key(), float(outcome.result.eps), outcome.adversarial)
         how = "from the cache" if cached else "done"
         self._say(f"live ε = {100 * outcome.result.eps:.1f} % on {src.case} ({how}) — {headline(outcome)} · "
                   f"{self.cache_text()}")
