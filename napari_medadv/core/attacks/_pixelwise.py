@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import as_dense_target, class_indices
-from .base import AttackStep, _Context
+from .base import _Context
 from .pgd import PGD
 
 PIXEL_LOSSES = (None, "auto", "ce", "bce")
@@ -123,7 +123,9 @@ class PixelPGD(PGD):
 
     def _pixel_weights(self, output: torch.Tensor, ref: torch.Tensor, correct: torch.Tensor, k: int,
                        targeted: bool) -> torch.Tensor:
-        raise NotImplementedError  # abstract: SegPGD and CosPGD define the weights
+        # abstract (not registered): SegPGD and CosPGD define the weights; a subclass that does
+        # not is a programming error, reported as such rather than attacking with no weights
+        raise NotImplementedError(f"{type(self).__name__} must define _pixel_weights")
 
     def weighted_loss(self, output: torch.Tensor, ref: torch.Tensor, k: int, targeted: bool = False
                       ) -> torch.Tensor:
@@ -149,28 +151,4 @@ class PixelPGD(PGD):
         use_clean_reference(ctx)
         # the unweighted mean per-voxel CE for what reads ctx.loss (the tracked final loss)
         ctx.loss_fn = lambda out, ref: per_sample_mean(pixel_loss(out, ref, self.activation)[0])
-        targeted = self._is_targeted(ctx)
-        sign = -1.0 if targeted else 1.0
-        alpha = ctx.range.eps_native(self.step_size)
-        total = self.steps * self.restarts
-        best = best_score = None
-        for r in range(self.restarts):
-            adv = self._start(ctx, r)
-            for k in range(self.steps):
-                per_sample, grad, out = self._loss_and_grad(ctx, adv, k, targeted)
-                metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
-                before, adv = adv, ctx.project(adv + sign * alpha * grad.sign())
-                yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r,
-                                 evaluated=before, output=out)
-            if self.restarts == 1:
-                return adv
-            with torch.no_grad():
-                out = ctx.forward(adv)
-                score = sign * ctx.loss(out)
-            if best is None:
-                best, best_score = adv, score
-            else:
-                better = (score > best_score).reshape(-1, *([1] * (adv.ndim - 1)))
-                best = torch.where(better, adv, best)
-                best_score = torch.maximum(score, best_score)
-        return best
+        return (yield from super()._steps(ctx))  # PGD's loop with this class's _loss_and_grad

@@ -69,6 +69,10 @@ class PGD(Attack):
         noise = torch.empty_like(ctx.x).uniform_(-1.0, 1.0, generator=ctx.rng)
         return ctx.project(ctx.x + noise * ctx.eps)
 
+    def _loss_and_grad(self, ctx: _Context, adv: torch.Tensor, k: int, targeted: bool):
+        """Per-sample loss, input gradient and output at step ``k`` (SegPGD/CosPGD re-weight it)."""
+        return ctx.loss_and_grad(adv)
+
     def _steps(self, ctx: _Context):
         sign = -1.0 if self._is_targeted(ctx) else 1.0
         alpha = ctx.range.eps_native(self.step_size)
@@ -77,7 +81,7 @@ class PGD(Attack):
         for r in range(self.restarts):
             adv = self._start(ctx, r)
             for k in range(self.steps):
-                per_sample, grad, out = ctx.loss_and_grad(adv)
+                per_sample, grad, out = self._loss_and_grad(ctx, adv, k, sign < 0)
                 metrics = self._step_metrics(ctx, adv, out) if self.track_metrics else {}
                 before, adv = adv, ctx.project(adv + sign * alpha * grad.sign())
                 yield AttackStep(r * self.steps + k + 1, total, float(per_sample.mean()), adv, metrics, restart=r,
