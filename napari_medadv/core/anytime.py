@@ -9,6 +9,9 @@
 * :func:`warm_start` is where live ε continues from when the slider moves: the nearest finished
   result's perturbation scaled to the new budget (then projected by the attack onto the new
   ε-ball, the region and the valid range).
+* :class:`SearchRun` keeps a gradient-free attack's search (DGDE) between runs: a larger query
+  budget or a lower pixel target continues it from its current solution, a smaller one is answered
+  from the solutions it already found.
 * :class:`EpsCache` keeps finished results per ε, memory-bounded, least recently used out, under
   a key of everything else that determines them; scrubbing over cached ε values costs no model call.
 """
@@ -26,7 +29,7 @@ from .attacks import AttackResult, AttackStep
 from .io import ImageData
 from .live import OutcomeReadouts
 from .models.base import LoadedModel
-from .pipeline import AttackOutcome, StartedAttack, iter_attack
+from .pipeline import AttackOutcome, StartedAttack, finish_outcome, iter_attack, start_attack
 
 #: default memory bound of an :class:`EpsCache` (adversarial images and label maps)
 CACHE_BYTES = 2 * 2**30
@@ -132,6 +135,86 @@ class AnytimeRun:
             o.probs_clean = model.probabilities(s.clean_output)[0].cpu().numpy()
             o.probs_adv = model.probabilities(output)[0].cpu().numpy()
         return o
+
+
+class SearchRun(AnytimeRun):
+    """A gradient-free attack's search on one image kept between runs (``AttackSpec.live_search``:
+    DGDE's query budget and maximum pixels, the Attack dock's live controls).
+
+    ``steps(max_queries, max_pixels)`` continues the search (:meth:`DGDE.open_search
+    <napari_medadv.core.attacks.dgde.DGDE.open_search>`) from where it stopped — its solution,
+    population, step rate and random state — yielding an :class:`AttackStep` per new solution
+    (frames: :meth:`AnytimeRun.frame`). :meth:`outcome_at` is what a cold run with those settings
+    ends at (equal to it: tested), ``None`` while the search has not got that far. ``params``
+    are the attack's other parameters; a change of any of them needs a new :class:`SearchRun`.
+    """
+
+    def __init__(self, image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
+                 labels: np.ndarray | None = None, target=None, roi="auto", seed: int = 0, clean_output=None):
+        from .attacks import ATTACKS
+
+        spec = ATTACKS.get_spec(attack)
+        if not spec.live_search:
+            raise ValueError(f"{spec.label} keeps no search to continue")
+        super().__init__(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
+                         clean_output=clean_output)
+        self.search = None
+
+    def _open(self) -> None:
+        if self.search is None:
+            s = start_attack(self.image, self.model, self.attack, params=self.params, labels=self.labels,
+                             target=self.target, roi=self.roi, seed=self.seed, clean_output=self.clean_output)
+            self._on_start(s)
+            self.search = s.attack.open_search(s.x, s.labels, target=s.target)
+
+    def _settings(self, max_queries: int, max_pixels: int | None) -> None:
+        atk = self.started.attack
+        atk.max_queries, atk.max_pixels = int(max_queries), max_pixels  # what get_params records
+
+    def steps(self, max_queries: int, max_pixels: int | None = None):
+        """Continue to ``max_queries`` queries in all / a solution of ``max_pixels`` pixels at most;
+        ``send(True)`` stops after the current solution (the search stays where it got)."""
+        self._open()
+        self._settings(max_queries, max_pixels)
+        gen = self.search.advance(max_queries, max_pixels)
+        try:
+            for step in gen:
+                if (yield step):
+                    return
+        finally:
+            gen.close()
+
+    @property
+    def finished(self) -> bool:
+        return self.search is not None and self.search.finished
+
+    def outcome_at(self, max_queries: int, max_pixels: int | None = None) -> AttackOutcome | None:
+        """The outcome a cold run with these settings gives (one forward for its prediction), or
+        ``None`` when the search must go on to know it."""
+        import torch
+
+        if self.search is None:
+            return None
+        idx, known = self.search.point_for(max_queries, max_pixels)
+        if not known:
+            return None
+        s, search = self.started, self.search
+        self._settings(max_queries, max_pixels)
+        point = None if idx is None else search.points[idx]
+        upto = [p for p in search.points if p["queries"] <= max_queries]
+        if idx is not None:
+            upto = search.points[: idx + 1]
+        history = [{"step": p["queries"], "loss": None, **search.record(p)} for p in upto]
+        atk = s.attack
+        result = AttackResult(
+            attack=self.attack, clean=s.x, adversarial=search.image(point), eps=float(atk.eps),
+            eps_native=search.ctx.range.eps_native_per_channel(atk.eps), params=atk.get_params(), history=history,
+            n_forward=upto[-1]["queries"] if upto else 1, success=[point is not None],
+            extra={"l0": [None if point is None else point["l0"]], "l0_history": [[p["l0"] for p in upto]],
+                   "n_pixels": int(search.x[0, 0].numel()), "attacked_class": [search.state.attacked_class],
+                   "amplitude": atk.amplitude})
+        with torch.no_grad():
+            return finish_outcome(s, self.image, self.model, self.attack, result, seed=self.seed, labels=self.labels)
 
 
 class FramePacer:

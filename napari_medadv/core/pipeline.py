@@ -263,8 +263,7 @@ def iter_attack(
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
     s = start_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
                      clean_output=clean_output)
-    atk, x, mapping, clean_out, roi, roi_note = s.attack, s.x, s.mapping, s.clean_output, s.roi, s.roi_note
-    engine_labels, engine_target = s.labels, s.target
+    atk, x, engine_labels, engine_target = s.attack, s.x, s.labels, s.target
     if on_start is not None:
         on_start(s)
     t0 = time.perf_counter()
@@ -280,14 +279,22 @@ def iter_attack(
         result = done.value
     finally:
         steps.close()
-    seconds = time.perf_counter() - t0
+    return finish_outcome(s, image, model, attack, result, seed=seed, labels=labels,
+                          seconds=time.perf_counter() - t0)
+
+
+def finish_outcome(s: StartedAttack, image: ImageData, model: LoadedModel, attack: str, result: AttackResult, *,
+                   seed: int, labels: np.ndarray | None = None, seconds: float = 0.0) -> AttackOutcome:
+    """The :class:`AttackOutcome` of a finished run started by :func:`start_attack`: the model's
+    output at the result (the attack's own when it has it), label maps or probabilities, metrics."""
     # the attack's own final forward when it ran one (per-iteration tracking): not a second one
     adv_out = result.output if result.output is not None else model.forward(result.adversarial)
+    clean_out, roi, roi_note = s.clean_output, s.roi, s.roi_note
     outcome = AttackOutcome(
-        image=image, model=model, attack=attack, params=atk.get_params(), seed=seed,
+        image=image, model=model, attack=attack, params=s.attack.get_params(), seed=seed,
         adversarial=result.adversarial[0].detach().cpu().numpy().astype(np.float32),
         result=result, clean_output=clean_out, adv_output=adv_out,
-        labels=None if labels is None else np.asarray(labels), channel_mapping=mapping, seconds=seconds,
+        labels=None if labels is None else np.asarray(labels), channel_mapping=s.mapping, seconds=seconds,
     )
     if model.info.task == "segmentation":
         outcome.seg_clean = model.to_label_map(clean_out)[0]

@@ -34,7 +34,9 @@ class AttackSpec:
     ``kind``: ``"adversarial"``, ``"random"`` or ``"artifact"``; ``takes_eps``: has an ε budget
     (artifacts have a severity instead); ``iterative``: has steps (per-step history makes sense);
     ``live_eps``: one forward pass per ε once prepared (the live slider); ``warm_start``: a run
-    can continue from a given image (live ε for iterative attacks).
+    can continue from a given image (live ε for iterative attacks); ``live_search``: the
+    parameters with which a kept search continues (``Attack.open_search``: DGDE's query budget and
+    pixel target, the dock's live controls).
     """
 
     name: str
@@ -47,6 +49,7 @@ class AttackSpec:
     kind: str = "adversarial"
     live_eps: bool = False
     warm_start: bool = False
+    live_search: tuple[str, ...] = ()
 
     @property
     def takes_eps(self) -> bool:
@@ -77,7 +80,7 @@ class AttackRegistry(dict):
             raise ValueError(f"an attack named {cls.name!r} is already registered")
         self[cls.name] = AttackSpec(cls.name, cls.label, cls.description, cls, cls.params,
                                     cls.gradient_free, cls.targeted, cls.kind, cls.live_eps,
-                                    cls.warm_start)
+                                    cls.warm_start, cls.live_search)
         return cls
 
     def get_spec(self, name: str) -> AttackSpec:

@@ -297,6 +297,9 @@ class Attack:
     #: ``iterate(..., init=x0)`` starts from ``x0`` (projected onto this ε-ball) instead of the
     #: clean image / a random start: live ε for iterative attacks continues from a nearby result
     warm_start: ClassVar[bool] = False
+    #: parameters a kept search can be continued with (``open_search``: DGDE's budget and pixel
+    #: target): the Attack dock's live controls for gradient-free attacks
+    live_search: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
     )

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from .base import Attack, AttackStep, Param, _check_finite_number, _Context, check_positive_int
+from .base import (Attack, AttackStep, Param, _check_finite_number, _Context, check_positive_int, eval_mode,
+                   model_device)
 
 
 class DGDE(Attack):
@@ -53,8 +54,19 @@ class DGDE(Attack):
        A better successful individual becomes the solution's values; a stronger margin lets
        the next decrease step drop pixels again. Runs on the model's device, the population
        batched (:func:`de_generation` is one generation).
-    4. **Stop** at ``max_queries`` model evaluations, or when a single-pixel removal still fails
-       after DE (or DE did not improve): "nothing more can be removed".
+    4. **Stop** when the budget cannot pay for the next whole generation (``max_queries`` model
+       evaluations: a generation is never cut short, so a run with a larger budget passes through
+       exactly the same solutions and goes on from there), when the solution changes at most
+       ``max_pixels`` pixels (optional target), or when a single-pixel removal still fails after DE
+       (or DE did not improve): "nothing more can be removed".
+
+    **Continuing a search.** :meth:`DGDE.open_search` keeps the search of one image suspended
+    where it stopped (:class:`DGDESearch`): ``advance(max_queries, max_pixels)`` goes on with a
+    larger budget or a lower pixel target from the current solution, its population, step rate
+    and random state, so it reaches exactly what a cold run with the final settings reaches
+    (tested), and every solution found on the way is kept (a lower budget or a higher pixel
+    target is answered from them without a model call). The Attack dock's query-budget and
+    maximum-pixels sliders use it.
 
     **Fitness and success.** Classifiers (``B K``), sigmoid/binary output: the attacked
     finding ``c`` (``class_index``, default the clean top class) — success when its probability
@@ -77,7 +89,7 @@ class DGDE(Attack):
     Arguments: ``amplitude=None`` (free values; or a cap, fraction of range), ``population=16``,
     ``F=0.5``, ``CR=0.7``, ``max_queries=5000``, ``rate=0.5``, ``init_tries=8``,
     ``de_generations=5``, ``threshold=0.5``, ``class_index=None``, ``region=None``,
-    ``batch_size=None`` (candidates per forward pass, see below; ``1`` is the naive
+    ``max_pixels=None``, ``batch_size=None`` (candidates per forward pass, see below; ``1`` is the naive
     one-candidate loop the benchmark compares with), plus ``seed``/``roi``.
 
     Batching: candidates are stacked and evaluated together. On a GPU the whole population goes
@@ -102,6 +114,7 @@ class DGDE(Attack):
     label = "DGDE (black-box)"
     description = "Black-box minimal-pixel (L0) attack: random start, random subset search and differential evolution."
     gradient_free = True
+    live_search = ("max_queries", "max_pixels")
     params = (
         Param("amplitude", float, None, "optional cap on each changed pixel's change, fraction of the range "
                                         "(default: none, values free in the valid range as in the paper)", 0.0, 1.0),
@@ -114,12 +127,14 @@ class DGDE(Attack):
         Param("de_generations", int, 5, "DE generations when no pixel can be removed", 1, 10000),
         Param("threshold", float, 0.5, "probability (classifier) or Dice (segmentation) threshold", 0.0, 1.0),
         Param("class_index", int, None, "classifier: class whose decision to flip (default: top class)", 0, 10**6),
+        Param("max_pixels", int, None, "stop once the solution changes at most this many pixels "
+                                       "(default: keep removing pixels while the budget lasts)", 1, 10**9),
     )
 
     def __init__(self, model, amplitude: float | None = None, *, population: int = 16, F: float = 0.5,
                  CR: float = 0.7, max_queries: int = 5000, rate: float = 0.5, init_tries: int = 8,
-                 de_generations: int = 5, threshold: float = 0.5, class_index: int | None = None, region=None,
-                 batch_size: int | None = None, **kwargs):
+                 de_generations: int = 5, threshold: float = 0.5, class_index: int | None = None,
+                 max_pixels: int | None = None, region=None, batch_size: int | None = None, **kwargs):
         if amplitude is not None:
             amplitude = _check_finite_number("amplitude", amplitude, minimum=0.0, strict=True)
         self.amplitude = amplitude
@@ -142,6 +157,7 @@ class DGDE(Attack):
         if class_index is not None and (isinstance(class_index, bool) or int(class_index) < 0):
             raise ValueError(f"class_index must be a non-negative class index, got {class_index!r}")
         self.class_index = None if class_index is None else int(class_index)
+        self.max_pixels = None if max_pixels is None else check_positive_int("max_pixels", max_pixels)
         self.region = None if region is None else tuple(int(r) for r in region)
         self.batch_size = None if batch_size is None else check_positive_int("batch_size", batch_size)
 
@@ -164,7 +180,8 @@ class DGDE(Attack):
             pix = torch.nonzero(roi).flatten() if roi is not None else torch.arange(n_pix, device=x.device)
             state = _Search(self, ctx, xi, lo, hi, ctx.eps[i].reshape(c, 1), labels_index=i)
             hist: list[int] = []
-            for sol, values, fit, score, phase in state.run(pix):
+            for item in _until_pause(state.run(pix)):
+                sol, values, fit, score, phase = item
                 adv_all[i : i + 1] = state.compose(sol[None], values[None])
                 hist.append(int(sol.numel()))
                 yield AttackStep(
@@ -186,13 +203,112 @@ class DGDE(Attack):
                 adv_all[i : i + 1] = xi  # nothing adversarial found: leave the image untouched
         return adv_all
 
+    def open_search(self, images, labels=None, *, target=None) -> DGDESearch:
+        """The search on one image, kept suspended between :meth:`DGDESearch.advance` calls
+        (the live query-budget and maximum-pixels controls)."""
+        return DGDESearch(self, images, labels, target=target)
+
     def _finish(self, ctx, adv, history):
         return {"success": self._success, "l0": self._l0, "l0_history": self._l0_hist,
                 "n_pixels": math.prod(ctx.x.shape[2:]), "attacked_class": self._classes,
                 "amplitude": self.amplitude}
 
 
+class DGDESearch:
+    """One image's DGDE search that can be continued (see :class:`DGDE`, "Continuing a search").
+
+    :meth:`advance` yields an :class:`AttackStep` per accepted solution (``step``: queries so
+    far; ``metrics`` as in :class:`DGDE`'s history) until the search pauses (budget, pixel
+    target) or is over (:attr:`finished`). :attr:`points` keeps every solution found, small:
+    pixel indices and values; :meth:`point_for` picks the one a cold run with given settings ends
+    at, :meth:`image` composes it.
+    """
+
+    def __init__(self, attack: DGDE, images, labels=None, *, target=None):
+        x = attack._check_images(images)
+        if x.shape[0] != 1:
+            raise ValueError(f"a DGDE search runs on one image at a time, got a batch of {x.shape[0]}")
+        x = x.detach().clone().to(device=model_device(attack.model), dtype=torch.float32)
+        ctx = _Context(attack, x, attack._check_labels(labels, x), attack._check_target(target, x))
+        self.attack, self.ctx, self.x = attack, ctx, x
+        c = x.shape[1]
+        roi = ctx.roi[0, 0].flatten() if ctx.roi is not None else None
+        pix = torch.nonzero(roi).flatten() if roi is not None else torch.arange(math.prod(x.shape[2:]),
+                                                                                 device=x.device)
+        self.state = _Search(attack, ctx, x, ctx.range.lo[0].reshape(c, 1), ctx.range.hi[0].reshape(c, 1),
+                             ctx.eps[0].reshape(c, 1), labels_index=0)
+        self._gen = self.state.run(pix)
+        self.points: list[dict] = []
+        self.horizon: float = 0  # no solution but those in points was found with <= horizon queries
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
+    def advance(self, max_queries: int, max_pixels: int | None = None):
+        """Continue until ``max_queries`` queries in all (never a generation cut short) or a
+        solution of at most ``max_pixels`` pixels; yields an :class:`AttackStep` per solution."""
+        st = self.state
+        st.budget = check_positive_int("max_queries", max_queries)
+        st.max_pixels = None if max_pixels is None else check_positive_int("max_pixels", max_pixels)
+        with eval_mode(self.attack.model):
+            for item in self._gen:
+                if item is PAUSE:
+                    # paused by the pixel target: later solutions may cost fewer queries than the budget
+                    self.horizon = max(self.horizon, st.queries if st._target_met() else st.budget)
+                    return
+                sol, values, fit, score, phase = item
+                point = {"queries": st.queries, "iteration": st.iteration, "l0": int(sol.numel()),
+                         "probability": float(score), "fitness": float(fit), "phase": phase,
+                         "success": phase != "start-failed", "pixels": sol, "values": values}
+                self.points.append(point)
+                yield AttackStep(st.queries, st.budget, None, self.image(point), self.record(point))
+        self.horizon = math.inf
+
+    @staticmethod
+    def record(point: dict) -> dict:
+        """A solution as :class:`DGDE`'s history records it."""
+        return {"sample": 0, **{k: point[k] for k in ("iteration", "queries", "l0", "probability", "fitness",
+                                                       "phase")}}
+
+    def point_for(self, max_queries: int, max_pixels: int | None = None) -> tuple[int | None, bool]:
+        """``(index into points or None, known)``: the solution a cold run with these settings
+        ends at; ``known`` is False when the search must go on to tell."""
+        last = None
+        for i, p in enumerate(self.points):
+            if p["queries"] > max_queries:
+                break
+            if not p["success"]:
+                continue
+            last = i
+            if max_pixels is not None and p["l0"] <= max_pixels:
+                return i, True  # a cold run stops at its first solution within the pixel target
+        if max_queries <= self.horizon:
+            return last, True
+        return None, False
+
+    def image(self, point: dict | None) -> torch.Tensor:
+        """The adversarial image of a solution (the clean image for ``None`` or a failed start)."""
+        if point is None or not point["success"]:
+            return self.x.clone()
+        return self.ctx.project(self.state.compose(point["pixels"][None], point["values"][None]))
+
+
 CPU_VOXELS_PER_FORWARD = 2**22
+
+#: what :meth:`_Search.run` yields when the budget or the pixel target stops it for now
+PAUSE = None
+
+
+def _until_pause(gen):
+    """The items of a search generator up to its first pause (a cold run ends there)."""
+    try:
+        for item in gen:
+            if item is PAUSE:
+                return
+            yield item
+    finally:
+        gen.close()
 
 
 def auto_batch_size(attack: DGDE, x: torch.Tensor) -> int:
@@ -246,6 +362,10 @@ class _Search:
         self.lb = torch.maximum(lo - self.flat, -cap).T.contiguous()
         self.ub = torch.minimum(hi - self.flat, cap).T.contiguous()
         self.rng = ctx.rng
+        self.budget = attack.max_queries  # raised by DGDESearch.advance to continue
+        self.max_pixels = attack.max_pixels
+        self.rate = attack.rate
+        self.finished = False  # nothing more to search (not merely out of budget)
         self.queries = 0
         self.iteration = 0
         self.success = False
@@ -294,7 +414,7 @@ class _Search:
 
     # -- the algorithm ---------------------------------------------------------------------------
     def _budget_left(self) -> int:
-        return self.a.max_queries - self.queries
+        return self.budget - self.queries
 
     def _random_values(self, n: int, pixels: torch.Tensor) -> torch.Tensor:
         """``n`` individuals on ``pixels``: each gene ``x_L + rand(0, 1) (x_U − x_L)``, ``n L C``."""
@@ -302,30 +422,44 @@ class _Search:
         u = torch.rand(n, *lb.shape, generator=self.rng, device=self.x.device)
         return lb + u * (ub - lb)
 
+    def _afford(self, n: int):
+        """Pause (yield :data:`PAUSE`) until the budget pays for ``n`` more queries: a generation is
+        never cut short, which is what makes a continued search equal a cold one."""
+        while self._budget_left() < n:
+            yield PAUSE
+
+    def _target_met(self) -> bool:
+        return self.max_pixels is not None and self.best_s.numel() <= self.max_pixels
+
     def run(self, pixels: torch.Tensor):
+        """Generator of accepted solutions ``(pixels, values, fitness, score, phase)``; yields
+        :data:`PAUSE` when the budget or the pixel target stops it (it goes on when resumed with
+        more budget / a lower target) and returns when the search is over (:attr:`finished`)."""
+        yield from self._afford(1)
         self._setup_criterion()
-        n_init = min(self.a.init_tries, max(self._budget_left(), 0))
-        if n_init < 1:
-            return
+        n_init = self.a.init_tries
+        yield from self._afford(n_init)
         sets = pixels.unsqueeze(0).expand(n_init, -1)
         values = self._random_values(n_init, pixels)
         f, s, sc = self.evaluate(sets, values)
         if not bool(s.any()):
             k = int(f.argmax())
+            self.finished = True
             yield pixels[:0], values[0, :0], float(f[k]), float(sc[k]), "start-failed"
             return
         k = int(torch.where(s, f, torch.full_like(f, -math.inf)).argmax())
         self._accept(pixels, values[k], float(f[k]), float(sc[k]))
         yield self.best_s, self.best_v, self.best_f, self.best_score, "start"
-        rate = self.a.rate
-        while self._budget_left() > 0 and self.best_s.numel() > 1:
+        while self.best_s.numel() > 1:
+            while self._target_met():
+                yield PAUSE
             size = self.best_s.numel()
-            drop = max(1, int(size * rate))
+            drop = max(1, int(size * self.rate))
             improved = yield from self._decrease(size - drop)
             if improved:
                 continue
             if drop > 1:
-                rate /= 2
+                self.rate /= 2
                 continue
             # single-pixel removal failed: strengthen the values, then try again once
             gained = yield from self._evolve()
@@ -334,14 +468,14 @@ class _Search:
             improved = yield from self._decrease(size - 1)
             if not improved:
                 break
+        self.finished = True
 
     def _accept(self, s, v, f, score):
         self.best_s, self.best_v, self.best_f, self.best_score, self.success = s, v, f, score, True
 
     def _decrease(self, keep: int):
-        n = min(self.a.population, self._budget_left())
-        if n < 1:
-            return False
+        n = self.a.population
+        yield from self._afford(n)
         self.iteration += 1
         size = self.best_s.numel()
         if size - keep == 1 and size <= n:
@@ -364,8 +498,7 @@ class _Search:
     def _evolve(self):
         """DE/rand/1/bin on the values of the current pixel set; True if the best improved."""
         np_ = self.a.population
-        if self._budget_left() < np_ - 1:
-            return False
+        yield from self._afford(np_ - 1)
         self.iteration += 1
         sets = self.best_s.unsqueeze(0).expand(np_, -1)
         lb, ub = self.lb[self.best_s], self.ub[self.best_s]
@@ -385,8 +518,7 @@ class _Search:
             return f, s
 
         for _ in range(self.a.de_generations):
-            if self._budget_left() < np_:
-                break
+            yield from self._afford(np_)
             self.iteration += 1
             new_pop, new_fit, new_ok = de_generation(pop, fit, ok, lb, ub, self.a.F, self.a.CR, self.rng, evaluate)
             score = torch.where(new_fit > fit, scores["trial"], score)
