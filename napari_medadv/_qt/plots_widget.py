@@ -312,7 +312,7 @@ class PlotsWidget(QWidget):
             self._draw_history(relayout=False)
 
     def _on_result(self, shown) -> None:
-        if not shown.live and shown.history:
+        if shown.history:  # a run's result, or DGDE's live search (its trajectory up to the shown solution)
             self.history = list(shown.history)
             self.history_attack = shown.outcome.attack
             self._draw_history()

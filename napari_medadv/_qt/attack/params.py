@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, Container, create_widget
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSlider
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSlider,
+                            QVBoxLayout, QWidget)
 
 from napari_medadv.core.errors import MedadvError
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from napari_medadv.core.attacks.base import Param
 
 EPS_STEPS_PER_PERCENT = 10  # slider resolution: 0.1 % of the intensity range
+LOG_SLIDER_TICKS = 200  # positions of a parameter's log-scale slider (budgets: 10 .. 100 000)
 EPS_MAX_PERCENT = 50.0
 _INT_LIMIT = 2**31 - 1
 
@@ -103,6 +105,40 @@ class ParamField:
         self.input.value = self.param.kind(v) if self.param.kind in (int, float) else v
 
 
+class LogSlider:
+    """A log-scale slider beside an integer parameter's spin box (DGDE's query budget and pixel
+    target, ``AttackSpec.live_search``): dragging spans decades; the two stay in step."""
+
+    def __init__(self, field: ParamField):
+        self.field = field
+        p = field.param
+        self.lo = max(1, int(p.min or 1))
+        self.hi = max(self.lo + 1, min(int(p.max or 10**5), 10**5))
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(0, LOG_SLIDER_TICKS)
+        self.slider.setToolTip(f"{p.name}: drag over {self.lo} .. {self.hi} (log scale)")
+        self.sync()
+        self.slider.valueChanged.connect(self._moved)
+
+    def value_at(self, pos: int) -> int:
+        return int(round(self.lo * (self.hi / self.lo) ** (pos / LOG_SLIDER_TICKS)))
+
+    def position_of(self, v) -> int:
+        if v is None:
+            return LOG_SLIDER_TICKS
+        v = min(max(int(v), self.lo), self.hi)
+        return int(round(LOG_SLIDER_TICKS * math.log(v / self.lo) / math.log(self.hi / self.lo)))
+
+    def sync(self) -> None:
+        """The slider follows the spin box (no signal)."""
+        self.slider.blockSignals(True)
+        self.slider.setValue(self.position_of(self.field.value()))
+        self.slider.blockSignals(False)
+
+    def _moved(self, pos: int) -> None:
+        self.field.set_value(self.value_at(pos))  # the spin box's change signal tells the dock
+
+
 def _fmt(v: float) -> str:
     if v == 0 or not math.isfinite(v):
         return f"{v:g}"
@@ -119,13 +155,16 @@ class MethodPanel:
     ``on_eps_changed()`` after every change of ε."""
 
     def __init__(self, viewer: napari.Viewer, registry: AttackRegistry, *, source_layer: Callable[[], Any],
-                 on_method_changed: Callable[[AttackSpec], None], on_eps_changed: Callable[[], None]):
+                 on_method_changed: Callable[[AttackSpec], None], on_eps_changed: Callable[[], None],
+                 on_param_changed: Callable[[str], None] | None = None):
         self.viewer = viewer
         self.registry = registry
         self._source_layer = source_layer
         self._on_method_changed = on_method_changed
         self._on_eps_changed = on_eps_changed
         self._fields: dict[str, ParamField] = {}
+        self.sliders: dict[str, LogSlider] = {}
+        self._on_param_changed = on_param_changed or (lambda name: None)
         self._has_eps = True
         self._ranges: tuple[str, list[str], Any] | None = None  # (layer name, channel names, intensity ranges)
         self.attack_box = self._build_attack_box()
@@ -151,7 +190,11 @@ class MethodPanel:
         self.eps_native = QLabel("")
         self.eps_native.setWordWrap(True)
         self.eps_native.setToolTip("ε in the image's own units, per channel (ε × that channel's intensity range)")
-        self.live = QCheckBox("live ε (FGSM: one forward per move; iterative: warm start, steps shown)")
+        self.live = QCheckBox("live (FGSM: one forward per ε; iterative: warm start, steps shown; "
+                              "DGDE: budget and pixel sliders continue the search)")
+        self.live.setToolTip("FGSM, i-FGSM, ti-FGSM, PGD …: moving ε updates the layers. DGDE: moving the query "
+                             "budget or the maximum pixels continues the search from its current solution "
+                             "(or shows a solution it already found)")
         attack_box = QGroupBox("Attack")
         fa = QFormLayout(attack_box)
         fa.addRow("method", self.method)
@@ -176,6 +219,7 @@ class MethodPanel:
         while self.params_form.rowCount():
             self.params_form.removeRow(0)
         self._fields = {}
+        self.sliders = {}
         for p in spec.params:
             if p.name == "eps":
                 continue
@@ -183,7 +227,10 @@ class MethodPanel:
             if p.name in old and old[p.name] is not None:
                 f.set_value(old[p.name])
             self._fields[p.name] = f
-            self.params_form.addRow(p.name, f.widget)
+            if p.name in spec.live_search and p.kind is int:
+                self.params_form.addRow(p.name, self._with_slider(f))
+            else:
+                self.params_form.addRow(p.name, f.widget)
         self.params_box.setVisible(bool(self._fields))
         eps_default = next((p.default for p in spec.params if p.name == "eps"), None)
         self._has_eps = any(p.name == "eps" for p in spec.params)  # MR artifacts have a severity instead
@@ -192,10 +239,25 @@ class MethodPanel:
         self.eps_native.setVisible(self._has_eps)
         if eps_default is not None and not old and self.eps_slider.value() == 0:
             self.set_eps(eps_default)
-        self.live.setEnabled(spec.live_eps or spec.warm_start)
-        if not (spec.live_eps or spec.warm_start) and self.live.isChecked():
+        live = spec.live_eps or spec.warm_start or bool(spec.live_search)
+        self.live.setEnabled(live)
+        if not live and self.live.isChecked():
             self.live.setChecked(False)
         self._on_method_changed(spec)
+
+    def _with_slider(self, f: ParamField):
+        """The field with a log-scale slider under it; changes of either tell ``on_param_changed``."""
+        name = f.param.name
+        sl = self.sliders[name] = LogSlider(f)
+        f.input.changed.connect(lambda *_: (sl.sync(), self._on_param_changed(name)))
+        if f.auto is not None:
+            f.auto.changed.connect(lambda *_: (sl.sync(), self._on_param_changed(name)))
+        box = QWidget()
+        col = QVBoxLayout(box)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(f.widget)
+        col.addWidget(sl.slider)
+        return box
 
     def attack_name(self) -> str:
         return self.method.currentData()

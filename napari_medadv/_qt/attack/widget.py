@@ -25,6 +25,7 @@ from .inputs import InputsPanel
 from .jobs import JobBar, attack_job, expected_steps, headline
 from .live import LIVE_DEBOUNCE_MS, LivePreview
 from .live_iter import LiveIterative
+from .live_search import LiveSearch
 from .match_panel import MatchPanel
 from .params import MethodPanel
 
@@ -47,7 +48,8 @@ class AttackWidget(QWidget):
         self.registry = ATTACKS
 
         self.method_panel = MethodPanel(napari_viewer, self.registry, source_layer=self.source_layer,
-                                        on_method_changed=self._method_changed, on_eps_changed=self._eps_changed)
+                                        on_method_changed=self._method_changed, on_eps_changed=self._eps_changed,
+                                        on_param_changed=self._param_changed)
         self.inputs = InputsPanel(napari_viewer, self.session, self.method_panel.spec(),
                                   on_source_changed=self._source_changed, on_inputs_changed=self._inputs_changed)
         self.jobs = JobBar()
@@ -60,6 +62,12 @@ class AttackWidget(QWidget):
         self.live_iter = LiveIterative(napari_viewer, self.session, self.method_panel.live, self.jobs,
                                        attack=self.attack_name, params=self.params, seed=self.inputs.seed_value,
                                        key=self.inputs.layer_key, context=self.inputs.context, say=self.jobs.say)
+        self.live_search = LiveSearch(napari_viewer, self.session, self.method_panel.live, self.jobs,
+                                      attack=self.attack_name, params=self.params, seed=self.inputs.seed_value,
+                                      key=self.inputs.layer_key, context=self.inputs.context, say=self.jobs.say)
+        self._search_debounce = QTimer(self)
+        self._search_debounce.setSingleShot(True)
+        self._search_debounce.setInterval(LIVE_DEBOUNCE_MS)
         self._iter_debounce = QTimer(self)
         self._iter_debounce.setSingleShot(True)
         self._iter_debounce.setInterval(LIVE_DEBOUNCE_MS)
@@ -111,6 +119,7 @@ class AttackWidget(QWidget):
         self.session.matched_changed.connect(self.match_panel.matched_changed)
         self.image_combo.currentIndexChanged.connect(self.match_panel.update_controls)
         self._iter_debounce.timeout.connect(self.live_iter.submit)
+        self._search_debounce.timeout.connect(self.live_search.submit)
         self.live.toggled.connect(self._live_toggled)
 
     def _layer_events(self) -> tuple:
@@ -125,6 +134,7 @@ class AttackWidget(QWidget):
         self.session.matched_changed.disconnect(self.match_panel.matched_changed)
         self.live_eps.shutdown()
         self.live_iter.shutdown()
+        self.live_search.shutdown()
         for sig in self._layer_events():
             sig.disconnect(self.inputs.refresh)
         self.session.model_changed.disconnect(self._model_changed)
@@ -134,17 +144,23 @@ class AttackWidget(QWidget):
         self.save_btn.setEnabled(shown is not None)
 
     def _source_changed(self) -> None:
-        self.live_eps.invalidate()
-        self.live_iter.invalidate()
+        self._inputs_changed()
         self.method_panel.source_changed()
 
     def _inputs_changed(self, *_) -> None:
         self.live_eps.invalidate()
         self.live_iter.invalidate()
+        self.live_search.invalidate()
 
     def _method_changed(self, spec) -> None:
         self.live_iter.cancel()
+        self.live_search.cancel()
         self.inputs.set_method(spec)
+
+    def _param_changed(self, name: str) -> None:
+        """DGDE's query budget / maximum pixels moved: continue the kept search (live on)."""
+        if self.live.isChecked() and name in self.method_panel.spec().live_search:
+            self._search_debounce.start()
 
     def _eps_changed(self) -> None:
         if self.method_panel.spec().warm_start:
@@ -154,10 +170,14 @@ class AttackWidget(QWidget):
             self.live_eps.eps_changed()
 
     def _live_toggled(self, on: bool) -> None:
-        if on and self.method_panel.spec().warm_start:
+        spec = self.method_panel.spec()
+        if on and spec.warm_start:
             self._iter_debounce.start()
+        elif on and spec.live_search:
+            self._search_debounce.start()
         elif not on:
             self.live_iter.cancel()
+            self.live_search.cancel()
 
     def _model_changed(self, model) -> None:
         self.live_eps.invalidate()
@@ -283,11 +303,12 @@ class AttackWidget(QWidget):
         self.jobs.cancel()
         self.live_eps.cancel()
         self.live_iter.cancel()
+        self.live_search.cancel()
 
     @property
     def running(self) -> bool:
         """A run, a live-ε update or a result landing (not the live ε cache filling in the background)."""
-        return (self.jobs.applying or self.jobs.busy or self.live_eps.busy
+        return (self.jobs.applying or self.jobs.busy or self.live_eps.busy or self.live_search.busy
                 or (self.live_iter.busy and not self.live_iter.filling))
 
     # ------------------------------------------------------------------ matched quality, export
