@@ -121,10 +121,17 @@ def resolve_target(model: LoadedModel, target, image: ImageData):
                 raise ModelError(f"target class {target!r} is not one of the model's classes {names}")
             return names.index(target)
         return int(target)
+    multi_hot = model.info.output == "sigmoid" or bool(model.info.region_names)
     if isinstance(target, np.ndarray):
         if target.shape != image.spatial_shape:
             raise MedadvError(f"target mask shape {target.shape} does not match the image {image.spatial_shape}")
-        return model.label_map_to_target(target)[0]
+        t = model.label_map_to_target(target)
+        return t if multi_hot else t[0]  # multi-hot: shaped like the output (1 R *spatial)
+    if multi_hot:
+        # overlapping regions (BraTS TC/WT/ET) or one channel per label: "every voxel = label v"
+        # is the multi-hot target of a constant label map (label 1, necrotic core: TC and WT on,
+        # ET off), not output index v (on a TC/WT/ET model index 1 is WT)
+        return model.label_map_to_target(np.full(image.spatial_shape, int(target), dtype=np.int16))
     return model.label_value_to_index(int(target))
 
 
@@ -193,6 +200,11 @@ def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: d
             )
         except ModelError as exc:  # say whose ground truth it is (a study runs many cases)
             raise ModelError(f"{image.source}: ground truth does not fit {model.spec}: {exc}") from None
+    if target is None and spec.targeted == "required" and model.info.task == "segmentation":
+        # ti-FGSM's "target_label" is a label *value* here (Liu's label 1, the necrotic core, on
+        # every BraTS model whatever its output layout): the model's declaration maps it
+        default = next((p.default for p in spec.params if p.name == "target_label"), None)
+        target = kwargs.get("target_label", default)
     engine_target = resolve_target(model, target, image)
     if engine_target is not None and spec.targeted == "no":
         raise MedadvError(f"{spec.label} is untargeted: it takes no target", fix="untargeted")

@@ -22,8 +22,10 @@ class TIFGSM(IFGSM):
     * for classifiers, a class index or a float target vector ``K`` / ``B K``.
 
     Arguments: ``eps=0.05``, ``steps=10``, ``alpha=None`` (ε/N), ``target_label=1`` (used when
-    no ``target`` is passed), plus those of :class:`~.base.Attack`. Targets are class
-    *indices* of the model output (the model adapter maps label values such as BraTS 4 to them).
+    no ``target`` is passed), plus those of :class:`~.base.Attack`. Here targets are class
+    *indices* of the model output; through :mod:`~napari_medadv.core.pipeline` (CLI, docks,
+    studies) ``target_label`` and ``--target`` are label *values* that the model's declaration
+    maps: BraTS label 1 is the necrotic core on softmax and on sigmoid TC/WT/ET models alike.
 
     Example::
 
@@ -35,7 +37,8 @@ class TIFGSM(IFGSM):
     description = "Targeted iterative FGSM: N steps descending the loss towards a target label/mask."
     targeted = "required"
     params = IFGSM.params + (
-        Param("target_label", int, 1, "target class index when no mask is given", 0, 255),
+        Param("target_label", int, 1, "target when no mask is given: a label value (BraTS 1 = necrotic core) "
+                                      "through a model's declaration, else a class index", 0, 255),
     )
     _direction = -1.0
 
