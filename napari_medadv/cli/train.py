@@ -32,6 +32,11 @@ def add_defense_options(t: argparse.ArgumentParser) -> None:
                    help="distill: temperature of the teacher's soft labels (default: --temperature, eq. 4)")
     g.add_argument("--eps", type=float, default=DEFAULTS["eps"], help="adversarial: FGSM ε (fraction of range)")
     g.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="adversarial: weight of the clean loss (eq. 9)")
+    g.add_argument("--adv-loss", choices=["soft-dice", "dicece"], default=DEFAULTS["adv_loss"],
+                   help="adversarial: L of eq. 9 — the paper's soft Dice (eq. 6) or MONAI DiceCE")
+    g.add_argument("--adv-update", choices=["joint", "sequential"], default=DEFAULTS["adv_update"],
+                   help="adversarial: one step on eq. 9 per batch (joint) or a step on the FGSM examples, "
+                        "then one on the clean batch (sequential, the paper's alternative)")
     g.add_argument("--radius", type=float, default=DEFAULTS["radius"], help="noise: L∞ radius (fraction of range)")
     g.add_argument("--init", help="start from this model's weights (fine-tune) instead of a fresh network")
     g.add_argument("--lr", type=float, help="learning rate (default: the demo model's)")
@@ -42,6 +47,7 @@ def train_defended_from_args(args) -> dict:
     return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases,
                           epochs=args.epochs, temperature=args.temperature, eps=args.eps, beta=args.beta,
                           radius=args.radius, teacher=args.teacher, teacher_temperature=args.teacher_temperature,
+                          adv_loss=args.adv_loss, adv_update=args.adv_update,
                           init=args.init, lr=args.lr,
                           log=lambda s: print(s, file=sys.stderr))
 

@@ -20,9 +20,13 @@
   network ("two independent networks"); ``init`` starts it from the teacher (fine-tuning).
 * **adversarial** — adversarial training with the FGSM-regularised objective (eq. 9)
   ``L~ = β L(x, y) + (1 − β) L(x + ε sign ∇_x L(x, y), y)``; the FGSM example is regenerated for
-  every batch from the current model. L is the training loss of the undefended model (MONAI
-  ``DiceCELoss``); ε is a fraction of each channel's intensity range and the step stays on the
-  image's non-zero support — exactly the FGSM the study evaluates.
+  every batch from the current model. L is the paper's soft Dice loss (eq. 6,
+  :class:`~napari_medadv.core.losses.SoftDiceLoss`, ``adv_loss="soft-dice"``, the default) or the
+  undefended model's training loss (MONAI ``DiceCELoss``, ``adv_loss="dicece"``: how the shipped
+  ``unet3d-adv`` was fine-tuned). ``adv_update="joint"`` takes one optimiser step on eq. 9 per
+  batch; ``"sequential"`` is the paper's alternative, one step on the FGSM examples of the batch
+  and then one on the clean batch (β unused). ε is a fraction of each channel's intensity range and the
+  step stays on the image's non-zero support — exactly the FGSM the study evaluates.
 * **noise** — the paper's baseline: uniform L∞ noise of radius r (fraction of each channel's
   range, on the non-zero support); every batch is used twice, first perturbed, then clean
   ("for a fair comparison to adversarial training").
@@ -61,7 +65,9 @@ DEFENSES = ("distill", "adversarial", "noise")
 #: file/model-name suffix of each defense: ``demo:unet3d-adv`` ...
 SUFFIX = {"distill": "distill", "adversarial": "adv", "noise": "noise"}
 DEFAULTS = {"temperature": 2.0, "eps": 0.05, "beta": 0.5, "radius": 0.01, "teacher": "demo:unet3d",
-            "teacher_temperature": None}
+            "teacher_temperature": None, "adv_loss": "soft-dice", "adv_update": "joint"}
+ADV_LOSSES = ("soft-dice", "dicece")
+ADV_UPDATES = ("joint", "sequential")
 
 
 def defended_name(base: str, defense: str) -> str:
@@ -130,6 +136,8 @@ def train_defended(
     radius: float = DEFAULTS["radius"],
     teacher: str = DEFAULTS["teacher"],
     teacher_temperature: float | None = DEFAULTS["teacher_temperature"],
+    adv_loss: str = DEFAULTS["adv_loss"],
+    adv_update: str = DEFAULTS["adv_update"],
     init: str | None = None,
     lr: float | None = None,
     data: list | None = None,
@@ -149,11 +157,16 @@ def train_defended(
     if teacher_temperature is None:
         teacher_temperature = temperature
     _check_hyperparameters(temperature, eps, beta, radius, teacher_temperature)
+    if adv_loss not in ADV_LOSSES:
+        raise MedadvError(f"unknown adversarial-training loss {adv_loss!r}; choose one of {', '.join(ADV_LOSSES)}")
+    if adv_update not in ADV_UPDATES:
+        raise MedadvError(f"unknown adversarial-training update {adv_update!r}; choose one of {', '.join(ADV_UPDATES)}")
     tr = _training_settings(cfg, n_cases, epochs, lr)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     noise_gen = torch.Generator().manual_seed(seed + 1)
-    info = _defended_info(cfg, name, defense, dict(temperature=temperature, eps=eps, beta=beta, radius=radius))
+    info = _defended_info(cfg, name, defense, dict(temperature=temperature, eps=eps, beta=beta, radius=radius,
+                                                    adv_loss=adv_loss, adv_update=adv_update))
     net = _network(cfg, base, init)
     model = NativeInputModel(net, info, sliding_window=False)
     t0 = time.perf_counter()
@@ -165,7 +178,7 @@ def train_defended(
         seeds = []
     params, steps, batches, loss_of = _objective(
         defense, model, data, tr, rng, noise_gen, temperature=temperature, eps=eps, beta=beta, radius=radius,
-        teacher=teacher, teacher_temperature=teacher_temperature)
+        teacher=teacher, teacher_temperature=teacher_temperature, adv_loss=adv_loss, adv_update=adv_update)
     log(f"training {name}: {defense} {params}")
     fit(model, tr, steps, batches, loss_of, log)
     model.eval()
@@ -238,7 +251,8 @@ def _network(cfg: dict, base: str, init: str | None) -> nn.Module:
 
 def _objective(defense: str, model: nn.Module, data: list, tr: dict, rng: np.random.Generator,
                noise_gen: torch.Generator, *, temperature: float, eps: float, beta: float, radius: float,
-               teacher: str, teacher_temperature: float) -> tuple[dict, int, Callable, Callable]:
+               teacher: str, teacher_temperature: float, adv_loss: str = "soft-dice",
+               adv_update: str = "joint") -> tuple[dict, int, Callable, Callable]:
     """What :func:`~.loop.fit` trains ``model`` with under ``defense``: ``(recorded parameters,
     steps per epoch, batches of an epoch, loss of a batch)``."""
     from monai.losses import DiceCELoss  # monai takes seconds to import: only when training
@@ -260,13 +274,8 @@ def _objective(defense: str, model: nn.Module, data: list, tr: dict, rng: np.ran
             return distill(model(b[0]), soft).mean()
 
     elif defense == "adversarial":
-        params = {"eps": eps, "beta": beta}
-
-        def batches():
-            yield from segmentation_batches(data, tr, rng)
-
-        def loss_of(b):
-            return adversarial_loss(model, loss_fn, b[0], b[1], eps, beta)
+        return _adversarial_objective(model, data, tr, rng, steps, eps=eps, beta=beta, adv_loss=adv_loss,
+                                      adv_update=adv_update, dicece=loss_fn)
 
     elif defense == "noise":
         params = {"radius": radius}
@@ -285,18 +294,58 @@ def _objective(defense: str, model: nn.Module, data: list, tr: dict, rng: np.ran
     return params, steps, batches, loss_of
 
 
+def _adversarial_objective(model: nn.Module, data: list, tr: dict, rng: np.random.Generator, steps: int, *,
+                           eps: float, beta: float, adv_loss: str, adv_update: str, dicece: Callable):
+    """Eq. 9 with the soft Dice of eq. 6 (or DiceCE), joint or sequential (see the module doc)."""
+    if adv_loss == "soft-dice":
+        from ..losses import SoftDiceLoss
+
+        soft_dice = SoftDiceLoss("softmax")
+
+        def loss_fn(out, y):
+            return soft_dice(out, y).mean()  # eq. 6 per sample, averaged over the batch
+    else:
+        loss_fn = dicece
+    params = {"eps": eps, "beta": beta, "adv_loss": adv_loss, "adv_update": adv_update}
+    if adv_update == "joint":
+        def batches():
+            yield from segmentation_batches(data, tr, rng)
+
+        def loss_of(b):
+            return adversarial_loss(model, loss_fn, b[0], b[1], eps, beta)
+
+        return params, steps, batches, loss_of
+
+    def batches():  # sequential: the FGSM examples of a batch, then the batch clean
+        for x, y in segmentation_batches(data, tr, rng):
+            yield x, y, True
+            yield x, y, False
+
+    def loss_of(b):
+        x, y, adversarial = b
+        if adversarial:
+            x = fgsm_examples(model, loss_fn, x, y, eps)  # of the current model, before this step
+        return loss_fn(model(x), y)
+
+    params["beta"] = None  # not used by the sequential update
+    return params, 2 * steps, batches, loss_of
+
+
 def _describe(defense: str, v: dict) -> str:
     if defense == "distill":
         return f"defensive distillation T={v['temperature']:g} (Liu eq. 7)"
     if defense == "adversarial":
-        return f"FGSM adversarial training eps={v['eps']:g}, beta={v['beta']:g} (Liu eq. 9)"
+        how = (f"beta={v['beta']:g}" if v.get("adv_update", "joint") == "joint"
+               else "adversarial then clean step per batch")
+        return f"FGSM adversarial training eps={v['eps']:g}, {how}, {v.get('adv_loss', 'soft-dice')} loss (Liu eq. 9)"
     return f"uniform L-inf noise augmentation radius={v['radius']:g}"
 
 
 def _command(base: str, defense: str, params: dict, seed: int, tr: dict, init: str | None) -> str:
     opts = {"distill": f"--temperature {params.get('temperature', '')} --teacher {params.get('teacher')} "
                        f"--teacher-temperature {params.get('teacher_temperature')}",
-            "adversarial": f"--eps {params.get('eps', '')} --beta {params.get('beta', '')}",
+            "adversarial": f"--eps {params.get('eps', '')} --beta {params.get('beta', '')} "
+                           f"--adv-loss {params.get('adv_loss')} --adv-update {params.get('adv_update')}",
             "noise": f"--radius {params.get('radius', '')}"}[defense]
     extra = f" --init {init}" if init else ""
     return (f"medadv train demo-{base} --defense {defense} {opts}{extra} --seed {seed} --cases {tr['n_cases']} "

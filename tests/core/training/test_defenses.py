@@ -124,6 +124,35 @@ def test_each_defense_trains_and_changes_the_model(defense, tmp_path):
     assert info.task == "segmentation"
 
 
+@pytest.mark.parametrize("adv_loss,adv_update", [("soft-dice", "sequential"), ("dicece", "joint")])
+def test_adversarial_training_loss_and_update(adv_loss, adv_update, tmp_path, monkeypatch):
+    """eq. 9 with the paper's soft Dice (eq. 6) or DiceCE; sequential: an FGSM-example step, then a
+    clean step, per batch (two optimiser steps per batch)."""
+    calls = []
+    real = D.fgsm_examples
+    monkeypatch.setattr(D, "fgsm_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rec = D.train_defended("adversarial", tmp_path, init="demo:unet3d", data=_tiny_data(), epochs=1, lr=1e-3,
+                           adv_loss=adv_loss, adv_update=adv_update, evaluate=False, log=lambda s: None)
+    assert (rec["adv_loss"], rec["adv_update"]) == (adv_loss, adv_update)
+    assert f"--adv-loss {adv_loss} --adv-update {adv_update}" in rec["command"]
+    assert calls  # FGSM examples of the current model, every batch
+    if adv_update == "sequential":
+        assert rec["beta"] is None
+
+
+def test_soft_dice_adversarial_objective_is_eq6():
+    from napari_medadv.core.losses import SoftDiceLoss
+
+    net, x, y, _ = _toy()
+    params, steps, batches, loss_of = D._adversarial_objective(
+        net, [], {"batch": 1}, np.random.default_rng(0), 1, eps=0.1, beta=0.25, adv_loss="soft-dice",
+        adv_update="joint", dicece=None)
+    soft = SoftDiceLoss("softmax")
+    adv = D.fgsm_examples(net, lambda o, t: soft(o, t).mean(), x, y, 0.1)
+    expected = 0.25 * soft(net(x), y).mean() + 0.75 * soft(net(adv), y).mean()
+    assert float(loss_of((x, y))) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_defense_arguments_are_validated(tmp_path):
     with pytest.raises(MedadvError, match="unknown defense"):
         D.train_defended("magic", tmp_path)
@@ -133,3 +162,5 @@ def test_defense_arguments_are_validated(tmp_path):
         D.train_defended("noise", tmp_path, base="cxr")
     with pytest.raises(MedadvError, match="temperature"):
         D.train_defended("distill", tmp_path, temperature=-1)
+    with pytest.raises(MedadvError, match="adversarial-training loss"):
+        D.train_defended("adversarial", tmp_path, adv_loss="mse")
