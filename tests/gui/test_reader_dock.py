@@ -68,9 +68,14 @@ def test_pair_trials_are_blind_and_keyboard_driven(study, qtbot, tmp_path):
     viewer, dock = study
     before = _snapshot(viewer)
     assert before["docks"]["Readouts"] is False and before["list"] is False
+    keymap = dict(viewer.keymap)
     cases, stimuli, plan = _synthetic(dock, "pair")
     path = tmp_path / "reader_study.csv"
     dock.begin(cases, stimuli, plan, ReaderLog(path))
+    # the same keys work while the canvas has the focus (viewer key bindings), then are unbound
+    bound = {str(k): f for k, f in viewer.keymap.items()}
+    bound["Left"](viewer)
+    assert dock._answer == "left"
     answers = []
     for k, trial in enumerate(plan):
         assert dock.trial == trial
@@ -105,6 +110,7 @@ def test_pair_trials_are_blind_and_keyboard_driven(study, qtbot, tmp_path):
         answers.append(("left" if ans == Qt.Key_Left else "right", k % 2 == 0, k % 5 + 1))
     assert not dock.in_trial
     assert _snapshot(viewer) == before  # restored exactly
+    assert dict(viewer.keymap) == keymap
     rows = list(csv.DictReader(path.open()))
     assert tuple(rows[0]) == COLUMNS and len(rows) == len(plan)
     for row, trial, (ans, ok, conf) in zip(rows, plan, answers):
