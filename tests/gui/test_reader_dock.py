@@ -166,7 +166,21 @@ def test_start_makes_matched_images_then_blinds(study, qtbot, tmp_path, cxr_mode
     assert not dock.in_trial and "A" not in viewer.layers
 
 
-def test_start_without_model_says_so(study):
+def test_start_without_model_says_so(study, qtbot, unet2d, monkeypatch, tmp_path):
     viewer, dock = study
     assert dock.start() is None
     assert "Model dock" in dock.setup.status.text()
+    # a model that does not fit the case (glioma UNet, radiograph): a notification, no trial
+    import napari.utils.notifications as nt
+
+    errors: list[str] = []
+    monkeypatch.setattr(nt, "show_error", errors.append)
+    monkeypatch.setattr("napari_medadv._qt.workers.show_error", errors.append)
+    dock.session.set_model(unet2d)
+    dock.setup.psnrs.setText("34")
+    dock.setup.out.setText(str(tmp_path / "never.csv"))
+    job = dock.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT)
+    assert not dock.in_trial and errors and "Reader study images failed" in errors[0]
+    assert "could not be made" in dock.setup.status.text()
+    assert not (tmp_path / "never.csv").exists()

@@ -141,7 +141,7 @@ class ReaderStudyWidget(QWidget):
         s.busy(True)
         self.job = Job(stimuli_job, choices, model, sources, psnrs, design["seed"], desc="Reader study images",
                        hooks=True, total=n_cells, activity=False, on_yield=self._progress, on_done=self._made,
-                       on_finish=lambda: s.busy(False),
+                       on_finish=self._job_finished,
                        on_cancel=lambda: s.status.setText("cancelled; no trial was shown")).start()
         return self.job
 
@@ -155,6 +155,11 @@ class ReaderStudyWidget(QWidget):
         else:
             self.setup.status.setText(f"matching {payload['source']} on {payload['case']}: "
                                       f"evaluation {payload['evaluation']}, PSNR {payload['psnr']:.2f} dB")
+
+    def _job_finished(self) -> None:
+        self.setup.busy(False)
+        if not self.in_trial and self.setup.status.text().startswith(("making", "matching", "loading")):
+            self.setup.status.setText("the images could not be made (see the notification); no trial was shown")
 
     def cancel(self) -> None:
         if self.running:
