@@ -113,6 +113,22 @@ def test_stimuli_reach_the_target_psnr(cxr_image, cxr_demo):
             s.psnr, abs=1e-3)
 
 
+def test_stimuli_stop_when_asked(cxr_image, cxr_demo):
+    from napari_medadv.core.reader import iter_stimuli
+
+    gen = iter_stimuli({"cxr": cxr_image}, cxr_demo, ["fgsm"], [30.0, 40.0], should_stop=lambda: True)
+    assert next(gen) == (0, 2, None)
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value is None
+
+
+def test_plan_takes_numpy_psnrs():
+    plan = plan_trials(["c"], ["fgsm"], np.array([30.0, 35.0], dtype=np.float32), repeats=2, seed=0)
+    assert sorted({t.target_psnr for t in plan}) == [30.0, 35.0]
+    assert all(type(t.target_psnr) is float for t in plan)
+
+
 @pytest.fixture(scope="module")
 def cxr_image():
     from napari_medadv._sample_data import chest_radiograph_path

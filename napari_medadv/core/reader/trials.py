@@ -93,7 +93,11 @@ def check_design(cases: Sequence[str], sources: Sequence[str], target_psnrs: Seq
         if len(set(items)) != len(items):
             raise ValueError(f"the {what} repeat a value: {list(items)}")
     for p in target_psnrs:
-        if not (isinstance(p, (int, float)) and math.isfinite(p) and p > 0):
+        try:
+            ok = not isinstance(p, (str, bool)) and math.isfinite(float(p)) and float(p) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise ValueError(f"target PSNRs must be finite positive numbers (dB), got {p!r}")
     if int(repeats) != repeats or repeats < 1:
         raise ValueError(f"trials per cell must be a whole number >= 1, got {repeats!r}")
