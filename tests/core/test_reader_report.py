@@ -73,6 +73,8 @@ def test_csv_round_trip_through_reader_report(tmp_path, capsys):
      "1,a,fgsm,30,30.1,altered,left,1,9,2.0\n", "line 2: confidence"),
     ("trial,case,source,target_psnr,psnr,shown_left,answer,correct,confidence,seconds\n"
      "1,a,fgsm,thirty,30.1,altered,left,1,3,2.0\n", "line 2"),
+    ("trial,case,source,target_psnr,psnr,shown_left,answer,correct,confidence,seconds\n"
+     "1,a,fgsm,30,30.1,altered,right,1,3,2.0\n", "does not follow"),
 ])
 def test_bad_csv_is_one_line_exit_2(tmp_path, capsys, content, problem):
     path = tmp_path / "reader_study.csv"

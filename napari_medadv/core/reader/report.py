@@ -112,6 +112,13 @@ def _typed(raw: dict) -> dict:
     if r["correct"] not in ("0", "1"):
         raise ValueError(f"correct must be 0 or 1, got {r['correct']!r}")
     out["correct"] = int(r["correct"])
+    if r["answer"] in ("left", "right"):
+        expected = (r["answer"] == "left") == (r["shown_left"] == ALTERED)
+    else:
+        expected = r["answer"] == r["shown_left"]
+    if out["correct"] != int(expected):
+        raise ValueError(f"correct={out['correct']} does not follow from shown_left={r['shown_left']} and "
+                         f"answer={r['answer']}")
     out["confidence"] = int(r["confidence"])
     if out["confidence"] not in CONFIDENCE:
         raise ValueError(f"confidence must be 1-5, got {r['confidence']!r}")
