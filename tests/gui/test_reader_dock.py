@@ -184,3 +184,17 @@ def test_start_without_model_says_so(study, qtbot, unet2d, monkeypatch, tmp_path
     assert not dock.in_trial and errors and "Reader study images failed" in errors[0]
     assert "could not be made" in dock.setup.status.text()
     assert not (tmp_path / "never.csv").exists()
+
+
+def test_shipped_samples_as_cases():
+    """The samples are offered as cases; one loads with the window/level it gets when opened."""
+    from napari_medadv._qt.layers import display_limits
+    from napari_medadv._qt.reader.cases import sample_cases
+
+    choices = {c.label: c for c in sample_cases()}
+    assert {"sample glioma_001", "sample glioma_004"} <= set(choices)
+    case = choices["sample glioma_001"].load()
+    assert case.name == "sample glioma_001" and case.image.channel_names[case.channel] == "flair"
+    assert case.contrast_limits == display_limits(case.image.array[case.channel])
+    kw = case.layer_kwargs()
+    assert set(kw) >= {"scale", "contrast_limits", "colormap"} and "name" not in kw and "metadata" not in kw
