@@ -3,6 +3,7 @@
     medadv attack IMAGE --model SPEC --attack NAME --eps E --out DIR   one attack, written to DIR
     medadv demo [--headless] [--out DIR]                               the whole chain on shipped data
     medadv train demo-unet3d|demo-unet2d|demo-cxr [--out DIR]          rebuild a demo model
+    medadv reader-report reader_study.csv [--out DIR]                  a reader study's detection report
     medadv attacks                                                     list attacks and their parameters
     medadv models                                                      list model schemes and demo models
 
@@ -19,7 +20,7 @@ import sys
 from napari_medadv import __version__
 from napari_medadv.core.errors import MedadvError, internal_error_line, write_error_log
 
-from . import attack, demo, listing, study, train
+from . import attack, demo, listing, reader, study, train
 from ._common import EXIT_INTERNAL, EXIT_USAGE, CLIError, _hint
 from .demo import _no_display_reason  # noqa: F401 (tests and the GUI demo check the display with it)
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     train.add_parser(sub)
     study.add_parser(sub)
+    reader.add_parser(sub)
     listing.add_parsers(sub)
     return parser
 

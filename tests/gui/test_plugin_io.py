@@ -21,7 +21,8 @@ def test_manifest_declares_readers_writers_samples_widgets():
     assert c.readers and c.readers[0].accepts_directories
     assert {tuple(w.layer_types) for w in c.writers} == {("image",), ("labels",)}
     assert {s.key for s in c.sample_data} == {"glioma", "glioma-1mm", "cxr"}
-    assert {w.display_name for w in c.widgets} == {"Model", "Attack", "Readouts", "Plots", "Orientation"}
+    assert {w.display_name for w in c.widgets} == {"Model", "Attack", "Readouts", "Plots", "Orientation",
+                                                  "Reader study"}
     for cmd in c.commands:  # every python_name resolves
         module, _, attr = cmd.python_name.partition(":")
         mod = __import__(module, fromlist=[attr])
