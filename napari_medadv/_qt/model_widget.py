@@ -47,9 +47,9 @@ CHOICES = [
 ]
 
 
-def _load_job(spec: str, weights: str | None, trust: bool, device: str):
+def _load_job(spec: str, weights: str | None, trust: bool, device: str, preprocess: str | None = None):
     yield 0, 1, None
-    model = load_model(spec, weights=weights or None, trust_code=trust, device=device)
+    model = load_model(spec, weights=weights or None, trust_code=trust, device=device, preprocess=preprocess)
     yield 1, 1, None
     return model
 
@@ -63,6 +63,10 @@ def describe_model(model) -> str:
     if info.channel_names:
         task += f" ({', '.join(info.channel_names)})"
     lines.append(task)
+    if info.bias_correction or info.resize_to:
+        steps = (["N4 bias-field correction"] if info.bias_correction else []) + (
+            ["resize to " + "×".join(map(str, info.resize_to))] if info.resize_to else [])
+        lines.append("preprocessing: " + ", ".join(steps))
     if info.task == "segmentation":
         if info.region_names:
             lines.append("regions: " + ", ".join(info.region_names))
@@ -94,6 +98,9 @@ class _ModelPicker(QWidget):
         self.trust = QCheckBox("trust model code")
         self.trust.setToolTip("TorchScript files, MONAI bundles and factories run code from the file: "
                               "tick this only for models you trust")
+        self.liu = QCheckBox("Liu preprocessing (N4 + 128³)")
+        self.liu.setToolTip("Liu et al. 2021: N4 bias-field correction (fitted on the clean image, then held fixed) "
+                            "and resize to 128³, inside the model — attacks still perturb your image. 3-D MR models")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu"])
         try:
@@ -119,6 +126,7 @@ class _ModelPicker(QWidget):
         form.addRow("path", self._path_row)
         form.addRow("weights", self.weights)
         form.addRow("", self.trust)
+        form.addRow("", self.liu)
         form.addRow("device", self.device)
         form.addRow("", self.load_btn)
         self._form = form
@@ -314,7 +322,7 @@ class ModelWidget(QWidget):
                 info.setText("no model loaded")
 
         self._job = Job(_load_job, spec, weights, picker.trust.isChecked(), picker.device.currentText(),
-                        desc=f"loading {spec}", on_done=done, on_finish=finish, total=1).start()
+                        "liu" if picker.liu.isChecked() else None, desc=f"loading {spec}", on_done=done, on_finish=finish, total=1).start()
         return self._job
 
     def _transfer_toggled(self, on: bool) -> None:

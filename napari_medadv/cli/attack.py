@@ -42,6 +42,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                  "factory:pkg.module:function, xrv:WEIGHTS, nnunet:DIR[:FOLDS][:notta]")
     a.add_argument("--weights", help="state dict for factory: models; for nnunet: the checkpoint file name in "
                                       "each fold_N (default checkpoint_final.pth, e.g. checkpoint_best.pth)")
+    a.add_argument("--preprocess", choices=["none", "liu"], default="none",
+                   help="liu: Liu et al.'s N4 bias-field correction (fitted on the clean image, then held fixed) "
+                        "and resize to 128³, inside the wrapped model: the attack still perturbs your image")
     a.add_argument("--trust-model-code", action="store_true",
                    help="allow TorchScript/bundle/factory models, which run code from their files")
     a.add_argument("--channels", type=_channel_list, metavar="C1,C2,...",
@@ -120,7 +123,8 @@ def cmd_attack(args) -> int:
     from napari_medadv.core.pipeline import run_attack, write_outcome
 
     image = read_image(args.image)
-    model = load_model(args.model, weights=args.weights, trust_code=args.trust_model_code, device=args.device)
+    model = load_model(args.model, weights=args.weights, trust_code=args.trust_model_code, device=args.device,
+                       preprocess=args.preprocess)
     model.channel_map = args.channels
     model.check_image(image.array, str(image.source), image.channel_names)
     labels = _load_labels(args, image)

@@ -70,7 +70,11 @@ def prepare_input(image: ImageData, model: LoadedModel) -> tuple[torch.Tensor, C
     require_input_range(image, model, mapping.order)
     model.module.set_channel_order(mapping.order, image.n_channels)
     model.module.set_input_geometry(image.geometry, image.kind)
-    return model.to_batch(image.array), mapping
+    x = model.to_batch(image.array)
+    prepare = getattr(model.module, "prepare_image", None)
+    if prepare is not None:
+        prepare(x)  # e.g. fit the clean image's N4 field (Liu's preprocessing), then held fixed
+    return x, mapping
 
 
 def model_input(image: ImageData, model: LoadedModel) -> torch.Tensor:

@@ -89,6 +89,8 @@ class ModelInfo:
     roi_size: list[int] | None = None
     spacing: list[float] | None = None
     size_divisible: int = 1
+    bias_correction: str | None = None
+    resize_to: list[int] | None = None
     name: str = ""
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +133,10 @@ class ModelInfo:
             raise ModelError(f"roi_size {self.roi_size} does not have {self.spatial_dims} entries")
         if self.spacing is not None and (len(self.spacing) != self.spatial_dims or min(self.spacing) <= 0):
             raise ModelError(f"spacing {self.spacing} must have {self.spatial_dims} positive entries")
+        if self.bias_correction not in (None, "n4"):
+            raise ModelError(f"bias_correction must be null or 'n4', got {self.bias_correction!r}")
+        if self.resize_to is not None and (len(self.resize_to) != self.spatial_dims or min(self.resize_to) < 1):
+            raise ModelError(f"resize_to {self.resize_to} must have {self.spatial_dims} positive sizes")
 
     def _check_region_labels(self) -> None:
         names = list(self.region_names or [])
@@ -361,6 +367,18 @@ class NativeInputModel(nn.Module):
         self.input_spacing: tuple[float, ...] | None = None
         self.channel_order: tuple[int, ...] | None = None
         self.image_channels: int | None = None
+        self.bias = None  # the fixed N4 fields (info.bias_correction, Liu's preprocessing)
+
+    def prepare_image(self, x: torch.Tensor) -> None:
+        """Called with each clean image before it is attacked (``1 C *spatial``, its own channels):
+        a model with N4 correction fits the image's bias field here, then holds it fixed."""
+        if self.info.bias_correction == "n4":
+            from .preprocess import BiasField
+
+            if self.bias is None:
+                self.bias = BiasField()
+            with torch.no_grad():
+                self.bias.prepare(self.select_channels(x))
 
     def set_input_spacing(self, spacing) -> None:
         """Voxel size of the images about to be passed (from their geometry); None to forget."""
@@ -406,15 +424,20 @@ class NativeInputModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        z = self.normalize(self.select_channels(x))
+        z = self.select_channels(x)
+        if self.info.bias_correction == "n4":
+            if self.bias is None:
+                self.prepare_image(x[:1])
+            z = self.bias.apply(z)
+        z = self.normalize(z)
         mode = "bilinear" if z.ndim == 4 else "trilinear"
         if self.info.task == "classification":
             roi = self.info.roi_size
             if roi is not None and tuple(z.shape[2:]) != tuple(roi):
                 z = F.interpolate(z, size=tuple(roi), mode=mode, align_corners=False, antialias=z.ndim == 4)
             return self.predictor(z)
-        size = self._resample_size(z.shape[2:])
-        if size is None:
+        size = tuple(self.info.resize_to) if self.info.resize_to else self._resample_size(z.shape[2:])
+        if size is None or size == tuple(z.shape[2:]):
             return self._segment(z)
         out = self._segment(F.interpolate(z, size=size, mode=mode, align_corners=False))
         return F.interpolate(out, size=tuple(x.shape[2:]), mode=mode, align_corners=False)

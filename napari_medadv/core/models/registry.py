@@ -87,8 +87,12 @@ def load_model(
     device: str | torch.device | None = "auto",
     info_overrides: dict | None = None,
     sliding_window: bool = True,
+    preprocess: str | None = None,
 ) -> LoadedModel:
-    """Load a model from its spec string. Errors are :class:`ModelError` with one clear line."""
+    """Load a model from its spec string. Errors are :class:`ModelError` with one clear line.
+
+    ``preprocess="liu"``: Liu et al.'s N4 bias-field correction and resize to 128³ inside the
+    wrapped model (:mod:`.preprocess`), recorded in the model info."""
     _ensure_loaders()
     if not isinstance(spec, str) or ":" not in spec:
         raise ModelError(f"model spec {spec!r} must look like SCHEME:VALUE, with SCHEME one of {sorted(_LOADERS)}")
@@ -101,6 +105,10 @@ def load_model(
             "(only do that for files you trust)", fix="trust_code")
     dev = resolve_device(device)
     net, info, checksum = _LOADERS[scheme](value, weights=weights, trust_code=trust_code, info=None)
+    if preprocess not in (None, "", "none"):
+        from .preprocess import preprocessing_fields
+
+        info_overrides = {**preprocessing_fields(preprocess, info.spatial_dims), **(info_overrides or {})}
     if info_overrides:
         merged = info.to_dict()
         merged.update({k: v for k, v in info_overrides.items() if v is not None})
@@ -108,6 +116,8 @@ def load_model(
     if not info.name:
         info.name = spec
     if isinstance(net, NativeInputModel):  # a loader that builds its own wrapper (nnunet)
+        if preprocess not in (None, "", "none"):
+            raise ModelError(f"{spec}: brings its own preprocessing (nnU-Net's plans); --preprocess does not apply")
         module = net
         module.info = info
     else:
