@@ -26,7 +26,9 @@ def add_defense_options(t: argparse.ArgumentParser) -> None:
     """``medadv train demo-unet3d --defense distill|adversarial|noise`` options."""
     g = t.add_argument_group("defenses (Liu et al. 2021; demo-unet3d)")
     g.add_argument("--defense", choices=DEFENSES, help="train a defended variant: NAME-distill / -adv / -noise")
-    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="distill: temperature T")
+    g.add_argument("--temperature", type=_temperatures, default=[DEFAULTS["temperature"]], metavar="T[,T...]",
+                   help="distill: temperature T; several (e.g. 1,2,5,20,100) train one model each, "
+                        "NAME-distill-T<T> (a temperature sweep)")
     g.add_argument("--teacher", default=DEFAULTS["teacher"], help="distill: teacher model spec")
     g.add_argument("--teacher-temperature", type=float, default=DEFAULTS["teacher_temperature"],
                    help="distill: temperature of the teacher's soft labels (default: --temperature, eq. 4)")
@@ -42,10 +44,28 @@ def add_defense_options(t: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="learning rate (default: the demo model's)")
 
 
-def train_defended_from_args(args) -> dict:
+def _temperatures(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"temperatures must be numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one temperature")
+    return values
+
+
+def train_defended_from_args(args) -> dict | list[dict]:
+    temps = args.temperature if args.defense == "distill" else args.temperature[:1]
+    if len(temps) > 1:
+        base = args.model.removeprefix("demo-")
+        return [_train_one(args, t, name=f"{base}-distill-T{t:g}") for t in temps]
+    return _train_one(args, temps[0])
+
+
+def _train_one(args, temperature: float, name: str | None = None) -> dict:
     base = args.model.removeprefix("demo-")
-    return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases,
-                          epochs=args.epochs, temperature=args.temperature, eps=args.eps, beta=args.beta,
+    return train_defended(args.defense, args.out, base=base, seed=args.seed, n_cases=args.cases, name=name,
+                          epochs=args.epochs, temperature=temperature, eps=args.eps, beta=args.beta,
                           radius=args.radius, teacher=args.teacher, teacher_temperature=args.teacher_temperature,
                           adv_loss=args.adv_loss, adv_update=args.adv_update,
                           init=args.init, lr=args.lr,

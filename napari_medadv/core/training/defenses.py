@@ -142,6 +142,7 @@ def train_defended(
     lr: float | None = None,
     data: list | None = None,
     evaluate: bool = True,
+    name: str | None = None,
     log: Log = print,
 ) -> dict:
     """Train the defended variant of demo model ``base`` and write ``BASE-SUFFIX.pt/.json``.
@@ -149,10 +150,11 @@ def train_defended(
     ``init``: a model spec (e.g. ``demo:unet3d``) whose weights the defended network starts from
     (fine-tuning with the defense) instead of a fresh initialisation; ``lr`` overrides the
     learning rate. ``data`` (a list of ``(image, labels)``) replaces the generated training
-    phantoms (tests use a few small cases); ``evaluate=False`` skips the held-out Dice.
+    phantoms (tests use a few small cases); ``evaluate=False`` skips the held-out Dice; ``name``
+    replaces ``BASE-SUFFIX`` (a temperature sweep writes ``unet3d-distill-T5`` ...).
     Returns the training record.
     """
-    name = defended_name(base, defense)
+    name = name or defended_name(base, defense)
     cfg = _base_config(base)
     if teacher_temperature is None:
         teacher_temperature = temperature
