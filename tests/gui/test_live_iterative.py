@@ -38,6 +38,7 @@ def test_live_eps_for_ifgsm_warm_starts_caches_and_fills(docks, qtbot, glioma_sm
     assert np.all(delta <= 0.04 * rng * (1 + 1e-5) + 1e-6)
     second = _move(qtbot, aw, 0.05)  # previewed warm (the 4 % result scaled to 5 %), then settled cold
     assert not aw.live_iter.last_from_cache
+    assert second.clean_output is first.clean_output  # the clean forward is kept: one forward less per move
     cold5 = run_attack(glioma_small, unet2d, "ifgsm", params={**aw.params(), "eps": 0.05},
                        labels=glioma_small.labels, seed=aw.inputs.seed_value())
     np.testing.assert_array_equal(second.adversarial, cold5.adversarial)  # what Run gives, same seed

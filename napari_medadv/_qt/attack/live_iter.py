@@ -57,6 +57,7 @@ class LiveIterative:
         self._settle: float | None = None  # ε whose cold (final) run follows its preview
         self._source: tuple | None = None  # (key, Source) of the latest run
         self._last: tuple | None = None  # (key, ε, adversarial image): where the next warm start begins
+        self._clean: tuple | None = None  # (inputs key, the model's output on the clean image): one forward less per move
         self._t0: float | None = None
         self.last_latency: float | None = None  # slider move -> first frame or cached result on screen
         self.last_from_cache = False
@@ -117,7 +118,7 @@ class LiveIterative:
         """The image, ground truth or region changed (maybe in place): nothing cached holds."""
         self.cancel()
         self.cache.clear()
-        self._last = None
+        self._last = self._clean = None
 
     def _stop_running(self) -> None:
         """The running job stops after its current step; its frames no longer reach the layers."""
@@ -165,6 +166,8 @@ class LiveIterative:
         if mode == "preview" and init is None:  # nothing to start from: the cold run, shown step by step
             mode = "final"
         seed = self._seed()
+        ckey = self._clean_key()
+        clean = self._clean[1] if self._clean is not None and self._clean[0] == ckey else None
         self._stop = stop = threading.Event()
         self._display = display = AnytimeDisplay(self.viewer, self.session, self.jobs, src, roi) if shows else None
         self.filling = mode == "fill"
@@ -179,6 +182,7 @@ class LiveIterative:
 
         def on_done(res):
             outcome, _ = res
+            self._clean = (ckey, outcome.clean_output)
             if display is not None:
                 display.finish()
             if mode == "preview":
@@ -197,9 +201,14 @@ class LiveIterative:
             self._start_next()
 
         self._job = Job(attack_job, src, model, name, params, labels, target, roi, seed, None,
-                        display.pacer if display is not None else None, init, None, stop,
+                        display.pacer if display is not None else None, init, clean, stop,
                         desc=f"live ε: {name} at {100 * eps:.1f} %", on_yield=on_step, on_done=on_done,
                         on_finish=on_finish, activity=False).start()
+
+    def _clean_key(self) -> tuple:
+        """What the clean image's output depends on: the layers, the model, its channels and device."""
+        m = self.session.model
+        return (*self._key(), id(m), repr(getattr(m, "channel_map", None)), str(getattr(m, "device", "")))
 
     def _on_frame(self, shown) -> None:
         """A frame of the current live run reached the screen: the latency of the slider move."""
