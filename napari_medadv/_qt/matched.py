@@ -59,10 +59,18 @@ def short_label(attack: str) -> str:
 
 
 def knob_text(outcome) -> str:
-    """``"ε 3.0 %"`` for an attack, ``"severity 0.250"`` for an MR artifact."""
+    """``"ε 3.0 %"`` for an attack, ``"severity 0.250"`` for an MR artifact, the pixel budget of an
+    L0 attack (DGDE has no ε: its "ε" is the whole range)."""
     if is_artifact(outcome.attack):
         sev = outcome.result.extra.get("severity", outcome.params.get("severity", 0.0))
         return f"severity {float(sev):.3f}"
+    spec = ATTACKS.get(outcome.attack)
+    if spec is not None and not spec.takes_eps:
+        amp = outcome.params.get("amplitude")
+        extra = outcome.result.extra
+        l0 = (extra.get("l0") or [extra.get("step_metrics", {}).get("l0")])[0]  # a result, or a running frame
+        where = "values free in range" if amp is None else f"±{100 * float(amp):.1f} % of range"
+        return f"L0 {l0} pixels, {where}" if l0 is not None else f"no success, {where}"
     return f"ε {100 * float(outcome.result.eps):.1f} %"
 
 

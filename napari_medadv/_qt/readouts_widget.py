@@ -98,7 +98,7 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
         one("L2 (native)", f"{iq['l2']:.4g}")
     if severity is not None:
         one("severity (0-1)", f"{severity:.4f}")
-    elif "eps" in metrics:
+    elif "eps" in metrics and "dgde_l0" not in metrics:  # DGDE (L0) has no ε budget
         one("ε (% of range)", f"{100 * metrics['eps']:.2f}")
     if "segmentation_changed_voxels" in metrics:
         one("segmentation voxels changed", str(metrics["segmentation_changed_voxels"]))
@@ -247,7 +247,7 @@ class ReadoutsWidget(QWidget):
 
     def update_from(self, shown: Shown) -> None:
         o = shown.outcome
-        where = "live ε" if shown.live else "run"
+        where = ("live ε" if "eps" in o.params else "live") if shown.live else "run"
         if "iterate" in o.result.extra:  # a running attack's current iterate
             ex = o.result.extra
             where = f"running: {ex.get('unit', 'iterate')} {ex['iterate']} of {ex['n_steps']}"
