@@ -32,15 +32,16 @@ ADVERSARIAL_SEG = "segmentation_adversarial.dcm"
 
 
 def seg_descriptions(o) -> dict[str, tuple[str, str]]:
-    """SeriesDescription (64 characters kept: the words that matter first) and ContentLabel of
-    the clean and the adversarial SEG."""
+    """SeriesDescription (64 characters kept: the words that matter first; Manufacturer and the
+    algorithm identification name napari-medadv) and ContentLabel of the clean and the
+    adversarial SEG."""
     spec = ATTACKS.get(o.attack)
     if spec is not None and spec.kind == "artifact":
         sev = o.result.extra.get("severity", o.params.get("severity"))
-        adv = (f"SEG of simulated artifact NOT ORIGINAL ({o.attack} severity={sev:g}) napari-medadv",
+        adv = (f"SEG of simulated artifact NOT ORIGINAL ({o.attack} severity={sev:g})",
                "ARTIFACT")
     else:
-        adv = (f"SEG of adversarial image NOT ORIGINAL ({o.attack} eps={o.result.eps:g}) napari-medadv",
+        adv = (f"SEG of adversarial image NOT ORIGINAL ({o.attack} eps={o.result.eps:g})",
                "ADVERSARIAL")
     return {"clean": (f"SEG of original image ({o.model.info.name or o.model.spec}) napari-medadv", "CLEAN"),
             "adversarial": adv}
