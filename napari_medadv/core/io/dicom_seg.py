@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ... import __version__
 from ..errors import InputFileError
 from ._files import atomic_file
 from .dicom import require_referable
@@ -136,30 +137,33 @@ def _slice_step(like: ImageData) -> float | None:
     return float(np.mean(np.diff(positions))) if like.kind == "dicom-series" and len(positions) > 1 else None
 
 
-def _descriptions(segments: Sequence[SegmentInfo], algorithm: SegAlgorithm) -> list:
+def _descriptions(segments: Sequence[SegmentInfo], algorithm: SegAlgorithm | None) -> list:
+    """highdicom segment descriptions; ``algorithm=None``: drawn by hand (MANUAL)."""
     import highdicom as hd
 
-    algo = hd.AlgorithmIdentificationSequence(
+    algo = None if algorithm is None else hd.AlgorithmIdentificationSequence(
         name=algorithm.name[:64], family=codes.cid7162.ArtificialIntelligence, version=algorithm.version[:64],
         source=algorithm.source[:64], parameters=dict(algorithm.parameters) or None)
     out = []
     for number, seg in enumerate(segments, start=1):
         d = hd.seg.SegmentDescription(
             segment_number=number, segment_label=seg.label[:64], segmented_property_category=seg.category,
-            segmented_property_type=seg.type, algorithm_type="AUTOMATIC", algorithm_identification=algo)
+            segmented_property_type=seg.type, algorithm_type="MANUAL" if algo is None else "AUTOMATIC",
+            algorithm_identification=algo)
         d.SegmentDescription = f"label value {seg.value}"
         out.append(d)
     return out
 
 
 def write_dicom_seg(labels, path: str | Path, *, like: ImageData, segments: Sequence[SegmentInfo],
-                    algorithm: SegAlgorithm, description: str, content_label: str = "SEGMENTATION",
+                    algorithm: SegAlgorithm | None, description: str, content_label: str = "SEGMENTATION",
                     series_number: int = 900, further_sources: Sequence[Dataset] = ()) -> Path:
     """Write the label map ``labels`` (``like``'s spatial shape) as a BINARY DICOM SEG.
 
     ``segments``: one per label value to describe (values in ``labels`` must be among them or
-    0); ``description``: SeriesDescription and ContentDescription (64 characters kept);
-    ``content_label``: ContentLabel (a DICOM CS: upper case, digits, ``_``, 16 characters);
+    0); ``algorithm``: the software that made it (None: drawn by hand); ``description``:
+    SeriesDescription and ContentDescription (64 characters kept); ``content_label``:
+    ContentLabel (a DICOM CS: upper case, digits, ``_``, 16 characters);
     ``further_sources``: headers of other images the segmentation was computed from (e.g. a
     derived adversarial series), referenced as well but not used for the geometry.
     """
@@ -177,6 +181,7 @@ def write_dicom_seg(labels, path: str | Path, *, like: ImageData, segments: Sequ
     if labels.dtype.kind not in "uib" or (labels.size and labels.min() < 0):
         raise InputFileError(path, f"a DICOM SEG holds non-negative integer labels, not {labels.dtype} "
                                    f"values from {labels.min() if labels.size else 0}")
+    labels = labels.astype(np.int64)
     numbers = {s.value: k for k, s in enumerate(segments, start=1)}
     present = set(np.unique(labels).tolist()) - {0}
     unknown = sorted(present - set(numbers))
@@ -185,7 +190,7 @@ def write_dicom_seg(labels, path: str | Path, *, like: ImageData, segments: Sequ
     lut = np.zeros(int(max(numbers)) + 1, dtype=np.uint16)
     for value, number in numbers.items():
         lut[value] = number
-    seg_numbers = lut[np.clip(labels, 0, len(lut) - 1).astype(np.int64)]  # values -> 1..N
+    seg_numbers = lut[np.clip(labels, 0, len(lut) - 1)]  # label values -> segment numbers 1..N
     if like.spatial_dims == 2:
         seg_numbers = seg_numbers[None]  # one frame of one single-frame image
     try:
@@ -194,7 +199,7 @@ def write_dicom_seg(labels, path: str | Path, *, like: ImageData, segments: Sequ
             segmentation_type="BINARY", segment_descriptions=_descriptions(segments, algorithm),
             series_instance_uid=hd.UID(), series_number=int(series_number), sop_instance_uid=hd.UID(),
             instance_number=1, manufacturer="napari-medadv", manufacturer_model_name="napari-medadv",
-            software_versions=algorithm.version[:64], device_serial_number="0", series_description=description[:64],
+            software_versions=__version__, device_serial_number="0", series_description=description[:64],
             content_description=description[:64], content_label=content_label[:16],
             further_source_images=list(further_sources) or None, omit_empty_frames=False)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's checks of the source
