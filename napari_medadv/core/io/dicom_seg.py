@@ -9,8 +9,7 @@ series and instances.
 
 * **BINARY** segmentation type: one bit-packed frame per slice and segment, empty ones
   included (a BraTS volume: 155 × 3 frames, 3.3 MB), so that the SEG is a complete, regularly
-  spaced volume; highdicom (and viewers that build a volume) refuse a SEG whose frames skip
-  slices. The newer LABELMAP type (DICOM 2024, Sup 243) would store the label values as they
+  spaced volume (highdicom's volume reader refuses a SEG whose frames skip slices). The newer LABELMAP type (DICOM 2024, Sup 243) would store the label values as they
   are, but few viewers read it yet; BINARY is what every SEG reader understands.
 * Segment numbers run 1..N (the standard's rule for BINARY) over the label values in
   increasing order; each segment's ``SegmentDescription`` says which label value it is
@@ -45,7 +44,7 @@ _VALUE_RE = re.compile(r"label value (-?\d+)")
 
 #: BraTS label values -> segmented property type (category: Morphologically Abnormal
 #: Structure, SCT 49755003, CID 7150). SNOMED CT has no code for "necrotic and non-enhancing
-#: tumour core", so label 1 takes Necrosis (its larger part); enhancing tumour takes NCIt's
+#: tumour core", so label 1 takes Necrosis, the closest concept; enhancing tumour takes NCIt's
 #: "Enhancing Lesion" (C113842), the code CID 7151 lists for it.
 BRATS_TYPES: dict[int, Code] = {
     1: codes.SCT.Necrosis,  # 6574001
@@ -105,7 +104,11 @@ def _source_headers(like: ImageData, path: Path) -> list[Dataset]:
     datasets = like.meta["datasets"]
     files = like.meta.get("series_files") or like.source_files()
     for k, ds in enumerate(datasets):
-        require_referable(ds, files[k] if k < len(files) else like.source)
+        src = files[k] if k < len(files) else like.source
+        require_referable(ds, src)
+        if "FrameOfReferenceUID" in ds and "ImagePositionPatient" in ds and not str(ds.get("SliceThickness", "")).strip():
+            raise InputFileError(src, "has no SliceThickness, which a DICOM SEG of an image in patient coordinates "
+                                      "repeats (its Pixel Measures)")
     return datasets
 
 
@@ -115,8 +118,8 @@ def _for_highdicom(ds: Dataset, slice_step: float | None) -> Dataset:
     * in a series, ``SpacingBetweenSlices`` is the spacing the reader measured from the slice
       positions (``slice_step``): highdicom copies the source's value into the SEG's Pixel
       Measures, and a header value that is absent or means the gap between slices would make
-      a SEG that claims another spacing than its frame positions, which highdicom and viewers
-      then refuse to stack into a volume;
+      a SEG that claims another spacing than its frame positions, which highdicom's volume
+      reader then refuses;
     * an image without a patient coordinate system (a radiograph) loses its PixelSpacing:
       highdicom 0.28 would copy it into a Pixel Measures item without SliceThickness
       (projection images have none), which its own reader then refuses; such a frame lines up

@@ -269,3 +269,13 @@ def test_label_without_a_segment_is_refused(tmp_path, ct_series):
         write_dicom_seg(labels, tmp_path / "seg.dcm", like=img, segments=coded_segments([1, 2], {}),
                         algorithm=SegAlgorithm("test", "1"), description="test")
     assert not list(tmp_path.glob("*seg*"))
+
+
+def test_single_image_without_slice_thickness_is_named(tmp_path):
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    del ds.SliceThickness
+    ds.save_as(tmp_path / "mr.dcm")
+    img = read_image(tmp_path / "mr.dcm")
+    with pytest.raises(InputFileError, match=r"mr\.dcm: has no SliceThickness"):
+        write_dicom_seg(np.ones(img.spatial_shape, np.uint8), tmp_path / "seg.dcm", like=img,
+                        segments=coded_segments([1], {}), algorithm=SegAlgorithm("test", "1"), description="t")
