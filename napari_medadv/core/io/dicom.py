@@ -158,7 +158,17 @@ def _require_decodable(ds: Dataset, path: Path) -> None:
         )
 
 
+#: Segmentation Storage: a DICOM SEG is a label map over another series, not an image
+_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
 def _require_single_gray_image(ds: Dataset, path: Path) -> None:
+    if ds.get("SOPClassUID") == _SEG_STORAGE:
+        raise InputFileError(
+            path,
+            "is a DICOM SEG (a segmentation over the series it references), not an image; read "
+            "it onto that series with napari_medadv.core.io.dicom_seg.read_dicom_seg",
+        )
     if "PixelData" not in ds:
         kind = ds.get("SOPClassUID")
         kind = getattr(kind, "name", kind) or "unknown SOP class"

@@ -221,6 +221,12 @@ def test_radiograph_without_frame_of_reference(tmp_path):
     assert "PixelSpacing" in img.meta["datasets"][0]  # the source header is left as it was
 
 
+def test_a_seg_opened_as_an_image_says_what_it_is(series_result):
+    *_, files = series_result
+    with pytest.raises(InputFileError, match="is a DICOM SEG .* not an image"):
+        read_image(files["segmentation_clean_dicom"])
+
+
 def test_classifier_on_a_dicom_file_writes_no_seg(tmp_path):
     img = read_image(pydicom_file("MR_small.dcm"))
     o = run_attack(img, load_model("meancls:0", device="cpu"), "fgsm", params={"eps": 0.02}, seed=0)
