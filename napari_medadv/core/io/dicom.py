@@ -19,12 +19,12 @@ Writing
 -------
 A written DICOM never passes for its source: every file gets a new SOPInstanceUID and the
 output a new SeriesInstanceUID; with ``derived=True`` (an attack result) also
-``ImageType = DERIVED\\SECONDARY``, ``DerivationDescription``, ``SeriesDescription`` and
-``ImageComments`` carrying the description, a ``SourceImageSequence`` pointing at the source
-instance and a ``ReferencedSeriesSequence`` at its series. The rest of the source header stays
-(Study, Frame of Reference, each slice's ImagePositionPatient/ImageOrientationPatient), so the
-derived series overlays the original in any viewer; label maps on that grid become DICOM SEG
-objects in :mod:`.dicom_seg`. Values go back through the inverse rescale (and inversion for
+``ImageType = DERIVED\\SECONDARY`` (the source's values from the third on kept, e.g. AXIAL),
+``DerivationDescription``, ``SeriesDescription`` and ``ImageComments`` carrying the description,
+a ``SourceImageSequence`` pointing at the source instance and a ``ReferencedSeriesSequence`` at
+its series. The rest of the source header stays (Study, Frame of Reference, each slice's
+ImagePositionPatient/ImageOrientationPatient), so the derived series overlays the original in
+any viewer; label maps on that grid become DICOM SEG objects in :mod:`.dicom_seg`. Values go back through the inverse rescale (and inversion for
 MONOCHROME1) into the source's stored integer type, so a viewer shows them like the source.
 Output is always Explicit VR Little Endian (uncompressed).
 """
@@ -492,7 +492,8 @@ def _derive(
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.SeriesDescription = description[:64]
     if derived:
-        ds.ImageType = ["DERIVED", "SECONDARY"]
+        # values 3+ (AXIAL, LOCALIZER ...) stay: the CT/MR IODs require value 3
+        ds.ImageType = ["DERIVED", "SECONDARY", *list(src.get("ImageType") or [])[2:]]
         ds.DerivationDescription = description[:1024]
         ds.ImageComments = description
         _reference_source(ds, src, source_path)

@@ -208,6 +208,10 @@ def write_dicom_seg(labels, path: str | Path, *, like: ImageData, segments: Sequ
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's checks of the source
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError(like.source, f"cannot make a DICOM SEG referencing this image: {detail}") from exc
+    if "PatientOrientation" not in seg and "ImagePositionPatient" not in sources[0]:
+        # General Image module, Type 2C for a frame without plane position/orientation (a
+        # radiograph): highdicom leaves it out; the source's value, else empty (unknown)
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
     with atomic_file(path) as tmp:
         seg.save_as(tmp)
     return path

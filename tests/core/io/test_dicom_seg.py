@@ -3,6 +3,8 @@ read back with highdicom and pydicom (geometry, references, segment labels, DERI
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,9 @@ from napari_medadv.core.pipeline import run_attack, write_outcome
 hd = pytest.importorskip("highdicom")
 
 LABEL_NAMES = {"1": "soft tissue", "2": "dense lesion"}
+#: David Clunie's DICOM validator (dicom3tools; .ci/run installs it): an IOD check we did not write
+DCIODVFY = shutil.which("dciodvfy")
+needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (apt: dicom3tools) is not installed")
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -53,6 +58,11 @@ register_scheme("meancls", _mean_classifier_loader)
 
 def _ipp(ds) -> np.ndarray:
     return np.array([float(v) for v in ds.ImagePositionPatient])
+
+
+def _validator_errors(path) -> list[str]:
+    out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 def _frames(seg) -> list[tuple[str, int, np.ndarray]]:
@@ -178,7 +188,7 @@ def test_derived_series_keeps_frame_of_reference_and_geometry(series_result):
     for ds in written:
         src = by_sop[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
         assert ds.SOPInstanceUID not in by_sop
-        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]  # value 3 kept: the CT IOD needs it
         assert "NOT ORIGINAL" in ds.SeriesDescription and "NOT ORIGINAL" in ds.DerivationDescription
         assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID and ds.StudyInstanceUID == src.StudyInstanceUID
         np.testing.assert_allclose(_ipp(ds), _ipp(src))
@@ -190,6 +200,14 @@ def test_derived_series_keeps_frame_of_reference_and_geometry(series_result):
     back = read_image(files["adversarial"])
     np.testing.assert_allclose(back.geometry.affine, img.geometry.affine, atol=1e-5)
     np.testing.assert_allclose(back.array, o.adversarial, atol=0.51)  # stored as integers (slope 1)
+
+
+@needs_dciodvfy
+def test_outputs_pass_the_dicom_validator(series_result):
+    _, _, _, files = series_result
+    derived = sorted(Path(files["adversarial"]).iterdir())
+    for path in (files["segmentation_clean_dicom"], files["segmentation_adversarial_dicom"], derived[0], derived[-1]):
+        assert _validator_errors(path) == [], path
 
 
 def test_single_dicom_slice_with_a_2d_model(tmp_path):
@@ -219,6 +237,8 @@ def test_radiograph_without_frame_of_reference(tmp_path):
     np.testing.assert_array_equal(read_dicom_seg(out, img), labels)
     assert "FrameOfReferenceUID" not in pydicom.dcmread(out, stop_before_pixels=True)
     assert "PixelSpacing" in img.meta["datasets"][0]  # the source header is left as it was
+    if DCIODVFY is not None:  # PatientOrientation (Type 2C without a plane position) is there
+        assert _validator_errors(out) == []
 
 
 def test_a_seg_opened_as_an_image_says_what_it_is(series_result):
