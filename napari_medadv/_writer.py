@@ -9,6 +9,7 @@ from this plugin is written with its whole data -> world transform (``affine`` c
 
 A layer derived by this plugin (``… adversarial`` etc.) is always written as *derived* (NIfTI
 description / DICOM ImageType DERIVED, new UIDs); an unchanged original layer is written as is.
+A labels layer on a DICOM image saved as ``.dcm`` becomes a DICOM SEG that references it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ def write_image(path: str, data, meta: dict) -> list[str]:
 
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
+    """NIfTI/PNG/TIFF; ``.dcm``: a DICOM SEG referencing the DICOM image the layer lies on
+    (:func:`napari_medadv.core.pacs.write_layer_seg`)."""
     data = np.asarray(data)
-    like, _, data = _like(data, meta)
+    like, info, data = _like(data, meta)
+    if str(path).lower().endswith(".dcm"):
+        if like.kind not in ("dicom", "dicom-series"):
+            raise ValueError(f"{path}: a DICOM SEG needs a labels layer on an image read from DICOM; "
+                             f"{meta.get('name', 'this layer')} is not")
+        from napari_medadv.core.pacs import write_layer_seg  # deferred: the pipeline's imports (torch)
+
+        return [str(write_layer_seg(data, path, like, info))]
     return [str(core_write_labels(data, path, like=like))]

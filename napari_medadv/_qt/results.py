@@ -319,15 +319,18 @@ def _show_segmentations(s: _Showing):
     """The clean and the perturbed segmentation, then their diff (yields each layer's name)."""
     viewer, source, outcome = s.viewer, s.source, s.outcome
     common, show = s.common, source.to_display
+    from napari_medadv.core.pacs import model_segments  # deferred, as the pipeline above
+
     values = _segmentation_values(outcome)
     cmap = brats_colormap(values) if set(values) <= set(BRATS_LABELS) else None
     extra = {"colormap": cmap} if cmap is not None else {}
+    segments = model_segments(outcome.model.info, values, int(outcome.clean_output.shape[1]))  # for DICOM SEG
     for name, role, seg, vis in (
             (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
             (s.names["segmentation"], f"segmentation ({s.tag})", outcome.seg_adv, True)):
         existed = name in viewer.layers
         lyr = _set_layer(viewer, name, "labels", show(seg), opacity=0.55, defer_hidden=s.live,
-                         metadata=s.meta(role), **extra, **common)
+                         metadata=s.meta(role, segments=segments), **extra, **common)
         if role != "segmentation (clean)" and ("segmentation", None) in s.swapped:
             lyr.visible = True
         elif not existed:
@@ -395,7 +398,10 @@ def diff_map(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
 def show_clean_prediction(viewer: napari.Viewer, source: Source, model, seg: np.ndarray):
     values = sorted(set(model.info.label_values or []) | set(np.unique(seg).tolist()))
     extra = {"colormap": brats_colormap(values)} if set(values) <= set(BRATS_LABELS) else {}
-    meta = {META: {"case": source.case, "role": "segmentation (clean)", "derived": True, "model": model.spec},
-            IMAGE_META: source.image}
+    from napari_medadv.core.pacs import model_segments  # deferred: opening images stays free of torch
+
+    segments = model_segments(model.info, values, int(model.n_outputs or len(values)))  # for DICOM SEG
+    meta = {META: {"case": source.case, "role": "segmentation (clean)", "derived": True, "model": model.spec,
+                   "segments": segments}, IMAGE_META: source.image}
     return _set_layer(viewer, source.result_name("segmentation (clean)"), "labels", source.to_display(seg),
                       opacity=0.55, metadata=meta, **source.layer_kwargs(), **extra)

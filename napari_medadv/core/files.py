@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 #: packages every record lists (a study adds its own with ``extra``)
-CORE_PACKAGES = ("napari-medadv", "torch", "monai", "numpy", "scipy", "nibabel", "pydicom")
+CORE_PACKAGES = ("napari-medadv", "torch", "monai", "numpy", "scipy", "nibabel", "pydicom", "highdicom")
 
 
 def _umask() -> int:

@@ -30,6 +30,7 @@ from .files import package_versions, to_json
 from .io import ImageData, write_image, write_labels
 from .models.base import LoadedModel
 from .models.channels import ChannelMapping
+from .pacs import write_outcome_segs
 
 
 
@@ -556,8 +557,9 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
     """Write the result folder; all-or-nothing: files are built in a temporary folder first.
 
     ``adversarial.*`` (source format, marked as derived), ``perturbation.nii.gz`` (float, signed,
-    source geometry), ``segmentation_clean.*``/``segmentation_adversarial.*`` (segmentation),
-    ``metrics.json`` and ``record.json``.
+    source geometry), ``segmentation_clean.*``/``segmentation_adversarial.*`` (segmentation; for
+    a DICOM source also as DICOM SEG ``.dcm``, :mod:`~napari_medadv.core.pacs`), ``metrics.json``
+    and ``record.json``.
     """
     out_dir = Path(out_dir)
     sources = {Path(p).resolve() for p in o.image.source_files()}
@@ -579,6 +581,8 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
                                                          like=o.image).name
             written["segmentation_adversarial"] = write_labels(
                 o.seg_adv, tmp / f"segmentation_adversarial{lab_suffix}", like=o.image).name
+            if o.image.kind in ("dicom", "dicom-series"):  # DICOM SEGs that overlay the source in a viewer
+                written.update(write_outcome_segs(o, tmp, tmp / written["adversarial"], label_values(o)))
         fill_ssim(o)  # a live result saved before its SSIM arrived
         (tmp / "metrics.json").write_text(to_json(o.metrics))
         written["metrics"] = "metrics.json"

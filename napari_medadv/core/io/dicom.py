@@ -19,9 +19,12 @@ Writing
 -------
 A written DICOM never passes for its source: every file gets a new SOPInstanceUID and the
 output a new SeriesInstanceUID; with ``derived=True`` (an attack result) also
-``ImageType = DERIVED\\SECONDARY``, ``DerivationDescription``, ``SeriesDescription`` and
-``ImageComments`` carrying the description, and a ``SourceImageSequence`` pointing at the
-source instance. Values go back through the inverse rescale (and inversion for
+``ImageType = DERIVED\\SECONDARY`` (the source's values from the third on kept, e.g. AXIAL),
+``DerivationDescription``, ``SeriesDescription`` and ``ImageComments`` carrying the description,
+a ``SourceImageSequence`` pointing at the source instance and a ``ReferencedSeriesSequence`` at
+its series. The rest of the source header stays (Study, Frame of Reference, each slice's
+ImagePositionPatient/ImageOrientationPatient), so the derived series overlays the original in
+any viewer; label maps on that grid become DICOM SEG objects in :mod:`.dicom_seg`. Values go back through the inverse rescale (and inversion for
 MONOCHROME1) into the source's stored integer type, so a viewer shows them like the source.
 Output is always Explicit VR Little Endian (uncompressed).
 """
@@ -155,7 +158,17 @@ def _require_decodable(ds: Dataset, path: Path) -> None:
         )
 
 
+#: Segmentation Storage: a DICOM SEG is a label map over another series, not an image
+_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
 def _require_single_gray_image(ds: Dataset, path: Path) -> None:
+    if ds.get("SOPClassUID") == _SEG_STORAGE:
+        raise InputFileError(
+            path,
+            "is a DICOM SEG (a segmentation over the series it references), not an image; read "
+            "it onto that series with napari_medadv.core.io.dicom_seg.read_dicom_seg",
+        )
     if "PixelData" not in ds:
         kind = ds.get("SOPClassUID")
         kind = getattr(kind, "name", kind) or "unknown SOP class"
@@ -413,6 +426,39 @@ def _series_affine(
 
 
 # -- writing -------------------------------------------------------------------------------
+#: what a derived image (or SEG) must be able to name of its source
+_REFERENCE_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def require_referable(src: Dataset, source_path: Path) -> None:
+    """Refuse a source that a derived image or DICOM SEG could not point back to."""
+    missing = [kw for kw in _REFERENCE_UIDS if not str(src.get(kw, "")).strip()]
+    if missing:
+        raise InputFileError(
+            source_path, f"has no {', '.join(missing)}: results derived from it cannot reference it"
+        )
+
+
+def _reference_source(ds: Dataset, src: Dataset, source_path: Path) -> None:
+    """``SourceImageSequence`` (purpose: source image for image processing operation, DCM
+    121322) and ``ReferencedSeriesSequence`` pointing at the source instance and its series."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    ref.PurposeOfReferenceCodeSequence = [purpose]
+    ds.SourceImageSequence = [ref]
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = src.SOPClassUID
+    instance.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = src.SeriesInstanceUID
+    series.ReferencedInstanceSequence = [instance]
+    ds.ReferencedSeriesSequence = [series]
+
+
 def _derive(
     src: Dataset,
     values: np.ndarray,
@@ -421,7 +467,10 @@ def _derive(
     description: str,
     derived: bool,
     path: Path,
+    source_path: Path,
 ) -> tuple[Dataset, int]:
+    if derived:
+        require_referable(src, source_path)
     scaling = _Scaling.of(src, path)
     stored, clipped = scaling.to_stored(values)
     ds = copy.deepcopy(src)
@@ -443,13 +492,11 @@ def _derive(
     ds.InstanceCreationTime = now.strftime("%H%M%S")
     ds.SeriesDescription = description[:64]
     if derived:
-        ds.ImageType = ["DERIVED", "SECONDARY"]
+        # values 3+ (AXIAL, LOCALIZER ...) stay: the CT/MR IODs require value 3
+        ds.ImageType = ["DERIVED", "SECONDARY", *list(src.get("ImageType") or [])[2:]]
         ds.DerivationDescription = description[:1024]
         ds.ImageComments = description
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = src.SOPClassUID
-        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        ds.SourceImageSequence = [ref]
+        _reference_source(ds, src, source_path)
 
     meta = Dataset()
     if hasattr(src, "file_meta"):
@@ -492,6 +539,7 @@ def write_dicom_file(
         description=description,
         derived=derived,
         path=path,
+        source_path=like.source,
     )
     with atomic_file(path) as tmp:
         _save(ds, tmp)
@@ -510,6 +558,7 @@ def write_dicom_series(
         )
     series_uid = generate_uid()
     total_clipped = 0
+    files = like.meta.get("series_files") or [like.source] * len(datasets)
     with atomic_folder(folder) as tmp:
         for k, src in enumerate(datasets):
             ds, clipped = _derive(
@@ -519,6 +568,7 @@ def write_dicom_series(
                 description=description,
                 derived=derived,
                 path=folder,
+                source_path=files[k],
             )
             total_clipped += clipped
             _save(ds, tmp / f"slice{k:04d}.dcm")

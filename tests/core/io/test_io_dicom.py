@@ -125,7 +125,7 @@ def test_series_round_trip_derived(tmp_path, ct_series):
     assert written[0].SeriesInstanceUID != ct_series["series_uid"]
     assert not src_sops & {ds.SOPInstanceUID for ds in written}
     for ds in written:
-        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]  # value 3 kept (CT IOD)
         assert ds.DerivationDescription == DESCRIPTION
         assert ds.SeriesDescription == DESCRIPTION[:64]
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in src_sops
@@ -191,7 +191,7 @@ def test_radiograph_derived_round_trip_keeps_display(tmp_path, radiograph):
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     np.testing.assert_array_equal(ds.pixel_array, 32767 - perturbed[0])  # stored like the source
     assert ds.SOPInstanceUID != src.SOPInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
-    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]  # the CR source has two values
     assert ds.DerivationDescription == "FGSM eps=0.01" and ds.SeriesDescription == "FGSM eps=0.01"
     assert ds.ImageComments == "FGSM eps=0.01"
     assert [ds.WindowCenter, ds.WindowWidth] == [src.WindowCenter, src.WindowWidth]
