@@ -117,6 +117,7 @@ def layer_data_for_image(image: ImageData, name: str | None = None,
             "name": layer_name, **geo,
             "contrast_limits": display_limits(image.array[c]), "colormap": "gray",
             "visible": ch == visible_channel, "metadata": meta,
+            "rgb": False,  # one channel per layer: a 3- or 4-slice series is a volume, never RGB(A)
         }, "image"))
     if image.labels is not None:
         values = np.unique(image.labels).tolist()

@@ -42,7 +42,7 @@ def _same(a, b) -> bool:
 
 def _update_props(lyr, kwargs: dict) -> None:
     for k, v in kwargs.items():
-        if k == "name":
+        if k in ("name", "rgb"):  # rgb is fixed when a layer is made
             continue
         if k == "colormap":
             cur = getattr(lyr, "colormap", None)
@@ -285,7 +285,7 @@ def _show_channel(s: _Showing, c: int, rng: float, visible_channel: int):
     name = s.names["image"][c]
     existed = name in viewer.layers
     meta = s.meta("adversarial" if s.tag == "adversarial" else "artifact", channel_index=c)
-    lyr = _set_layer(viewer, name, "image", show(adv[c]), contrast_limits=limits, colormap="gray",
+    lyr = _set_layer(viewer, name, "image", show(adv[c]), contrast_limits=limits, colormap="gray", rgb=False,
                      metadata=meta, defer_hidden=s.live, **common)
     if ("image", c) in s.swapped:
         lyr.visible = True
@@ -305,7 +305,7 @@ def _show_channel(s: _Showing, c: int, rng: float, visible_channel: int):
     # display_gain: the perturbation is shown × this vs the image contrast
     meta = s.meta("perturbation", channel_index=c, display_gain=rng / (2 * lim))
     lyr = _set_layer(viewer, pname, "image", lambda: show(adv[c] - image.array[c]), contrast_limits=(-lim, lim),
-                     colormap=perturbation_colormap(), blending="additive", metadata=meta,
+                     colormap=perturbation_colormap(), blending="additive", metadata=meta, rgb=False,
                      defer_hidden=s.live, **common)
     if ("perturbation", c) in s.swapped:
         lyr.visible = True
