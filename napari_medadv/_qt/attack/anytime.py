@@ -69,3 +69,23 @@ class AnytimeDisplay:
             self._snapshot = None
             if self.session.shown is not None:
                 self.session.frame.emit(self.session.shown)  # the readouts of what is on screen again
+
+
+class LiveRuns:
+    """What the live controls share (:class:`.live_iter.LiveIterative`, :class:`.live_search.LiveSearch`):
+    at most one running job, which a newer move stops after its current step — its frames no
+    longer reach the layers, and its ``on_finish`` starts what waits."""
+
+    _job = None
+    _stop = None  # threading.Event the job checks after each step
+    _display: AnytimeDisplay | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and self._job.running
+
+    def _stop_running(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._display is not None:
+            self._display.finish()

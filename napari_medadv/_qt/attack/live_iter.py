@@ -23,7 +23,7 @@ from napari_medadv.core.anytime import EpsCache, warm_start
 from ..results import show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
-from .anytime import AnytimeDisplay
+from .anytime import AnytimeDisplay, LiveRuns
 from .jobs import attack_job, headline
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 FILL_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1)
 
 
-class LiveIterative:
+class LiveIterative(LiveRuns):
     """Live ε for attacks with warm starts, behind the dock's "live ε" check box.
 
     ``attack()`` is the attack's registry name, ``params()`` its parameters (ε included),
@@ -69,9 +69,6 @@ class LiveIterative:
         self.cancel()
         self.session.frame.disconnect(self._on_frame)
 
-    @property
-    def busy(self) -> bool:
-        return self._job is not None and self._job.running
 
     # ------------------------------------------------------------------ keys
     def full_key(self) -> tuple:
@@ -120,12 +117,6 @@ class LiveIterative:
         self.cache.clear()
         self._last = self._clean = None
 
-    def _stop_running(self) -> None:
-        """The running job stops after its current step; its frames no longer reach the layers."""
-        if self._stop is not None:
-            self._stop.set()
-        if self._display is not None:
-            self._display.finish()
 
     def _start_next(self) -> None:
         if self._halted:

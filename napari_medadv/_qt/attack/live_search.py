@@ -21,7 +21,7 @@ from napari_medadv.core.anytime import FramePacer, SearchRun
 from ..results import show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
-from .anytime import AnytimeDisplay
+from .anytime import AnytimeDisplay, LiveRuns
 from .jobs import _frame_with_readouts, headline
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def search_job(run: SearchRun, max_queries: int, max_pixels: int | None, pacer: 
     return run.outcome_at(max_queries, max_pixels)
 
 
-class LiveSearch:
+class LiveSearch(LiveRuns):
     """The live query-budget / maximum-pixels sliders of gradient-free attacks with a kept search.
 
     ``attack()``, ``params()``, ``seed()``, ``key()`` and ``context()`` are the dock's, as for
@@ -79,9 +79,6 @@ class LiveSearch:
     def shutdown(self) -> None:
         self.cancel()
 
-    @property
-    def busy(self) -> bool:
-        return self._job is not None and self._job.running
 
     def _live_names(self) -> tuple[str, ...]:
         from napari_medadv.core.attacks import ATTACKS
@@ -123,11 +120,6 @@ class LiveSearch:
         self.cancel()
         self.run, self._run_key = None, None
 
-    def _stop_running(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-        if self._display is not None:
-            self._display.finish()
 
     def _search_for(self, key: tuple):
         """The kept search for ``key`` (a new one, and fresh plots, when anything changed)."""
