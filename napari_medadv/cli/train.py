@@ -32,6 +32,9 @@ def add_defense_options(t: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher", default=DEFAULTS["teacher"], help="distill: teacher model spec")
     g.add_argument("--teacher-temperature", type=float, default=DEFAULTS["teacher_temperature"],
                    help="distill: temperature of the teacher's soft labels (default: --temperature, eq. 4)")
+    g.add_argument("--distill-background", action="store_true",
+                   help="distill: count the background class in the soft Dice of eq. 7 (not in the paper; keeps "
+                        "high temperatures from spreading the tumour classes everywhere)")
     g.add_argument("--eps", type=float, default=DEFAULTS["eps"], help="adversarial: FGSM ε (fraction of range)")
     g.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="adversarial: weight of the clean loss (eq. 9)")
     g.add_argument("--adv-loss", choices=["soft-dice", "dicece"], default=DEFAULTS["adv_loss"],
@@ -68,6 +71,7 @@ def _train_one(args, temperature: float, name: str | None = None) -> dict:
                           epochs=args.epochs, temperature=temperature, eps=args.eps, beta=args.beta,
                           radius=args.radius, teacher=args.teacher, teacher_temperature=args.teacher_temperature,
                           adv_loss=args.adv_loss, adv_update=args.adv_update,
+                          distill_background=args.distill_background,
                           init=args.init, lr=args.lr,
                           log=lambda s: print(s, file=sys.stderr))
 

@@ -218,17 +218,24 @@ class DistillationDiceLoss:
     target ``F(X)`` the teacher's soft labels (probabilities, ``B K *spatial``); D is the soft
     Dice of eq. 5 with the soft labels in place of the one-hot Y (class 0 skipped, divided by
     N as printed). Returns the per-sample loss ``(B,)``.
+
+    With soft labels this soft Dice is not maximal at ``F_d = F``: a student sharper than the
+    teacher scores better (tested), so distillation does not pull the student onto the teacher's
+    soft labels, and more so the more diffuse they are (high T). ``include_background=True``
+    also counts class 0 (not in the paper), an experimental variant that the temperature sweep
+    in :mod:`~.training.defenses` measures.
     """
 
     name = "distill-dice"
 
-    def __init__(self, temperature: float = 1.0, *, gamma: float = 1e-5):
+    def __init__(self, temperature: float = 1.0, *, gamma: float = 1e-5, include_background: bool = False):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         self.temperature = float(temperature)
         self.gamma = gamma
+        self.include_background = bool(include_background)
 
     def __call__(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
         if not teacher_probs.is_floating_point() or teacher_probs.shape != student_logits.shape:
@@ -237,7 +244,8 @@ class DistillationDiceLoss:
                 f"{tuple(student_logits.shape)}, got {tuple(teacher_probs.shape)}"
             )
         probs = torch.softmax(student_logits / self.temperature, dim=1)
-        return 1.0 - soft_dice_coefficient(probs, teacher_probs.to(probs.dtype), gamma=self.gamma)
+        return 1.0 - soft_dice_coefficient(probs, teacher_probs.to(probs.dtype), gamma=self.gamma,
+                                           include_background=self.include_background)
 
 
 def ordinal_targets(target: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ DEFENSES = ("distill", "adversarial", "noise")
 #: file/model-name suffix of each defense: ``demo:unet3d-adv`` ...
 SUFFIX = {"distill": "distill", "adversarial": "adv", "noise": "noise"}
 DEFAULTS = {"temperature": 2.0, "eps": 0.05, "beta": 0.5, "radius": 0.01, "teacher": "demo:unet3d",
-            "teacher_temperature": None, "adv_loss": "soft-dice", "adv_update": "joint"}
+            "teacher_temperature": None, "adv_loss": "soft-dice", "adv_update": "joint", "distill_background": False}
 ADV_LOSSES = ("soft-dice", "dicece")
 ADV_UPDATES = ("joint", "sequential")
 
@@ -138,6 +138,7 @@ def train_defended(
     teacher_temperature: float | None = DEFAULTS["teacher_temperature"],
     adv_loss: str = DEFAULTS["adv_loss"],
     adv_update: str = DEFAULTS["adv_update"],
+    distill_background: bool = DEFAULTS["distill_background"],
     init: str | None = None,
     lr: float | None = None,
     data: list | None = None,
@@ -180,7 +181,8 @@ def train_defended(
         seeds = []
     params, steps, batches, loss_of = _objective(
         defense, model, data, tr, rng, noise_gen, temperature=temperature, eps=eps, beta=beta, radius=radius,
-        teacher=teacher, teacher_temperature=teacher_temperature, adv_loss=adv_loss, adv_update=adv_update)
+        teacher=teacher, teacher_temperature=teacher_temperature, adv_loss=adv_loss, adv_update=adv_update,
+        distill_background=distill_background)
     log(f"training {name}: {defense} {params}")
     fit(model, tr, steps, batches, loss_of, log)
     model.eval()
@@ -254,7 +256,7 @@ def _network(cfg: dict, base: str, init: str | None) -> nn.Module:
 def _objective(defense: str, model: nn.Module, data: list, tr: dict, rng: np.random.Generator,
                noise_gen: torch.Generator, *, temperature: float, eps: float, beta: float, radius: float,
                teacher: str, teacher_temperature: float, adv_loss: str = "soft-dice",
-               adv_update: str = "joint") -> tuple[dict, int, Callable, Callable]:
+               adv_update: str = "joint", distill_background: bool = False) -> tuple[dict, int, Callable, Callable]:
     """What :func:`~.loop.fit` trains ``model`` with under ``defense``: ``(recorded parameters,
     steps per epoch, batches of an epoch, loss of a batch)``."""
     from monai.losses import DiceCELoss  # monai takes seconds to import: only when training
@@ -264,8 +266,9 @@ def _objective(defense: str, model: nn.Module, data: list, tr: dict, rng: np.ran
     if defense == "distill":
         teacher_model = load_model(teacher, device="cpu", sliding_window=False).module
         teacher_model.eval()
-        distill = DistillationDiceLoss(temperature)
-        params = {"temperature": temperature, "teacher": teacher, "teacher_temperature": teacher_temperature}
+        distill = DistillationDiceLoss(temperature, include_background=distill_background)
+        params = {"temperature": temperature, "teacher": teacher, "teacher_temperature": teacher_temperature,
+                  "distill_background": distill_background}
 
         def batches():
             yield from segmentation_batches(data, tr, rng)
@@ -345,7 +348,8 @@ def _describe(defense: str, v: dict) -> str:
 
 def _command(base: str, defense: str, params: dict, seed: int, tr: dict, init: str | None) -> str:
     opts = {"distill": f"--temperature {params.get('temperature', '')} --teacher {params.get('teacher')} "
-                       f"--teacher-temperature {params.get('teacher_temperature')}",
+                       f"--teacher-temperature {params.get('teacher_temperature')}"
+                       + (" --distill-background" if params.get("distill_background") else ""),
             "adversarial": f"--eps {params.get('eps', '')} --beta {params.get('beta', '')} "
                            f"--adv-loss {params.get('adv_loss')} --adv-update {params.get('adv_update')}",
             "noise": f"--radius {params.get('radius', '')}"}[defense]

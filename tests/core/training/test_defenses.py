@@ -164,3 +164,14 @@ def test_defense_arguments_are_validated(tmp_path):
         D.train_defended("distill", tmp_path, temperature=-1)
     with pytest.raises(MedadvError, match="adversarial-training loss"):
         D.train_defended("adversarial", tmp_path, adv_loss="mse")
+
+
+@pytest.mark.parametrize("include_background", [False, True])
+def test_distillation_dice_with_soft_labels_is_not_minimal_at_the_teacher(include_background):
+    """With diffuse soft labels (a teacher at high T), eq. 7's soft Dice is lower for a student
+    sharper than the teacher than for one equal to it: the student is not pulled onto F(X)."""
+    torch.manual_seed(0)
+    q = torch.softmax(torch.randn(1, 4, 6, 6, 6) / 5, dim=1)
+    loss = DistillationDiceLoss(1.0, include_background=include_background)
+    equal, sharper = float(loss(torch.log(q), q)), float(loss(4 * torch.log(q), q))
+    assert sharper < equal
