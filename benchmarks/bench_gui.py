@@ -265,23 +265,31 @@ def bench_iterative_live(app, label: str, image, model, repeats: int) -> None:
             _wait(app, lambda: not li.busy and not aw.running)
         timer.stop()
         stall = max(gaps) - 0.010
-        # scrubbing: every ε above was stopped early (not cached); cache two finished ones, then move between them
-        for e in (0.04, 0.05):
+        # scrubbing: every ε above was stopped early (not cached); cache three finished ones, then
+        # alternate a slider move onto one (measured from the move) with putting another cached
+        # result on the layers directly (one layer update: what a move over cached ε must cost),
+        # each time a different result than the one on screen, so both really update the layers
+        values = (0.03, 0.04, 0.05)
+        for e in values:
             li._halted = False
             aw.set_eps(e)
             _wait(app, lambda: li.cache.get(li.full_key(), e) is not None and not aw.running)
+        li.cancel()  # no background fill while measuring
+        _wait(app, lambda: not li.busy)
         scrub, upd = [], []
         src = li._context()[0]
-        for i in range(repeats):
-            e = (0.04, 0.05)[i % 2]
-            li.last_latency = None
-            aw.set_eps(e)
-            _wait(app, lambda: li.last_latency is not None and not aw.running)
-            scrub.append(li.last_latency)
-            cached = li.cache.get(li.full_key(), e)
-            t0 = time.perf_counter()
-            show_outcome(viewer, src, cached, live=True)
-            upd.append(time.perf_counter() - t0)
+        for k in range(2 * repeats):
+            e = values[k % 3]
+            if k % 2 == 0:
+                li.last_latency = None
+                aw.set_eps(e)
+                _wait(app, lambda: li.last_latency is not None and not aw.running)
+                scrub.append(li.last_latency)
+            else:
+                cached = li.cache.get(li.full_key(), e)
+                t0 = time.perf_counter()
+                show_outcome(viewer, src, cached, live=True)
+                upd.append(time.perf_counter() - t0)
         li.cancel()
         _wait(app, lambda: not li.busy)
         viewer.close()
