@@ -61,7 +61,9 @@ def train_defended_from_args(args) -> dict | list[dict]:
     temps = args.temperature if args.defense == "distill" else args.temperature[:1]
     if len(temps) > 1:
         base = args.model.removeprefix("demo-")
-        return [_train_one(args, t, name=f"{base}-distill-T{t:g}") for t in temps]
+        records = [_train_one(args, t, name=f"{base}-distill-T{t:g}") for t in temps]
+        print("load them as " + ", ".join(f"trained:{r['metadata']}" for r in records), file=sys.stderr)
+        return records
     return _train_one(args, temps[0])
 
 

@@ -105,18 +105,41 @@ def load_demo(value: str, *, weights=None, trust_code=False, info=None, folder=N
             f"demo:{value}: weights {pt} or metadata {meta_path} missing; rebuild them with "
             f"`medadv train demo-{value}`"
         )
+    return _load_files(pt, meta_path)
+
+
+def load_trained(value: str, *, weights=None, trust_code=False, info=None):
+    """``trained:PATH`` loader: a model written by ``medadv train`` (``NAME.pt`` + ``NAME.json``,
+    PATH either of them), e.g. one model of a distillation temperature sweep. No trust needed: the
+    JSON names one of the demo architectures (built here, no code from the file) and the weights
+    are loaded with ``weights_only=True``."""
+    path = Path(value)
+    stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
+    pt, meta_path = Path(weights) if weights else stem.with_suffix(".pt"), stem.with_suffix(".json")
+    if not pt.is_file() or not meta_path.is_file():
+        raise ModelError(f"trained:{value}: needs {pt.name} and {meta_path.name} side by side (as `medadv train` "
+                         "writes them)")
+    return _load_files(pt, meta_path)
+
+
+def _load_files(pt: Path, meta_path: Path):
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path}: cannot read demo model metadata ({exc})") from None
-    net = build_architecture(meta["arch"], meta["arch_kwargs"])
+        arch, arch_kwargs = meta["arch"], meta["arch_kwargs"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{meta_path}: cannot read model metadata ({type(exc).__name__}: {exc})") from None
+    try:
+        net = build_architecture(arch, arch_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: architecture {arch!r} cannot be built ({exc})") from None
     try:
         state = torch.load(pt, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as exc:  # corrupt file, wrong keys: one line naming the file
-        raise ModelError(f"{pt}: cannot load demo weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{pt}: cannot load weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     net.eval()
     return net, ModelInfo.from_dict(meta["info"]), file_checksum(pt)
 
 
 register_scheme("demo", load_demo)
+register_scheme("trained", load_trained)

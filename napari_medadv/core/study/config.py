@@ -105,11 +105,13 @@ def model_file_groups(spec: str) -> list[list[str]]:
     p = Path(paths[0])
     if spec.startswith("torchscript:"):
         return [[str(p), str(p.with_suffix(".json")), str(p) + ".json"]]
+    if spec.startswith("trained:"):  # medadv train's NAME.pt + NAME.json, side by side
+        return [[str(p), str(p.with_suffix(".pt" if p.suffix == ".json" else ".json"))]]
     return [[str(p)]]
 
 
 #: model schemes whose value starts with a file or folder (``nnunet:DIR[:FOLDS][:notta]``)
-PATH_SCHEMES = ("torchscript", "bundle", "nnunet")
+PATH_SCHEMES = ("torchscript", "bundle", "nnunet", "trained")
 
 
 def model_paths(spec: str) -> list[str]:

@@ -122,6 +122,10 @@ def test_each_defense_trains_and_changes_the_model(defense, tmp_path):
     changed = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
     assert changed, "training did not change any weight"
     assert info.task == "segmentation"
+    from napari_medadv.core.models import load_model
+
+    loaded = load_model(f"trained:{tmp_path / (name + '.json')}", device="cpu")  # no trust: known architecture
+    assert loaded.info.name == f"demo:{name}" and loaded.checksum is not None
 
 
 @pytest.mark.parametrize("adv_loss,adv_update", [("soft-dice", "sequential"), ("dicece", "joint")])
@@ -175,3 +179,27 @@ def test_distillation_dice_with_soft_labels_is_not_minimal_at_the_teacher(includ
     loss = DistillationDiceLoss(1.0, include_background=include_background)
     equal, sharper = float(loss(torch.log(q), q)), float(loss(4 * torch.log(q), q))
     assert sharper < equal
+
+
+def test_temperature_sweep_trains_one_model_per_temperature(monkeypatch, tmp_path, capsys):
+    import argparse
+
+    from napari_medadv.cli import train as cli_train
+
+    seen = []
+
+    def fake(defense, out, **kw):
+        seen.append((kw["temperature"], kw["name"]))
+        return {"metadata": str(tmp_path / f"{kw['name']}.json")}
+
+    monkeypatch.setattr(cli_train, "train_defended", fake)
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    cli_train.add_parser(sub)
+    args = p.parse_args(["train", "demo-unet3d", "--defense", "distill", "--temperature", "1,5,100",
+                         "--out", str(tmp_path)])
+    records = cli_train.train_defended_from_args(args)
+    assert seen == [(1.0, "unet3d-distill-T1"), (5.0, "unet3d-distill-T5"), (100.0, "unet3d-distill-T100")]
+    assert len(records) == 3 and "trained:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        p.parse_args(["train", "demo-unet3d", "--defense", "distill", "--temperature", "1,x"])
