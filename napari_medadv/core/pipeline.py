@@ -316,6 +316,8 @@ def iter_attack(
                                           ranking=s.ranking, sigma_mm=opts.sigma_mm)
     outcome.metrics = outcome_metrics(outcome)
     outcome.metrics["roi"] = roi_note if roi is None else f"{roi_note} ({int(np.count_nonzero(roi))} voxels)"
+    if s.ranking is not None:  # the top-k region's backward at the clean image, beside the attack's own
+        outcome.metrics["model_calls"]["top_k_backward"] = 1
     return outcome
 
 
