@@ -241,6 +241,8 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
         yield from _show_channel(s, c, ranges[c], visible_channel)
     if outcome.seg_clean is not None:
         yield from _show_segmentations(s)
+    if outcome.vulnerability is not None:
+        yield from _show_vulnerability(s)
     yield from _show_perturbed_pixels(s)
     return s.layers
 
@@ -354,6 +356,36 @@ def _show_segmentations(s: _Showing):
     yield name
 
 
+def vulnerability_limits(values: np.ndarray) -> tuple[float, float]:
+    """Contrast limits of a vulnerability map: the 2nd and 99.5th percentiles of its non-zero voxels
+    (a few voxels at tissue edges dominate the maximum; the background has no gradient at all)."""
+    nz = values[values > 0]
+    if nz.size == 0:
+        return 0.0, 1.0
+    if nz.size > 400_000:
+        nz = nz[:: nz.size // 400_000 + 1]
+    lo, hi = (float(v) for v in np.percentile(nz, [2.0, 99.5]))
+    return (lo, hi) if hi > lo else (0.0, float(nz.max()))
+
+
+def _show_vulnerability(s: _Showing):
+    """``<case> vulnerability``: the heat map (inferno, additive over the image), one per case."""
+    viewer, source, vmap = s.viewer, s.source, s.outcome.vulnerability
+    name = source.result_name("vulnerability")
+    existed = name in viewer.layers
+    meta = s.meta("vulnerability", **vmap.describe())
+    meta[META]["note"] = ("derived by napari-medadv: sensitivity of the model's loss to each voxel at the clean "
+                          "image (Σ_c |∂loss/∂x_c|, native units), NOT an image")
+    meta[META].pop("result", None)  # the case's map, not one result family's: never swapped out
+    lyr = _set_layer(viewer, name, "image", lambda: source.to_display(vmap.values), colormap="inferno",
+                     blending="additive", contrast_limits=vulnerability_limits(vmap.values), metadata=meta,
+                     **s.common)
+    if not existed:
+        lyr.visible = True
+    s.layers[name] = lyr
+    yield name
+
+
 def _show_perturbed_pixels(s: _Showing):
     """DGDE: markers on the few perturbed voxels; another attack removes stale ones."""
     viewer, source, outcome = s.viewer, s.source, s.outcome
@@ -371,6 +403,9 @@ def _show_perturbed_pixels(s: _Showing):
             lyr = _set_layer(viewer, pts_name, "points", coords, size=size, face_color="transparent",
                              border_color="red", border_width=0.15, **extra,
                              metadata=s.meta("perturbed pixels"), **s.common)
+        vul = source.result_name("vulnerability")
+        if vul in viewer.layers and viewer.layers.index(vul) > viewer.layers.index(lyr):
+            viewer.layers.move(viewer.layers.index(lyr), len(viewer.layers))  # the pixels over the map
         s.layers[pts_name] = lyr
         yield pts_name
     elif pts_name in viewer.layers and s.tag == "adversarial":

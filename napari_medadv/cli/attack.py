@@ -9,6 +9,7 @@ import sys
 from napari_medadv.core.attacks import ATTACKS
 from napari_medadv.core.losses import LOSSES
 from napari_medadv.core.models import load_model
+from napari_medadv.core.vulnerability import TopPercentError, VulnerabilityOptions, check_percent
 
 from ._common import CLIError, ProgressBar, _bool, _channel_list
 
@@ -100,6 +101,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     sg.add_argument("--sanity-source", metavar="SPEC",
                     help="a second model to craft a transfer attack on for the black-box check (e.g. demo:unet3d "
                          "when checking a defended model); loaded with the same --trust-model-code and --device")
+    vg = a.add_argument_group("vulnerability map")
+    vg.add_argument("--vulnerability-map", action="store_true",
+                    help="also write vulnerability.nii.gz: per-voxel sum over channels of |d loss / d x| at the clean "
+                         "image, in native intensity units, on the input's grid and affine (FGSM and other attacks "
+                         "whose first gradient is at the clean image: no extra backward; others: one)")
+    vg.add_argument("--vulnerability-sigma", type=float, default=0.0, metavar="MM",
+                    help="Gaussian smoothing of the map, sigma in mm (default 0: none)")
+    vg.add_argument("--roi-top-percent", type=float, metavar="K",
+                    help="perturb only the K %% most vulnerable voxels of the region (--roi, the non-zero voxels, or "
+                         "everything with --perturb-background), ranked by the clean-image sensitivity (one backward)")
     _attack_param_options(a)
     a.set_defaults(func=cmd_attack)
     return a
@@ -163,6 +174,7 @@ def cmd_attack(args) -> int:
         _check_breaking_args(args, spec)
     if args.sanity_source and not args.sanity:
         raise CLIError("--sanity-source needs --sanity")
+    vulnerability = _vulnerability_options(args)
     record_extra = None
     seed = args.seed
     if args.match_psnr is not None or args.match_ssim is not None:
@@ -170,7 +182,9 @@ def cmd_attack(args) -> int:
     bar = None if args.quiet else ProgressBar(spec.label)
     try:
         outcome = run_attack(image, model, args.attack, params=params, labels=labels, target=target,
-                             roi=roi, seed=seed, callback=bar)
+                             roi=roi, seed=seed, callback=bar, vulnerability=vulnerability)
+    except TopPercentError as exc:
+        raise CLIError(f"--roi-top-percent: {exc}") from None
     finally:
         if bar is not None:
             bar.close()
@@ -185,6 +199,25 @@ def cmd_attack(args) -> int:
         print(_summary_line(outcome))
         print(f"wrote {len(paths)} files to {args.out}")
     return 0
+
+
+def _vulnerability_options(args) -> VulnerabilityOptions:
+    """--vulnerability-map / --vulnerability-sigma / --roi-top-percent, each error naming its flag."""
+    k = args.roi_top_percent
+    if k is not None:
+        try:
+            check_percent(k)
+        except TopPercentError:
+            raise CLIError(f"--roi-top-percent must lie in (0, 100], got {k:g}") from None
+        for flag, given in (("--match-psnr/--match-ssim", args.match_psnr is not None or args.match_ssim is not None),
+                            ("--breaking-eps", args.breaking_eps)):
+            if given:
+                raise CLIError(f"--roi-top-percent cannot be combined with {flag} (they search on the whole region)")
+    if not (args.vulnerability_sigma >= 0 and args.vulnerability_sigma != float("inf")):
+        raise CLIError(f"--vulnerability-sigma must be a finite number of mm >= 0, got {args.vulnerability_sigma:g}")
+    if args.vulnerability_sigma and not args.vulnerability_map:
+        raise CLIError("--vulnerability-sigma needs --vulnerability-map")
+    return VulnerabilityOptions(map=args.vulnerability_map, sigma_mm=args.vulnerability_sigma, top_percent=k)
 
 
 def _check_breaking_args(args, spec) -> None:

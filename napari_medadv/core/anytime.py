@@ -30,6 +30,7 @@ from .io import ImageData
 from .live import OutcomeReadouts
 from .models.base import LoadedModel
 from .pipeline import AttackOutcome, StartedAttack, finish_outcome, iter_attack, start_attack
+from .vulnerability import VulnerabilityOptions
 
 #: default memory bound of an :class:`EpsCache` (adversarial images and label maps)
 CACHE_BYTES = 2 * 2**30
@@ -63,8 +64,9 @@ class AnytimeRun:
 
     def __init__(self, image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
                  labels: np.ndarray | None = None, target=None, roi="auto", seed: int = 0,
-                 init: np.ndarray | None = None, clean_output=None):
+                 init: np.ndarray | None = None, clean_output=None, vulnerability: VulnerabilityOptions | None = None):
         self.image, self.model, self.attack = image, model, attack
+        self.vulnerability = vulnerability
         self.params = dict(params or {})
         self.labels = None if labels is None else np.asarray(labels)
         self.target, self.roi, self.seed, self.init = target, roi, int(seed), init
@@ -85,7 +87,7 @@ class AnytimeRun:
     def steps(self):
         gen = iter_attack(self.image, self.model, self.attack, params=self.params, labels=self.labels,
                           target=self.target, roi=self.roi, seed=self.seed, init=self.init,
-                          clean_output=self.clean_output, on_start=self._on_start)
+                          clean_output=self.clean_output, on_start=self._on_start, vulnerability=self.vulnerability)
         try:
             step = next(gen)
             while True:

@@ -31,6 +31,7 @@ from .io import ImageData, write_image, write_labels
 from .models.base import LoadedModel
 from .models.channels import ChannelMapping
 from .pacs import write_outcome_segs
+from .vulnerability import VulnerabilityMap, VulnerabilityOptions, build_map, top_percent_region, write_vulnerability
 
 
 
@@ -55,6 +56,7 @@ class AttackOutcome:
     probs_adv: np.ndarray | None = None
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
+    vulnerability: VulnerabilityMap | None = None  # asked for with VulnerabilityOptions(map=True)
 
     @property
     def perturbation(self) -> np.ndarray:
@@ -168,16 +170,20 @@ class StartedAttack:
     target: object  # engine target (index, mask tensor) or None
     roi: np.ndarray | None
     roi_note: str
+    ranking: torch.Tensor | None = None  # clean-image sensitivity that chose a top-k % region
 
 
 def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
                  labels: np.ndarray | None = None, target=None, roi: np.ndarray | str | None = "auto",
-                 seed: int = 0, clean_output: torch.Tensor | None = None) -> StartedAttack:
+                 seed: int = 0, clean_output: torch.Tensor | None = None,
+                 top_percent: float | None = None) -> StartedAttack:
     """The shared start of every attack run (this module's :func:`iter_attack`, the study's
     cases): the region, the model input with its channel mapping, the configured attack, one
     clean forward (which also tells the label conversion the output layout), the labels and the
     target in the engine's terms. ``clean_output``: the model's output on this image when the
-    caller already has it (a study reuses one per case and model)."""
+    caller already has it (a study reuses one per case and model). ``top_percent``: keep only that
+    share of the region, the voxels where the loss is most sensitive at the clean image (one
+    backward; :func:`~.vulnerability.top_percent_mask`)."""
     spec = ATTACKS.get_spec(attack)
     roi_note = "user mask"
     if isinstance(roi, str):
@@ -213,7 +219,10 @@ def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: d
     engine_target = resolve_target(model, target, image)
     if engine_target is not None and spec.targeted == "no":
         raise MedadvError(f"{spec.label} is untargeted: it takes no target", fix="untargeted")
-    return StartedAttack(atk, x, mapping, clean_out, engine_labels, engine_target, roi, roi_note)
+    ranking = None
+    if top_percent is not None:
+        roi, roi_note, ranking = top_percent_region(atk, x, engine_labels, engine_target, roi, roi_note, top_percent)
+    return StartedAttack(atk, x, mapping, clean_out, engine_labels, engine_target, roi, roi_note, ranking)
 
 
 def run_attack(
@@ -228,13 +237,15 @@ def run_attack(
     seed: int | None = None,
     callback=None,
     should_stop=None,
+    vulnerability: VulnerabilityOptions | None = None,
 ) -> AttackOutcome:
     """Run registered attack ``attack`` on ``image`` with ``model``; see :func:`iter_attack`.
 
     ``callback(step)`` sees every :class:`AttackStep`; when ``should_stop()`` turns true the
     attack stops cleanly and the outcome holds the last iterate (``result.cancelled``).
     """
-    gen = iter_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed)
+    gen = iter_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
+                      vulnerability=vulnerability)
     try:
         step = next(gen)
         while True:
@@ -260,6 +271,7 @@ def iter_attack(
     init: np.ndarray | None = None,
     clean_output: torch.Tensor | None = None,
     on_start: Callable[[StartedAttack], None] | None = None,
+    vulnerability: VulnerabilityOptions | None = None,
 ) -> Generator[AttackStep, bool | None, AttackOutcome]:
     """Generator form of :func:`run_attack` (for GUI workers): yields each :class:`AttackStep`,
     ``send(True)`` stops cleanly, and the :class:`AttackOutcome` is the ``StopIteration`` value.
@@ -276,11 +288,15 @@ def iter_attack(
     ``roi``: a mask of where the perturbation may go; ``"auto"`` (default) uses
     :func:`content_roi` (the non-zero support of skull-stripped images, else everywhere);
     ``None`` perturbs everywhere.
+    ``vulnerability``: a top-k % region within ``roi`` and/or the vulnerability map
+    (``outcome.vulnerability``; :mod:`~.vulnerability`).
     """
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
+    opts = vulnerability or VulnerabilityOptions()
     s = start_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
-                     clean_output=clean_output)
+                     clean_output=clean_output, top_percent=opts.top_percent)
     atk, x, engine_labels, engine_target = s.attack, s.x, s.labels, s.target
+    atk.keep_sensitivity = opts.map and s.ranking is None  # the first gradient, if taken at the clean image
     if on_start is not None:
         on_start(s)
     t0 = time.perf_counter()
@@ -297,13 +313,16 @@ def iter_attack(
     finally:
         steps.close()
     return finish_outcome(s, image, model, attack, result, seed=seed, labels=labels,
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, vulnerability=opts)
 
 
 def finish_outcome(s: StartedAttack, image: ImageData, model: LoadedModel, attack: str, result: AttackResult, *,
-                   seed: int, labels: np.ndarray | None = None, seconds: float = 0.0) -> AttackOutcome:
+                   seed: int, labels: np.ndarray | None = None, seconds: float = 0.0,
+                   vulnerability: VulnerabilityOptions | None = None) -> AttackOutcome:
     """The :class:`AttackOutcome` of a finished run started by :func:`start_attack`: the model's
-    output at the result (the attack's own when it has it), label maps or probabilities, metrics."""
+    output at the result (the attack's own when it has it), label maps or probabilities, the
+    vulnerability map when asked for, metrics."""
+    opts = vulnerability or VulnerabilityOptions()
     # the attack's own final forward when it ran one (per-iteration tracking): not a second one
     adv_out = result.output if result.output is not None else model.forward(result.adversarial)
     clean_out, roi, roi_note = s.clean_output, s.roi, s.roi_note
@@ -319,8 +338,13 @@ def finish_outcome(s: StartedAttack, image: ImageData, model: LoadedModel, attac
     else:
         outcome.probs_clean = model.probabilities(clean_out)[0].cpu().numpy()
         outcome.probs_adv = model.probabilities(adv_out)[0].cpu().numpy()
+    if opts.map:
+        outcome.vulnerability = build_map(image, s.attack, s.x, s.labels, s.target, kept=result.sensitivity,
+                                          ranking=s.ranking, sigma_mm=opts.sigma_mm)
     outcome.metrics = outcome_metrics(outcome)
     outcome.metrics["roi"] = roi_note if roi is None else f"{roi_note} ({int(np.count_nonzero(roi))} voxels)"
+    if s.ranking is not None:  # the top-k region's backward at the clean image, beside the attack's own
+        outcome.metrics["model_calls"]["top_k_backward"] = 1
     return outcome
 
 
@@ -439,6 +463,8 @@ def outcome_metrics(o: AttackOutcome, *, quality: dict | None = None,
     }
     if o.channel_mapping is not None:
         out["channels"] = o.channel_mapping.describe()
+    if o.vulnerability is not None:
+        out["vulnerability"] = o.vulnerability.describe()
     if o.result.success is not None:
         out["success"] = o.result.success[0]
     if "l0" in o.result.extra:
@@ -558,8 +584,9 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
 
     ``adversarial.*`` (source format, marked as derived), ``perturbation.nii.gz`` (float, signed,
     source geometry), ``segmentation_clean.*``/``segmentation_adversarial.*`` (segmentation; for
-    a DICOM source also as DICOM SEG ``.dcm``, :mod:`~napari_medadv.core.pacs`), ``metrics.json``
-    and ``record.json``.
+    a DICOM source also as DICOM SEG ``.dcm``, :mod:`~napari_medadv.core.pacs`),
+    ``vulnerability.nii.gz`` (when the outcome has a map; float, source geometry),
+    ``metrics.json`` and ``record.json``.
     """
     out_dir = Path(out_dir)
     sources = {Path(p).resolve() for p in o.image.source_files()}
@@ -583,6 +610,8 @@ def write_outcome(o: AttackOutcome, out_dir: str | Path, *, record_extra: dict |
                 o.seg_adv, tmp / f"segmentation_adversarial{lab_suffix}", like=o.image).name
             if o.image.kind in ("dicom", "dicom-series"):  # DICOM SEGs that overlay the source in a viewer
                 written.update(write_outcome_segs(o, tmp, tmp / written["adversarial"], label_values(o)))
+        if o.vulnerability is not None:
+            written["vulnerability"] = write_vulnerability(o.vulnerability, tmp / "vulnerability.nii.gz", o.image).name
         fill_ssim(o)  # a live result saved before its SSIM arrived
         (tmp / "metrics.json").write_text(to_json(o.metrics))
         written["metrics"] = "metrics.json"

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QSpinBox
 
+from napari_medadv.core.vulnerability import VulnerabilityOptions
 
 from ..layers import META, case_of_layer, context_from_choices, labels_for_case
 from ..session import Choices, Session
@@ -98,10 +99,40 @@ class InputsPanel:
         fo = QFormLayout(opts)
         fo.addRow("target", self.target_combo)
         fo.addRow("region", self.roi_combo)
+        fo.addRow("top-k", self._build_top_percent())
         fo.addRow("seed", self.seed)
         fo.addRow("", self.track)
+        fo.addRow("", self._build_vulnerability())
 
         return opts
+
+    def _build_top_percent(self) -> QDoubleSpinBox:
+        """"Perturb only the top-k % most vulnerable voxels" of the region (0 = off)."""
+        self.top_percent = QDoubleSpinBox()
+        self.top_percent.setRange(0.0, 100.0)
+        self.top_percent.setDecimals(2)
+        self.top_percent.setSingleStep(1.0)
+        self.top_percent.setSuffix(" %")
+        self.top_percent.setSpecialValueText("off (the whole region)")
+        self.top_percent.setToolTip("Perturb only the k % most vulnerable voxels of the region: ranked by "
+                                    "Σ_c |∂loss/∂x| at the clean image (one backward); live ε is off meanwhile")
+        return self.top_percent
+
+    def _build_vulnerability(self) -> QHBoxLayout:
+        """The vulnerability map switch and its smoothing σ (mm)."""
+        self.vulnerability = QCheckBox("vulnerability map")
+        self.vulnerability.setToolTip("Add '<case> vulnerability': Σ_c |∂loss/∂x| at the clean image in native "
+                                      "units (FGSM: its own gradient; other methods: one extra backward)")
+        self.vulnerability_sigma = QDoubleSpinBox()
+        self.vulnerability_sigma.setRange(0.0, 50.0)
+        self.vulnerability_sigma.setDecimals(1)
+        self.vulnerability_sigma.setSuffix(" mm")
+        self.vulnerability_sigma.setPrefix("σ ")
+        self.vulnerability_sigma.setToolTip("Gaussian smoothing of the map (0: none)")
+        row = QHBoxLayout()
+        row.addWidget(self.vulnerability)
+        row.addWidget(self.vulnerability_sigma)
+        return row
 
     # ------------------------------------------------------------------ layer combos
     def _image_layers(self):
@@ -212,6 +243,14 @@ class InputsPanel:
     def track_metrics(self) -> bool:
         """Record Dice/PSNR at every iteration (where the method allows it)."""
         return self.track.isEnabled() and self.track.isChecked()
+
+    def vulnerability_options(self) -> VulnerabilityOptions | None:
+        """The top-k % region and the vulnerability map asked for, or None (neither)."""
+        k = self.top_percent.value()
+        if not (k > 0 or self.vulnerability.isChecked()):
+            return None
+        return VulnerabilityOptions(map=self.vulnerability.isChecked(), sigma_mm=self.vulnerability_sigma.value(),
+                                    top_percent=k if k > 0 else None)
 
     def choices(self) -> Choices:
         """The dock's current choices as layer names (what the session shares with the other docks)."""

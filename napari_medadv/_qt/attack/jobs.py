@@ -28,15 +28,16 @@ if TYPE_CHECKING:
 
 
 def attack_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, model_b,
-               pacer: FramePacer | None = None, init=None, clean_output=None, stop=None):
+               pacer: FramePacer | None = None, init=None, clean_output=None, stop=None, vulnerability=None):
     """Generator for a napari worker: ``(done, total, (history record, frame or None))`` per step,
     a frame (the iterate the step evaluated, its prediction and readouts but SSIM) when ``pacer``
     says one is due; returns ``(outcome, transfer outcome or None)``. ``init``/``clean_output``:
     a warm start and the clean output for live ε (:class:`~napari_medadv.core.anytime.AnytimeRun`);
     ``stop`` (a ``threading.Event``): once set, the attack stops after its current step and returns
-    what it has (``result.cancelled``) — live ε moving on to a newer ε."""
+    what it has (``result.cancelled``) — live ε moving on to a newer ε. ``vulnerability``: the top-k %
+    region and/or the vulnerability map (:class:`~napari_medadv.core.vulnerability.VulnerabilityOptions`)."""
     run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
-                     init=init, clean_output=clean_output)
+                     init=init, clean_output=clean_output, vulnerability=vulnerability)
     gen = run.steps()
     try:
         step = next(gen)

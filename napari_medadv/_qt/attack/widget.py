@@ -96,6 +96,7 @@ class AttackWidget(QWidget):
         self.target_combo, self.roi_combo, self.seed, self.track = (inputs.target_combo, inputs.roi_combo,
                                                                      inputs.seed, inputs.track)
         self.method, self.eps_slider, self.eps_spin = method.method, method.eps_slider, method.eps_spin
+        self.top_percent, self.vulnerability = inputs.top_percent, inputs.vulnerability
         self.eps_native, self.live, self.params_box = method.eps_native, method.live, method.params_box
         self.run_btn, self.cancel_btn, self.save_btn = jobs.run_btn, jobs.cancel_btn, jobs.save_btn
         self.progress, self.status = jobs.progress, jobs.status
@@ -121,6 +122,7 @@ class AttackWidget(QWidget):
         self._iter_debounce.timeout.connect(self.live_iter.submit)
         self._search_debounce.timeout.connect(self.live_search.submit)
         self.live.toggled.connect(self._live_toggled)
+        self.inputs.top_percent.valueChanged.connect(self._sync_live)
 
     def _layer_events(self) -> tuple:
         events = self.viewer.layers.events
@@ -156,6 +158,16 @@ class AttackWidget(QWidget):
         self.live_iter.cancel()
         self.live_search.cancel()
         self.inputs.set_method(spec)
+        self._sync_live()
+
+    def _sync_live(self, *_) -> None:
+        """Live ε only for methods that have it, and not with a top-k % region (which Run computes:
+        live ε would perturb the whole region)."""
+        spec = self.method_panel.spec()
+        on = (spec.live_eps or spec.warm_start) and not self.inputs.top_percent.value() > 0
+        if not on and self.live.isChecked():
+            self.live.setChecked(False)
+        self.live.setEnabled(bool(on))
 
     def _param_changed(self, name: str) -> None:
         """DGDE's query budget / maximum pixels moved: continue the kept search (live on)."""
@@ -236,6 +248,7 @@ class AttackWidget(QWidget):
             if self.inputs.track_metrics():
                 params["track_metrics"] = True
             model.check_image(src.image.array, src.case, src.image.channel_names)
+            vulnerability = self.inputs.vulnerability_options()
         except Exception as e:
             report_error(e, "attack")
             return None
@@ -290,7 +303,7 @@ class AttackWidget(QWidget):
         self.jobs.job = Job(attack_job, src, model, name, params, labels, target, roi, seed, model_b,
                             display.pacer if display is not None else None, desc=f"{spec.label} on {src.case}", total=total, on_yield=on_step, on_done=on_done,
                             on_cancel=on_cancel, on_finish=on_finish, on_oom=self.use_cpu,
-                            activity=False).start()  # the dock's own bar shows it
+                            activity=False, vulnerability=vulnerability).start()  # the dock's own bar shows it
         return self.jobs.job
 
     def use_cpu(self) -> None:

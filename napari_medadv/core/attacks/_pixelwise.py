@@ -137,12 +137,14 @@ class PixelPGD(PGD):
         return per_sample_mean(w * loss)
 
     def _loss_and_grad(self, ctx: _Context, adv: torch.Tensor, k: int, targeted: bool):
+        at = adv
         adv = adv.detach().requires_grad_(True)
         with torch.enable_grad():
             out = ctx.forward(adv)
             per_sample = self.weighted_loss(out, ctx.reference(out), k, targeted)
             (grad,) = torch.autograd.grad(per_sample.sum(), adv)
         ctx.n_backward += adv.shape[0]
+        ctx.note_gradient(at, grad)
         if ctx.clean_output is None:
             ctx.clean_output = out.detach()
         return per_sample.detach(), grad, out.detach()

@@ -105,6 +105,10 @@ class AttackResult:
     # the model's output at ``adversarial`` when the attack already computed it (the final forward
     # of per-iteration tracking), so callers need not run it again; None otherwise
     output: torch.Tensor | None = field(default=None, repr=False)
+    # Σ_c |∂loss/∂x_c| at the clean image (``B *spatial``, float32) when the attack was asked to keep
+    # it (``keep_sensitivity``) and its own first gradient was taken there: the vulnerability map
+    # at no extra backward (:mod:`napari_medadv.core.vulnerability`); None otherwise
+    sensitivity: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def perturbation(self) -> torch.Tensor:
@@ -209,6 +213,7 @@ class _Context:
         self.final_output: torch.Tensor | None = None  # output at the result, when computed
         self._channel_ranges: torch.Tensor | None = None
         self.init: torch.Tensor | None = None  # a warm start (projected), see Attack.iterate
+        self.sensitivity: torch.Tensor | None = None  # see note_gradient
 
     def start(self) -> torch.Tensor:
         """The first iterate: the warm start when one was given, else the clean image."""
@@ -250,14 +255,23 @@ class _Context:
         self.n_forward += x.shape[0]
         return self.attack.model(x)
 
+    def note_gradient(self, at: torch.Tensor, grad: torch.Tensor) -> None:
+        """Keep Σ_c |grad| when ``at`` is the clean image itself (an attack's first gradient without a
+        random or warm start) and the attack was asked to (``keep_sensitivity``): one reduction to
+        ``B *spatial`` float32, instead of a second backward for the vulnerability map."""
+        if at is self.x and self.sensitivity is None and self.attack.keep_sensitivity:
+            self.sensitivity = grad.detach().abs().sum(1, dtype=torch.float32)
+
     def loss_and_grad(self, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample loss, input gradient and (detached) output at ``adv``."""
+        at = adv
         adv = adv.detach().requires_grad_(True)
         with torch.enable_grad():
             output = self.forward(adv)
             per_sample = self.loss(output)
             (grad,) = torch.autograd.grad(per_sample.sum(), adv)
         self.n_backward += adv.shape[0]
+        self.note_gradient(at, grad)
         if self.clean_output is None:
             self.clean_output = output.detach()
         return per_sample.detach(), grad, output.detach()
@@ -300,6 +314,9 @@ class Attack:
     #: parameters a kept search can be continued with (``open_search``: DGDE's budget and pixel
     #: target): the Attack dock's live controls for gradient-free attacks
     live_search: ClassVar[tuple[str, ...]] = ()
+    #: keep Σ_c |∂loss/∂x_c| of a gradient taken at the clean image (``AttackResult.sensitivity``);
+    #: the pipeline sets it on the instance when a vulnerability map is asked for
+    keep_sensitivity: bool = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("eps", float, 0.05, "L∞ budget, fraction of the intensity range", 0.0, 1.0),
     )
@@ -417,6 +434,7 @@ class Attack:
             success=extra.pop("success", None),
             extra=extra,
             output=ctx.final_output,
+            sensitivity=ctx.sensitivity,
         )
         self.last_result = result
         return result
