@@ -161,10 +161,10 @@ class AttackWidget(QWidget):
         self._sync_live()
 
     def _sync_live(self, *_) -> None:
-        """Live ε only for methods that have it, and not with a top-k % region (which Run computes:
-        live ε would perturb the whole region)."""
+        """Live only for methods that have it (ε, or DGDE's kept search), and not with a top-k %
+        region (which Run computes: a live update would perturb the whole region)."""
         spec = self.method_panel.spec()
-        on = (spec.live_eps or spec.warm_start) and not self.inputs.top_percent.value() > 0
+        on = (spec.live_eps or spec.warm_start or bool(spec.live_search)) and not self.inputs.top_percent.value() > 0
         if not on and self.live.isChecked():
             self.live.setChecked(False)
         self.live.setEnabled(bool(on))
