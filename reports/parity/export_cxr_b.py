@@ -31,9 +31,11 @@ def main(src: str, out: str = "reports/parity/models") -> None:
     dest = Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     scripted.save(str(dest / "cxr-b.pt"))
+    t = meta.get("training", {})
+    command = f"medadv train demo-cxr --seed {t.get('seed')} --cases {t.get('n_cases')} --epochs {t.get('epochs')}"
     info = {**meta["info"], "name": "cxr-b",
-            "description": "second demo chest X-ray classifier for the transfer matrix: "
-                           f"{meta.get('training', {}).get('command', 'medadv train demo-cxr')}"}
+            "description": f"second demo chest X-ray classifier for the transfer matrix: {command} "
+                           f"(held-out AUC {t.get('heldout', {})})"}
     (dest / "cxr-b.json").write_text(json.dumps(info, indent=1) + "\n")
     print(f"wrote {dest / 'cxr-b.pt'} and {dest / 'cxr-b.json'}")
 
