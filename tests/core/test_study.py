@@ -105,6 +105,18 @@ def test_phantom_spec_refuses_training_seeds():
         ST.parse_phantom_spec("phantoms:glioma:990-1001")
 
 
+def test_phantom_dataset_is_the_seed_range_not_the_folder(tmp_path):
+    """Cases of an earlier, wider range left in OUT/data are not evaluated again."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for cid in ("glioma_001", "glioma_002"):  # the shipped cases stand for phantoms generated earlier
+        shutil.copytree(sample_data_dir() / "glioma" / cid, data / cid)
+    st = ST.Study(_config("phantoms:glioma:1", models=["tiny:0"]), tmp_path)
+    assert [c.case_id for c in st.dataset().cases] == ["glioma_001"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -75,6 +75,9 @@ class Study:
                 folder = materialize_phantoms(src, self.out / "data", log)
                 ds = discover_dataset(folder, self.config.labels_csv)
                 kind, seeds = parse_phantom_spec(src)
+                if kind == "glioma":  # the folder may hold cases of an earlier, wider seed range: not those
+                    wanted = {f"glioma_{s:03d}" for s in seeds}
+                    ds.cases = [c for c in ds.cases if c.case_id in wanted]
                 ds.note = (f"held-out {kind} phantoms generated at study time from seeds "
                            f"{seeds[0]}..{seeds[-1]} ({len(seeds)} cases; training seeds start at 1000)")
             else:
