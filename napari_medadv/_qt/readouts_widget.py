@@ -104,6 +104,8 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
         one("segmentation voxels changed", str(metrics["segmentation_changed_voxels"]))
     if "dgde_l0" in metrics:
         one("DGDE L0 (pixels)", str(metrics["dgde_l0"]))
+    if "dgde_pixel_target_met" in metrics:
+        one("within max_pixels", "yes" if metrics["dgde_pixel_target_met"] else "no (budget spent first)")
     if "success" in metrics:
         one("success", str(metrics["success"]))
     return header, rows

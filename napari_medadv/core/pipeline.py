@@ -469,6 +469,9 @@ def outcome_metrics(o: AttackOutcome, *, quality: dict | None = None,
         out["success"] = o.result.success[0]
     if "l0" in o.result.extra:
         out["dgde_l0"] = o.result.extra["l0"][0]
+        target = o.params.get("max_pixels")
+        if target is not None:  # a pixel target asked for: say whether the search got there
+            out["dgde_pixel_target_met"] = out["dgde_l0"] is not None and out["dgde_l0"] <= int(target)
     if o.model.info.task == "segmentation":
         dice, changed = segmentation if segmentation is not None else segmentation_dice(o)
         out["dice"] = dice

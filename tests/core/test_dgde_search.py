@@ -110,3 +110,5 @@ def test_search_run_outcomes_equal_cold_pipeline_runs():
         assert ours.metrics["image_quality"] == cold.metrics["image_quality"]
         assert ours.metrics["probabilities"] == cold.metrics["probabilities"]
     assert ours.result.success == [True]
+    far = run.outcome_at(300, max_pixels=1)  # a target the search did not reach within the budget
+    assert far is not None and far.metrics["dgde_pixel_target_met"] is False and far.metrics["success"]
