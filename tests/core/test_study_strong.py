@@ -25,7 +25,7 @@ from napari_medadv.core.study.cases import case_seed  # noqa: E402
 from napari_medadv.core.study.report.robustness import censored_quantiles  # noqa: E402
 
 GRID = [{"attack": "fgsm", "eps": [0.03, 0.1]}]
-BREAK = {"attack": ["fgsm", "pgd"], "steps": 2, "grid": 3, "refine": 2}
+BREAK = {"attack": ["fgsm", "pgd"], "steps": 2, "grid": 2, "refine": 1}
 SANITY = {"source_model": "tiny:0", "eps": [0.02, 0.05], "pgd_eps": [0.05], "pgd_steps": 2, "steps": [1, 2],
           "steps_eps": 0.05}
 
@@ -33,7 +33,7 @@ SANITY = {"source_model": "tiny:0", "eps": [0.02, 0.05], "pgd_eps": [0.05], "pgd
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> Path:
     return _tiny_models.make_small_cases(tmp_path_factory.mktemp("cases"), names=("glioma_001", "glioma_002"),
-                                         size=24)
+                                         size=16)
 
 
 def _config(root, **kw) -> ST.StudyConfig:
@@ -58,7 +58,7 @@ def test_breaking_columns_match_core_breaking(study, cases):
         image = read_image(cases / case)
         for attack in ("fgsm", "pgd"):
             r = breaking_eps(image, model, attack, params={"steps": 2} if attack == "pgd" else {}, labels=image.labels, seed=case_seed(
-                5, case, "masked:round", f"breaking[{attack}]"), eps_max=0.1, grid=3, refine=2)
+                5, case, "masked:round", f"breaking[{attack}]"), eps_max=0.1, grid=2, refine=1)
             for key in ("WT", "TC", "ET"):
                 want = math.inf if r.breaking_eps[key] is None else r.breaking_eps[key]
                 assert clean.loc[case, f"breaking_eps_{attack}_{key}"] == pytest.approx(want)
@@ -126,4 +126,5 @@ def test_settings_validated_and_censored_quantiles():
         ST.StudyConfig(dataset="x", models=["tiny:0"], grid=[{"attack": "motion"}], breaking_eps=True).validate()
     assert censored_quantiles([0.1, 0.2, 0.3, 0.4]) == pytest.approx([0.175, 0.25, 0.325])
     assert censored_quantiles([0.1, 0.2, math.inf, math.inf])[1:] == [math.inf, math.inf]
+    assert censored_quantiles([0.02, math.inf]) == [math.inf, math.inf, math.inf]  # q25 touches the censored case
     assert censored_quantiles([0.1, 0.2, 0.3, math.inf])[:2] == pytest.approx([0.175, 0.25])

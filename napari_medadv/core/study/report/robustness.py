@@ -16,7 +16,7 @@ from ..store import NO_ATTACK, REGIONS
 from .document import Doc, write_csv
 from .tables import key_name, whitebox
 
-#: stands for "not reached" (inf) in the quantiles: any interpolation with it lands above ε_max
+#: stands for "not reached" (inf) in the quantiles: any interpolation with it lands above every finite value
 _CENSORED = 1e9
 
 
@@ -27,8 +27,10 @@ def censored_quantiles(values, qs=(0.25, 0.5, 0.75)) -> list[float]:
     v = v[~np.isnan(v)]
     if v.size == 0:
         return [math.nan for _ in qs]
+    finite = v[np.isfinite(v)]
+    top = float(finite.max()) if finite.size else -math.inf
     q = np.quantile(np.where(np.isinf(v), _CENSORED, v), qs)
-    return [math.inf if x >= _CENSORED / 2 else float(x) for x in q]
+    return [math.inf if x > top else float(x) for x in q]  # above every finite value: it used a censored one
 
 
 def _breaking_cols(df) -> list[tuple[str, str, str]]:
@@ -123,7 +125,10 @@ def breaking_section(doc: Doc, out: Path, df, settings: dict | None, files: dict
           "ε_max counts as above it (quantiles that reach it read \"> ε_max\"), and *not reached* counts those "
           "cases. Per case: the `breaking_eps_<attack>_<key>` columns of the no-attack rows of per_case.csv "
           "(inf: not reached).")
-    rows = [[r["model"], r["attack"], key_name(r["key"]), r["n"], _eps(r["median"]),
+    def shown(key: str) -> str:  # a label named like a region (ET) must not read as the region
+        return f"label {key_name(key)}" if key.startswith("label_") else key_name(key)
+
+    rows = [[r["model"], r["attack"], shown(r["key"]), r["n"], _eps(r["median"]),
              f"[{_eps(r['q25'])}, {_eps(r['q75'])}]", f"{r['not_reached']}/{r['n']}"] for _, r in summ.iterrows()]
     doc.table(["model", "attack", "label / region", "n", "median ε", "IQR", "not reached"], rows)
 
