@@ -128,3 +128,33 @@ def test_settings_validated_and_censored_quantiles():
     assert censored_quantiles([0.1, 0.2, math.inf, math.inf])[1:] == [math.inf, math.inf]
     assert censored_quantiles([0.02, math.inf]) == [math.inf, math.inf, math.inf]  # q25 touches the censored case
     assert censored_quantiles([0.1, 0.2, 0.3, math.inf])[:2] == pytest.approx([0.175, 0.25])
+
+
+def test_classifier_study_breaking_and_sanity(tmp_path):
+    """A labelled classifier dataset: breaking ε per finding and the sanity checks (with DGDE) run,
+    attacking the clean prediction (FGSM's fast ε path takes label maps only)."""
+    import imageio.v3 as iio
+
+    from napari_medadv.core.models.registry import register_scheme
+
+    register_scheme("tinycls", _tiny_models.tiny_classifier_loader)
+    rng = np.random.default_rng(0)
+    rows = ["file,a,b,c"]
+    for i in range(2):
+        img = rng.random((16, 16)) * 0.2 + 0.1
+        img[:8] += 0.5 * i
+        iio.imwrite(tmp_path / f"im{i}.png", (img * 255).astype(np.uint8))
+        rows.append(f"im{i}.png,{i},0,0")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = ST.StudyConfig(dataset=str(tmp_path), models=["tinycls:0"], grid=[{"attack": "fgsm", "eps": [0.1, 0.3]}],
+                         breaking_eps={"attack": "fgsm", "eps_max": 0.5},
+                         sanity={"eps": [0.1, 0.3], "pgd_eps": [0.3], "pgd_steps": 2, "steps": [1, 2], "steps_eps": 0.3})
+    out = tmp_path / "out"
+    ST.Study(cfg, out).run(workers=0)
+    df = pd.read_csv(out / "per_case.csv")
+    clean = df[df["grid_key"] == "none"]
+    assert {"breaking_eps_fgsm_a", "breaking_eps_fgsm_b", "breaking_eps_fgsm_c"} <= set(df.columns)
+    assert clean["breaking_eps_fgsm_a"].notna().all()
+    stored = json.loads((out / "sanity" / "tinycls_0.json").read_text())
+    assert {c["name"] for c in stored["reports"][0]["checks"]} >= {"zero_gradients", "black_box_vs_white_box"}
+    assert "## Breaks at ε" in (out / "report.md").read_text()

@@ -184,6 +184,8 @@ def _breaking(image, model, labels, settings: dict | None, cfg: StudyConfig, cas
     appends the searches' records to ``details``. Each attack seeded as a grid point would be."""
     if settings is None:
         return {}
+    if model.info.task != "segmentation":  # as `medadv attack --breaking-eps`: a classifier's search (FGSM's
+        labels = None                       # fast ε path takes label maps only) attacks the clean prediction
     cols, recs = breaking_columns(image, model, labels, settings, cfg.roi,
                                   lambda attack: case_seed(cfg.seed, case.case_id, src, f"breaking[{attack}]"))
     details.extend({"source": src, **r} for r in recs)

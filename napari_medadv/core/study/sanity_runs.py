@@ -43,7 +43,8 @@ def run_study_sanity(study, cases: list, log: Callable[[str], None] | None = Non
             if log:
                 log(f"sanity checks of {spec} on {case.case_id}")
             image = _read_case(case, None)
-            labels = _case_labels(case, image, model, extra)
+            # a classifier's checks attack its clean prediction (FGSM's fast ε path takes label maps only)
+            labels = _case_labels(case, image, model, extra) if model.info.task == "segmentation" else None
             r = run_sanity_checks(image, model, labels=labels, roi="auto" if cfg.roi == "auto" else None,
                                   seed=case_seed(cfg.seed, case.case_id, spec, "sanity"), source_model=src,
                                   warn=False, **settings["settings"])
