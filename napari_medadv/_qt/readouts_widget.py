@@ -1,6 +1,7 @@
 """Readouts dock: Dice per label/region (ground truth vs clean, ground truth vs adversarial,
 clean vs adversarial), image quality (PSNR, SSIM, RMSE, L0, L∞), classifier probabilities —
-all straight from :func:`napari_medadv.core.pipeline.outcome_metrics` — and Copy as CSV.
+all straight from :func:`napari_medadv.core.pipeline.outcome_metrics` — and Copy as CSV; "Breaks at
+ε" rows, and the evaluation sanity checks of the shown model (:mod:`.sanity_panel`).
 
 After "Match PSNR of current attack" (Attack dock) a second table puts the attack and the MR
 artifact at the same image quality side by side (:func:`.matched.comparison_rows`)."""
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from .results import is_artifact
 from .matched import comparison_rows, knob_text
+from .sanity_panel import SanityPanel
 from .session import Session, Shown
 
 if TYPE_CHECKING:
@@ -162,6 +164,7 @@ class ReadoutsWidget(QWidget):
             "(classifier: each finding's decision flips), searched up to 10 % for the shown result's attack: "
             "FGSM one forward per probe, other attacks re-run per probe. Adds rows and the Dice-vs-ε area.")
         self.breaking_btn.setEnabled(False)
+        self.sanity = SanityPanel(self.session)  # sanity checks of the shown result's model
         self._breaking: tuple | None = None  # (key of the result it was computed for, result dict)
         self._breaking_job = None
         self.match_title = QLabel("")
@@ -177,6 +180,7 @@ class ReadoutsWidget(QWidget):
         lay.addWidget(self.table, 1)
         lay.addWidget(self.match_title)
         lay.addWidget(self.match_table, 2)
+        lay.addWidget(self.sanity)
         row = QHBoxLayout()
         row.addWidget(self.breaking_btn)
         row.addStretch(1)
@@ -196,6 +200,7 @@ class ReadoutsWidget(QWidget):
         self.session.metrics_changed.connect(self.update_from)
         self.session.frame.connect(self.update_from)
         self.session.matched_changed.connect(self.update_matched)
+        self.session.transfer_model_changed.connect(self._model_b_changed)
         self.copy_btn.clicked.connect(self.copy_csv)
         self.breaking_btn.clicked.connect(lambda: self.compute_breaking())
 
@@ -229,11 +234,16 @@ class ReadoutsWidget(QWidget):
     def closeEvent(self, event) -> None:
         if self._busy_breaking():
             self._breaking_job.cancel()
+        self.sanity.cancel()
+        self.session.transfer_model_changed.disconnect(self._model_b_changed)
         self.session.result_changed.disconnect(self.update_from)
         self.session.metrics_changed.disconnect(self.update_from)
         self.session.frame.disconnect(self.update_from)
         self.session.matched_changed.disconnect(self.update_matched)
         super().closeEvent(event)
+
+    def _model_b_changed(self, _model) -> None:
+        self.sanity.update_from(self.session.shown)  # model B is the sanity checks' transfer source
 
     def update_matched(self, matched) -> None:
         """The attack and the matched artifact side by side (hidden when there is no match)."""
@@ -268,6 +278,7 @@ class ReadoutsWidget(QWidget):
             self.rows += breaking_rows(self._breaking[1], len(self.header) - 1)
         self.breaking_btn.setEnabled("eps" in o.params and not self._busy_breaking())
         _fill(self.table, self.header, self.rows)
+        self.sanity.update_from(shown)
         self.copy_btn.setEnabled(True)
 
     def csv_text(self) -> str:
@@ -280,6 +291,10 @@ class ReadoutsWidget(QWidget):
             w.writerow([])
             w.writerow(self.match_header)
             w.writerows(self.match_rows)
+        if self.sanity.csv_rows():
+            w.writerow([])
+            w.writerow(["sanity check", "result", "value", "message"])
+            w.writerows(self.sanity.csv_rows())
         return buf.getvalue()
 
     def copy_csv(self) -> str:

@@ -30,6 +30,7 @@ from .cluster import gpu_index, unreachable_error, where_am_i
 from .config import StudyConfig, model_paths
 from .dataset import Case
 from .grid import GridPoint
+from .robustness import breaking_columns
 from .staging import localize
 from .store import NO_ATTACK
 
@@ -113,6 +114,7 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
     history: list[dict] = []
     t_case = time.perf_counter()
     clean_cache: dict = {}
+    breaking, details = cfg.breaking(), []
 
     def clean_output(spec: str):
         if spec not in clean_cache:  # one clean forward per model and case
@@ -136,7 +138,8 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
                     out = clean_output(tgt)
                     rows.append({**base, "target": tgt, "seed": -1, "seconds": 0.0,
                                  **_quality(image.array, image.array),
-                                 **_evaluate(models[tgt], out, out, labels, case, extra)})
+                                 **_evaluate(models[tgt], out, out, labels, case, extra),
+                                 **_breaking(image, m, labels, breaking, cfg, case, src, details)})
                 continue
             params = gp.params_dict
             if gp.attack == "pgd-risk" and params.get("cooccurrence") is None \
@@ -172,7 +175,21 @@ def run_case(case: Case, config: dict, extra: dict | None = None, stage: dict | 
             history.extend(history_rows(case.case_id, src, gp, result.history))
     return {"case": case.case_id, "path": case.path, "rows": rows, "history": history,
             "seconds": round(time.perf_counter() - t_case, 2), "worker": where_am_i(),
-            "models_loaded": sum(new for _, new in loaded.values())}
+            "models_loaded": sum(new for _, new in loaded.values()), **({"breaking": details} if breaking else {})}
+
+
+def _breaking(image, model, labels, settings: dict | None, cfg: StudyConfig, case: Case, src: str,
+              details: list) -> dict:
+    """The breaking-ε columns of a model's no-attack row (``{}`` unless the grid asks for them);
+    appends the searches' records to ``details``. Each attack seeded as a grid point would be."""
+    if settings is None:
+        return {}
+    if model.info.task != "segmentation":  # as `medadv attack --breaking-eps`: a classifier's search (FGSM's
+        labels = None                       # fast ε path takes label maps only) attacks the clean prediction
+    cols, recs = breaking_columns(image, model, labels, settings, cfg.roi,
+                                  lambda attack: case_seed(cfg.seed, case.case_id, src, f"breaking[{attack}]"))
+    details.extend({"source": src, **r} for r in recs)
+    return cols
 
 
 def _attack(image, model, attack: str, params: dict, labels, roi_mode: str, seed: int, clean_out=None):

@@ -14,6 +14,8 @@ import yaml
 from ..errors import InputFileError, MedadvError
 from .cluster import absolute
 from .grid import GridPoint, expand_grid
+from .robustness import breaking_settings, sanity_settings
+from .store import NO_ATTACK
 
 
 @dataclass
@@ -33,6 +35,8 @@ class StudyConfig:
     trust_model_code: bool = False
     baseline_model: str | None = None  # reference for defended-vs-undefended tests (default: first)
     title: str = "Robustness study"
+    breaking_eps: dict | bool | None = None  # opt-in: breaking ε per case and model (.robustness)
+    sanity: dict | bool | None = None  # opt-in: evaluation sanity checks once per model (.robustness)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> StudyConfig:
@@ -76,7 +80,18 @@ class StudyConfig:
             raise MedadvError(f"roi must be 'auto' or 'none', got {self.roi!r}")
         if self.baseline_model is not None and self.baseline_model not in self.models:
             raise MedadvError(f"baseline model {self.baseline_model!r} is not one of the study's models")
-        self.points()
+        self.breaking()
+        self.sanity_settings()
+
+    def breaking(self) -> dict | None:
+        """The validated ``breaking_eps`` key (:func:`~.robustness.breaking_settings`), or None."""
+        eps = sorted({gp.eps for gp in self.points() if gp.attack != NO_ATTACK and not gp.match
+                      and gp.eps == gp.eps})
+        return breaking_settings(self.breaking_eps, eps)
+
+    def sanity_settings(self) -> dict | None:
+        """The validated ``sanity`` key (:func:`~.robustness.sanity_settings`), or None."""
+        return sanity_settings(self.sanity)
 
     def resolved(self) -> StudyConfig:
         """This config with the dataset, labels CSV and model files as absolute paths, resolved
@@ -84,6 +99,7 @@ class StudyConfig:
         ds = self.dataset if self.dataset.startswith("phantoms:") else absolute(self.dataset)
         return replace(self, dataset=ds, labels_csv=None if self.labels_csv is None else absolute(self.labels_csv),
                        models=[absolute_model_spec(m) for m in self.models],
+                       sanity=_absolute_sanity(self.sanity),
                        baseline_model=None if self.baseline_model is None else absolute_model_spec(self.baseline_model))
 
     def input_paths(self) -> list[str]:
@@ -95,6 +111,13 @@ class StudyConfig:
         for m in self.models:
             paths.extend(model_paths(m))
         return paths
+
+
+def _absolute_sanity(value):
+    """The ``sanity`` key with its transfer source model's file made absolute (workers, like models)."""
+    if not isinstance(value, dict) or not value.get("source_model"):
+        return value
+    return {**value, "source_model": absolute_model_spec(str(value["source_model"]))}
 
 
 def model_file_groups(spec: str) -> list[list[str]]:

@@ -38,6 +38,7 @@ from . import staging
 from .config import ProgressCallback, StudyConfig, StudyProgress, model_file_groups, model_paths
 from .dataset import Case, Dataset, discover_dataset, materialize_phantoms, parse_phantom_spec
 from .report import build_report
+from .sanity_runs import run_study_sanity
 
 
 @dataclass
@@ -117,6 +118,8 @@ class Study:
         payload = {"case": [case.case_id, relative(case.path), case.labels], "models": models,
                    "grid": [gp.key for gp in c.points()], "seed": c.seed, "roi": c.roi, "transfer": c.transfer,
                    "track_iterations": c.track_iterations, "extra": self.extra()}
+        if c.breaking_eps not in (None, False):  # only when asked: older studies keep their fingerprints
+            payload["breaking_eps"] = c.breaking()
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def case_file(self, case: Case) -> Path:
@@ -197,6 +200,8 @@ class Study:
         if state["failed"] and state["new"] == 0 and skipped == 0:
             case, error = next(iter(state["failed"].items()))
             raise MedadvError(f"every case failed; {case}: {error}" if len(todo) > 1 else error)
+        if self.config.sanity_settings() is not None and not (should_stop is not None and should_stop()):
+            run_study_sanity(self, cases, log, should_stop)
         files = build_report(self.out) if report else {}
         return StudyResult(self.out, total, state["new"], skipped, time.perf_counter() - t0, files,
                            dict(state["failed"]))

@@ -52,6 +52,10 @@ from .document import (
     write_csv,
     write_doc,
 )
+from ...errors import MedadvError
+from ..config import StudyConfig
+from ..robustness import add_dice_auc, load_sanity
+from .robustness import auc_section, breaking_section, sanity_section
 from .tables import attack_tests, model_tests, segmentation_summary, split_matched, transfer_matrices
 
 __all__ = ["build_report"]
@@ -63,6 +67,7 @@ def build_report(out: str | Path) -> dict:
     meta = json.loads((out / "study.json").read_text())
     cfg = meta["config"]
     df, hist = load_rows(out)
+    df = add_dice_auc(df)
     files: dict[str, str] = {}
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)
@@ -85,6 +90,7 @@ def build_report(out: str | Path) -> dict:
         classification_section(doc, out, cls, meta["dataset"].get("class_names") or [], figdir, files, links,
                                meta["dataset"].get("cooccurrence_source"))
     dgde_section(doc, out, df, hist, figdir, files, links)
+    _robustness_part(doc, out, df, cfg, files, links)
     if all_tests:
         write_csv(pd.DataFrame(all_tests), out / "stats.csv")
         files["stats"] = str(out / "stats.csv")
@@ -93,6 +99,22 @@ def build_report(out: str | Path) -> dict:
     doc.p("Tables: " + ", ".join(links) + ". Per-case raw results: `cases/*.json` (one file per case, "
           "written when the case finished).")
     return write_doc(doc, out, title, files)
+
+
+def _robustness_part(doc: Doc, out: Path, df, cfg: dict, files: dict, links: list) -> None:
+    """Breaks at ε, Dice-vs-ε AUC and the evaluation sanity checks (issue 14), where the study has them."""
+    breaking = None
+    if cfg.get("breaking_eps") not in (None, False):
+        try:
+            breaking = StudyConfig(**cfg).breaking()
+        except (TypeError, MedadvError):  # a study.json from another version: the table still shows
+            breaking = None
+    breaking_section(doc, out, df, breaking, files, links)
+    auc_section(doc, out, df, files, links)
+    stored = load_sanity(out)
+    if stored:
+        sanity = cfg.get("sanity") if isinstance(cfg.get("sanity"), dict) else {}
+        sanity_section(doc, out, stored, sanity, files, links)
 
 
 def _write_rows(out: Path, df, hist, files: dict) -> list[str]:

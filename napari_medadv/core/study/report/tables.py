@@ -192,8 +192,8 @@ def transfer_matrices(df, value: str) -> dict:
         if k == NO_ATTACK:
             continue
         sub = df[df["grid_key"] == k]
-        if sub["source"].nunique() < 1 or sub["target"].nunique() < 2:
-            continue
+        if sub["source"].nunique() < 1 or sub["target"].nunique() < 2 or not (sub["source"] != sub["target"]).any():
+            continue  # no transfer rows (each model attacked only itself): a diagonal is no matrix
         out[k] = sub.pivot_table(index="source", columns="target", values=value, aggfunc="mean", sort=False)
     return out
 
