@@ -105,7 +105,7 @@ def test_pair_trials_are_blind_and_keyboard_driven(study, qtbot, tmp_path):
         qtbot.keyClick(dock.panel, ans)
         qtbot.keyClick(dock.panel, Qt.Key_Return)
         assert dock.trial == trial and len(dock.log.rows) == k
-        qtbot.keyClick(dock.panel, Qt.Key_1 + (k % 5))
+        qtbot.keyClick(dock.panel, (Qt.Key_1, Qt.Key_2, Qt.Key_3, Qt.Key_4, Qt.Key_5)[k % 5])
         qtbot.keyClick(dock.panel, Qt.Key_Return)
         answers.append(("left" if ans == Qt.Key_Left else "right", k % 2 == 0, k % 5 + 1))
     assert not dock.in_trial

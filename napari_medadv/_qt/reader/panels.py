@@ -159,6 +159,11 @@ class SetupPanel(QWidget):
         self.cancel_btn.setEnabled(on)
 
 
+
+def _code(key) -> int:
+    """A key as its integer code, whatever the Qt binding's enum type."""
+    return int(getattr(key, "value", key))
+
 class TrialPanel(QWidget):
     """What the dock shows during a trial: the trial number, the keys and the reader's current
     choice — never the case, the source or the PSNR. Keys pressed while it has the focus are
@@ -166,9 +171,11 @@ class TrialPanel(QWidget):
 
     key = Signal(str)
 
-    KEYS = {Qt.Key_Left: "left", Qt.Key_Right: "right", Qt.Key_A: "a", Qt.Key_O: "o", Qt.Key_1: "1",
-            Qt.Key_2: "2", Qt.Key_3: "3", Qt.Key_4: "4", Qt.Key_5: "5", Qt.Key_Space: "next",
-            Qt.Key_Return: "next", Qt.Key_Enter: "next", Qt.Key_Escape: "abort"}
+    # by integer code: QKeyEvent.key() is an int under PyQt6/PySide6, the Qt.Key members are enums
+    KEYS = {_code(k): v for k, v in {
+        Qt.Key_Left: "left", Qt.Key_Right: "right", Qt.Key_A: "a", Qt.Key_O: "o", Qt.Key_1: "1",
+        Qt.Key_2: "2", Qt.Key_3: "3", Qt.Key_4: "4", Qt.Key_5: "5", Qt.Key_Space: "next",
+        Qt.Key_Return: "next", Qt.Key_Enter: "next", Qt.Key_Escape: "abort"}.items()}
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -186,7 +193,7 @@ class TrialPanel(QWidget):
         lay.addStretch(1)
 
     def keyPressEvent(self, event) -> None:
-        name = self.KEYS.get(event.key())
+        name = self.KEYS.get(_code(event.key()))
         if name is None:
             super().keyPressEvent(event)
             return
