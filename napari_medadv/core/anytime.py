@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,6 +54,35 @@ def warm_start(image: np.ndarray, previous: np.ndarray, eps_previous: float, eps
     return image + delta * np.float32(eps / eps_previous)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The clean side of a run: its start (region, model input, clean output, labels, target) and
+    the clean half of its readouts — the same for every ε of one image, model and attack setting."""
+
+    started: StartedAttack
+    readouts: OutcomeReadouts
+    seg_clean: np.ndarray | None
+
+
+class StartCache:
+    """What live ε keeps between runs that differ only in ε: the :class:`Prepared` clean side of
+    the first, under the caller's key (image, model, attack and its other parameters, labels,
+    region, target, seed) — the next run at another ε skips the region, input checks, label
+    conversion and clean label map (tens of ms on the phantoms, seconds at BraTS size).
+    ``use(key)`` before each run; a different key drops it. Runs using one cache must not overlap."""
+
+    def __init__(self):
+        self.key: Hashable | None = None
+        self.prepared: Prepared | None = None
+
+    def use(self, key: Hashable) -> None:
+        if key != self.key:
+            self.key, self.prepared = key, None
+
+    def clear(self) -> None:
+        self.key = self.prepared = None
+
+
 class AnytimeRun:
     """One attack run whose steps can be shown as it goes.
 
@@ -64,9 +94,11 @@ class AnytimeRun:
 
     def __init__(self, image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
                  labels: np.ndarray | None = None, target=None, roi="auto", seed: int = 0,
-                 init: np.ndarray | None = None, clean_output=None, vulnerability: VulnerabilityOptions | None = None):
+                 init: np.ndarray | None = None, clean_output=None, vulnerability: VulnerabilityOptions | None = None,
+                 starts: StartCache | None = None):
         self.image, self.model, self.attack = image, model, attack
         self.vulnerability = vulnerability
+        self.starts = starts
         self.params = dict(params or {})
         self.labels = None if labels is None else np.asarray(labels)
         self.target, self.roi, self.seed, self.init = target, roi, int(seed), init
@@ -80,14 +112,31 @@ class AnytimeRun:
     def _on_start(self, started: StartedAttack) -> None:
         self.started = started
         self.clean_output = started.clean_output
+        kept = self.starts.prepared if self.starts is not None else None
+        if kept is not None:
+            self._seg_clean, self.readouts = kept.seg_clean, kept.readouts
+            return
         if self.model.info.task == "segmentation":
             self._seg_clean = self.model.to_label_map(started.clean_output)[0]
         self.readouts = OutcomeReadouts(self.image, self.model, self.labels, started.roi, self._seg_clean)
+        if self.starts is not None and self._reusable:
+            self.starts.prepared = Prepared(started, self.readouts, self._seg_clean)
+
+    @property
+    def _reusable(self) -> bool:
+        """A top-k % region is chosen at ε: such a start is not kept."""
+        return self.vulnerability is None or self.vulnerability.top_percent is None
+
+    def _kept_start(self) -> StartedAttack | None:
+        """The start a :class:`StartCache` keeps for these settings, at this run's ε."""
+        kept = self.starts.prepared if self.starts is not None and self._reusable else None
+        return None if kept is None else kept.started.at_eps(float(self.params.get("eps", kept.started.attack.eps)))
 
     def steps(self):
         gen = iter_attack(self.image, self.model, self.attack, params=self.params, labels=self.labels,
                           target=self.target, roi=self.roi, seed=self.seed, init=self.init,
-                          clean_output=self.clean_output, on_start=self._on_start, vulnerability=self.vulnerability)
+                          clean_output=self.clean_output, on_start=self._on_start, vulnerability=self.vulnerability,
+                          started=self._kept_start())
         try:
             step = next(gen)
             while True:
@@ -97,6 +146,26 @@ class AnytimeRun:
             self.outcome = done.value
         finally:
             gen.close()
+
+    def preview(self) -> AttackOutcome:
+        """The warm start's own frame, before any step: ``init`` projected by the attack onto its
+        ε-ball, region and valid range (:meth:`~.attacks.Attack.project_start`) — the iterate
+        :meth:`steps` would begin from — with the model's prediction there. One forward and no
+        backward: the first frame live ε shows after a slider move is the one the run's first
+        step would have shown after its forward *and* backward."""
+        import torch
+
+        if self.init is None:
+            raise ValueError("a preview needs a warm start (init)")
+        s = self._kept_start() or start_attack(self.image, self.model, self.attack, params=self.params,
+                                               labels=self.labels, target=self.target, roi=self.roi, seed=self.seed,
+                                               clean_output=self.clean_output)
+        self._on_start(s)
+        start = s.attack.project_start(s.x, self.model.to_batch(np.asarray(self.init, dtype=np.float32)))
+        with torch.no_grad():
+            output = self.model.forward(start)
+        n_steps = int(getattr(s.attack, "steps", 1)) * int(getattr(s.attack, "restarts", 1))
+        return self.frame(AttackStep(1, n_steps, None, start, {}, evaluated=start, output=output))
 
     def frame(self, step: AttackStep) -> AttackOutcome | None:
         """The outcome of the iterate ``step`` evaluated (its image, the model's output there).

@@ -8,6 +8,7 @@ outputs lie on the source grid and overlay it exactly.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import secrets
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,18 @@ class StartedAttack:
     roi_note: str
     ranking: torch.Tensor | None = None  # clean-image sensitivity that chose a top-k % region
 
+    def at_eps(self, eps: float) -> StartedAttack:
+        """The same start for a run of the same attack at another budget ``eps`` (live ε: the
+        region, model input, clean output, labels and target do not depend on ε). The attack is a
+        copy with only ``eps`` changed: attacks derive their step sizes from ε when they run."""
+        eps = float(eps)
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        atk = copy.copy(self.attack)
+        atk.eps = eps
+        atk.last_result = None
+        return replace(self, attack=atk)
+
 
 def start_attack(image: ImageData, model: LoadedModel, attack: str, *, params: dict | None = None,
                  labels: np.ndarray | None = None, target=None, roi: np.ndarray | str | None = "auto",
@@ -272,6 +285,7 @@ def iter_attack(
     clean_output: torch.Tensor | None = None,
     on_start: Callable[[StartedAttack], None] | None = None,
     vulnerability: VulnerabilityOptions | None = None,
+    started: StartedAttack | None = None,
 ) -> Generator[AttackStep, bool | None, AttackOutcome]:
     """Generator form of :func:`run_attack` (for GUI workers): yields each :class:`AttackStep`,
     ``send(True)`` stops cleanly, and the :class:`AttackOutcome` is the ``StopIteration`` value.
@@ -290,11 +304,14 @@ def iter_attack(
     ``None`` perturbs everywhere.
     ``vulnerability``: a top-k % region within ``roi`` and/or the vulnerability map
     (``outcome.vulnerability``; :mod:`~.vulnerability`).
+    ``started``: the :func:`start_attack` of exactly these arguments, when the caller has it (live ε
+    keeps one per image, model and attack settings: :meth:`StartedAttack.at_eps`); it is used as is.
     """
     seed = int(seed) if seed is not None else secrets.randbelow(2**31)
     opts = vulnerability or VulnerabilityOptions()
-    s = start_attack(image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
-                     clean_output=clean_output, top_percent=opts.top_percent)
+    s = started if started is not None else start_attack(
+        image, model, attack, params=params, labels=labels, target=target, roi=roi, seed=seed,
+        clean_output=clean_output, top_percent=opts.top_percent)
     atk, x, engine_labels, engine_target = s.attack, s.x, s.labels, s.target
     atk.keep_sensitivity = opts.map and s.ranking is None  # the first gradient, if taken at the clean image
     if on_start is not None:

@@ -93,6 +93,58 @@ def test_warm_start_scales_and_the_attack_projects_it(eps_prev, eps):
         assert torch.all((adv - x).abs() <= eps + 1e-6) and adv.max() <= 1 and adv.min() >= 0
 
 
+@pytest.mark.parametrize("attack", ["tifgsm", "pgd"])
+def test_preview_is_the_warm_runs_first_frame_after_one_forward(case, model, attack):
+    """Live ε's quick answer: the warm start projected onto the new ε-ball and its prediction —
+    what the warm run's first step evaluates — without that step's backward."""
+    prev = run_attack(case, model, attack, params={"eps": 0.02, "steps": 2}, labels=case.labels, seed=1)
+    init = warm_start(case.array, prev.adversarial, 0.02, 0.05) + 5.0  # partly out of the new ball
+    kw = dict(params={"eps": 0.05, "steps": 2}, labels=case.labels, seed=1, init=init, clean_output=prev.clean_output)
+    calls = []
+    hook = model.module.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    try:
+        preview = AnytimeRun(case, model, attack, **kw).preview()
+    finally:
+        hook.remove()
+    assert calls == [False]  # one forward, no gradient
+    run = AnytimeRun(case, model, attack, **kw)
+    first = run.frame(next(run.steps()))
+    np.testing.assert_array_equal(preview.adversarial, first.adversarial)
+    np.testing.assert_array_equal(preview.seg_adv, first.seg_adv)
+    assert preview.result.extra["iterate"] == 0 and preview.result.eps == 0.05
+    eps_native = 0.05 * np.ptp(case.array, axis=(1, 2, 3))
+    assert np.all(np.abs(preview.adversarial - case.array).max(axis=(1, 2, 3)) <= eps_native * (1 + 1e-5))
+    with pytest.raises(ValueError, match="warm start"):
+        AnytimeRun(case, model, attack, params={"eps": 0.05}).preview()
+
+
+def test_kept_start_gives_the_cold_run_at_another_eps(case, model):
+    """Live ε keeps the clean side of a run (StartCache): a run at another ε from it equals the
+    cold run with the same seed (PGD: the same random start), and the input is not rebuilt."""
+    from napari_medadv.core.anytime import StartCache
+
+    starts = StartCache()
+    starts.use("key")
+    first = AnytimeRun(case, model, "pgd", params={"eps": 0.02, "steps": 2}, labels=case.labels, seed=3, starts=starts)
+    for _ in first.steps():
+        pass
+    kept = starts.prepared
+    assert kept is not None and kept.started.x is first.started.x
+    again = AnytimeRun(case, model, "pgd", params={"eps": 0.04, "steps": 2}, labels=case.labels, seed=3, starts=starts)
+    for _ in again.steps():
+        pass
+    assert again.started.x is kept.started.x and again.started.attack is not kept.started.attack
+    assert again.started.attack.eps == 0.04 and kept.started.attack.eps == 0.02
+    cold = run_attack(case, model, "pgd", params={"eps": 0.04, "steps": 2}, labels=case.labels, seed=3)
+    np.testing.assert_array_equal(again.outcome.adversarial, cold.adversarial)
+    np.testing.assert_array_equal(again.outcome.seg_adv, cold.seg_adv)
+    assert again.outcome.params == cold.params
+    starts.use("other")  # another key: nothing kept
+    assert starts.prepared is None
+    with pytest.raises(ValueError, match="eps"):
+        kept.started.at_eps(float("nan"))
+
+
 def test_warm_start_is_refused_where_an_attack_has_none(classifier):
     from napari_medadv.core.attacks import FGSM
 

@@ -47,7 +47,8 @@ class AnytimeDisplay:
         if self._snapshot is None:
             self._snapshot = snapshot_results(self.viewer, self.source)
         steps = iter_show_outcome(self.viewer, self.source, frame, live=True)
-        self.jobs.apply_gradually(_until(steps, lambda: self.stopped), lambda: self._on_screen(frame))
+        self.jobs.apply_gradually(_until(steps, lambda: self.stopped), lambda: self._on_screen(frame),
+                                  failed=self.pacer.want.set)  # the worker is not left waiting for it
 
     def _on_screen(self, frame) -> None:
         if self.stopped:

@@ -56,6 +56,9 @@ class InputsPanel:
         self.session = session
         self._spec = spec
         self._on_source_changed = on_source_changed
+        self._on_inputs_changed = on_inputs_changed
+        self._watched: list = []  # the picked layers' data/paint emitters (:meth:`_watch`)
+        self._watched_ids: tuple = ()
         self._image_picked = False  # until the user picks an image: the contrast on screen
         self._labels_picked = False  # until the user picks a ground truth: the case's own
         self.input_box = self._build_input_box()
@@ -233,8 +236,9 @@ class InputsPanel:
         return self.image_combo.currentData()
 
     def layer_key(self) -> tuple:
-        """The picked image, ground truth and region (what a live-ε gradient sign holds for)."""
-        return self.image_combo.currentData(), self.labels_combo.currentData(), self.roi_combo.currentData()
+        """The picked image, ground truth, region and target (what a live result holds for)."""
+        c = self.choices()
+        return c.image, c.labels, c.roi, c.target
 
     def seed_value(self) -> int | None:
         """The seed, or None for "random"."""
@@ -264,7 +268,43 @@ class InputsPanel:
         )
 
     def publish(self, *_) -> None:
-        self.session.set_choices(self.choices())
+        choices = self.choices()
+        self.session.set_choices(choices)
+        self._watch(choices)
+
+    def _watch(self, choices: Choices) -> None:
+        """Edits made in place on the picked layers — painting the ground truth, the region or a
+        target mask, new data on an image layer — invalidate what live ε keeps, as picking another
+        layer does (``on_inputs_changed``)."""
+        layers = self._picked_layers(choices)
+        ids = tuple(id(lyr) for lyr in layers)
+        if ids == self._watched_ids:
+            return
+        for emitter in self._watched:
+            emitter.disconnect(self._edited)
+        self._watched = [em for lyr in layers for ev in ("data", "paint")
+                         if (em := getattr(lyr.events, ev, None)) is not None]
+        for emitter in self._watched:
+            emitter.connect(self._edited)
+        self._watched_ids = ids
+
+    def _edited(self, *_) -> None:
+        self._on_inputs_changed()
+
+    def _picked_layers(self, choices: Choices) -> list:
+        """The layers the current choices read: the image's contrasts (its case), the ground truth,
+        the region and the target mask."""
+        names = [choices.labels, choices.roi if choices.roi != "auto" else None]
+        if choices.target is not None and choices.target.startswith("mask:"):
+            names.append(choices.target.partition(":")[2])
+        image = self.viewer.layers[choices.image] if choices.image in self.viewer.layers else None
+        out = []
+        if image is not None:
+            case = case_of_layer(image)
+            out = [lyr for lyr in self.viewer.layers if lyr is image or (
+                case_of_layer(lyr) == case and lyr.metadata.get(META, {}).get("role") == "image"
+                and not lyr.metadata.get(META, {}).get("derived"))]
+        return out + [self.viewer.layers[n] for n in names if n is not None and n in self.viewer.layers]
 
     def context(self) -> tuple:
         """(source, labels array, roi, target) for the current choices; raises MedadvError."""

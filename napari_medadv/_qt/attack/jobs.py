@@ -4,6 +4,7 @@ and the one-line headline of a result for the status line."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from napari.utils import notifications
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton
 
-from napari_medadv.core.anytime import AnytimeRun, FramePacer
+from napari_medadv.core.anytime import AnytimeRun, FramePacer, StartCache
 from napari_medadv.core.pipeline import transfer_outcome, write_outcome
 
 from ..export import save_screenshot
@@ -28,16 +29,18 @@ if TYPE_CHECKING:
 
 
 def attack_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, model_b,
-               pacer: FramePacer | None = None, init=None, clean_output=None, stop=None, vulnerability=None):
+               pacer: FramePacer | None = None, init=None, clean_output=None, stop=None, vulnerability=None,
+               starts: StartCache | None = None):
     """Generator for a napari worker: ``(done, total, (history record, frame or None))`` per step,
     a frame (the iterate the step evaluated, its prediction and readouts but SSIM) when ``pacer``
     says one is due; returns ``(outcome, transfer outcome or None)``. ``init``/``clean_output``:
     a warm start and the clean output for live ε (:class:`~napari_medadv.core.anytime.AnytimeRun`);
     ``stop`` (a ``threading.Event``): once set, the attack stops after its current step and returns
     what it has (``result.cancelled``) — live ε moving on to a newer ε. ``vulnerability``: the top-k %
-    region and/or the vulnerability map (:class:`~napari_medadv.core.vulnerability.VulnerabilityOptions`)."""
+    region and/or the vulnerability map (:class:`~napari_medadv.core.vulnerability.VulnerabilityOptions`).
+    ``starts``: live ε's kept clean side of these settings (:class:`~napari_medadv.core.anytime.StartCache`)."""
     run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
-                     init=init, clean_output=clean_output, vulnerability=vulnerability)
+                     init=init, clean_output=clean_output, vulnerability=vulnerability, starts=starts)
     gen = run.steps()
     try:
         step = next(gen)
@@ -57,11 +60,31 @@ def attack_job(source: Source, model, name: str, params: dict, labels, target, r
     return outcome, transfer
 
 
+def preview_job(source: Source, model, name: str, params: dict, labels, target, roi, seed, init, pacer: FramePacer,
+                clean_output=None, stop=None, starts: StartCache | None = None):
+    """Generator for a napari worker: live ε's first answer to a slider move — the warm start
+    ``init`` projected onto the new ε-ball, its prediction and readouts (one forward,
+    :meth:`~napari_medadv.core.anytime.AnytimeRun.preview`), yielded as ``attack_job`` yields a
+    frame. The job then lasts until that frame is on screen (``pacer.want`` set again) or ``stop``
+    is set, as a run stopped after its first frame does; returns ``(frame, None)``."""
+    run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
+                     init=init, clean_output=clean_output, starts=starts)
+    frame = pacer.build(lambda: _with_readouts(run, run.preview()))
+    yield 1, 1, ({"step": 0, "loss": None}, frame)
+    while not pacer.want.wait(0.02):
+        if stop is not None and stop.is_set():
+            break
+    return frame, None
+
+
+def _with_readouts(run: AnytimeRun, frame):
+    run.readouts.readouts(frame)
+    return frame
+
+
 def _frame_with_readouts(run: AnytimeRun, step):
     frame = run.frame(step)
-    if frame is not None:
-        run.readouts.readouts(frame)
-    return frame
+    return frame if frame is None else _with_readouts(run, frame)
 
 
 def save_job(outcome, folder: str, extra: dict):
@@ -79,12 +102,15 @@ def expected_steps(spec, params: dict) -> int:
 
 # ----------------------------------------------------------------------------- the run row
 
+#: layer updates one event-loop turn may run before it hands the loop back (the stall goal is 100 ms)
+TURN_BUDGET_S = 0.030
+
 
 class JobBar:
     """Run / Cancel / Save attack…, the progress bar and the status line, and the dock's one job
     at a time that they drive (an attack, a match or a save).
 
-    A finished job's layers go on screen one per event-loop turn (:meth:`apply_gradually`)."""
+    A finished job's layers go on screen a few per event-loop turn (:meth:`apply_gradually`)."""
 
     def __init__(self):
         self.run_btn = QPushButton("Run")
@@ -135,19 +161,28 @@ class JobBar:
         if self.job is not None and self.job.running:
             self.job.cancel()
 
-    def apply_gradually(self, steps, then) -> None:
-        """Run a layer-update generator one layer per event-loop turn, then ``then()``."""
+    def apply_gradually(self, steps, then, failed=None) -> None:
+        """Run a layer-update generator over as few event-loop turns as keeps each turn short
+        (:data:`TURN_BUDGET_S`), then ``then()`` (``failed()`` instead when a layer could not be
+        updated). Each turn ends in a repaint of the canvas (tens of ms under software OpenGL):
+        updates that fit in one turn share it, and one that takes longer (creating a layer, a
+        BraTS-size plane) gets a turn of its own, so the event loop never waits for a whole result."""
         self._applying += 1
 
         def tick():
+            t0 = time.perf_counter()
             try:
                 next(steps)
+                while time.perf_counter() - t0 < TURN_BUDGET_S:
+                    next(steps)
             except StopIteration:
                 self._applying -= 1
                 then()
             except Exception as e:  # a layer could not be updated (e.g. removed meanwhile)
                 self._applying -= 1
                 report_error(e, "showing the result")
+                if failed is not None:
+                    failed()
             else:
                 QTimer.singleShot(0, tick)
 

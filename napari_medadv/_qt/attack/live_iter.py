@@ -1,9 +1,11 @@
 """Live ε for iterative attacks (i-FGSM, ti-FGSM, PGD: ``AttackSpec.warm_start``).
 
 A slider move either shows a finished result for that ε from the cache (no model call) or first
-previews it warm — from the latest result or frame, its perturbation scaled to the new ε
-(:func:`~napari_medadv.core.anytime.warm_start`), until its first step is on screen
-(:class:`.anytime.AnytimeDisplay`) — and then settles on the cold run Run would do (same seed),
+previews it warm — the latest result or frame, its perturbation scaled to the new ε
+(:func:`~napari_medadv.core.anytime.warm_start`) and projected by the attack onto the new ε-ball,
+shown with its own prediction and readouts after one forward
+(:meth:`~napari_medadv.core.anytime.AnytimeRun.preview`: the iterate the warm run's first step
+would evaluate, without waiting for that step's backward) — and then settles on the cold run Run would do (same seed),
 shown and cached when it ends: continued warm runs drift from the cold result and can even undo
 the attack when ε goes down (``benchmarks/bench_warm_start.py``). Latest value wins: a newer move
 asks the running attack to stop after its current step and continues from where it got. Once a run finishes, the ε values
@@ -18,13 +20,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from napari_medadv.core.anytime import EpsCache, warm_start
+from napari_medadv.core.anytime import EpsCache, StartCache, warm_start
 
 from ..results import show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
 from .anytime import AnytimeDisplay, LiveRuns
-from .jobs import attack_job, headline
+from .jobs import attack_job, headline, preview_job
 
 if TYPE_CHECKING:
     import napari
@@ -50,6 +52,7 @@ class LiveIterative(LiveRuns):
         self._attack, self._params, self._seed, self._key, self._context = attack, params, seed, key, context
         self._say = say
         self.cache = EpsCache()
+        self._starts = StartCache()  # the clean side of the runs under the current key: one start per key
         self._job: Job | None = None
         self._stop: threading.Event | None = None
         self._display: AnytimeDisplay | None = None
@@ -115,6 +118,7 @@ class LiveIterative(LiveRuns):
         """The image, ground truth or region changed (maybe in place): nothing cached holds."""
         self.cancel()
         self.cache.clear()
+        self._starts.clear()
         self._last = self._clean = None
 
 
@@ -132,8 +136,8 @@ class LiveIterative(LiveRuns):
 
     # ------------------------------------------------------------------ runs
     def _run(self, eps: float, mode: str) -> None:
-        """``mode``: ``"preview"`` — warm from the latest result, its steps shown until one is on
-        screen, then stopped (the first frame is the quick answer to a move); ``"final"`` — the
+        """``mode``: ``"preview"`` — the warm start from the latest result and its prediction, on
+        screen after one forward (the quick answer to a move); ``"final"`` — the
         cold run Run would do at ``eps`` (same seed), shown and cached when it ends (its steps are
         shown only when there was nothing to warm-start from); ``"fill"`` — a cold run into the cache."""
         try:
@@ -191,9 +195,14 @@ class LiveIterative(LiveRuns):
             self._job = None
             self._start_next()
 
-        self._job = Job(attack_job, src, model, name, params, labels, target, roi, seed, None,
-                        display.pacer if display is not None else None, init, clean, stop,
-                        desc=f"live ε: {name} at {100 * eps:.1f} %", on_yield=on_step, on_done=on_done,
+        self._starts.use((key, ckey))  # the model input also depends on its channels and device
+        if mode == "preview":  # the warm start itself and its prediction: one forward, no step
+            job = (preview_job, src, model, name, params, labels, target, roi, seed, init, display.pacer, clean, stop,
+                   self._starts)
+        else:
+            job = (attack_job, src, model, name, params, labels, target, roi, seed, None,
+                   display.pacer if display is not None else None, init, clean, stop, None, self._starts)
+        self._job = Job(*job, desc=f"live ε: {name} at {100 * eps:.1f} %", on_yield=on_step, on_done=on_done,
                         on_finish=on_finish, activity=False).start()
 
     def _clean_key(self) -> tuple:

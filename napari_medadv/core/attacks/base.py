@@ -378,6 +378,13 @@ class Attack:
         finally:
             gen.close()
 
+    def project_start(self, images, init) -> torch.Tensor:
+        """Where :meth:`iterate` with ``init`` begins: the warm start projected onto this attack's
+        ε-ball around ``images``, its region and the valid range (no model call). Live ε shows this
+        iterate with its prediction as the first answer to a slider move."""
+        x = self._check_images(images).detach().to(device=model_device(self.model), dtype=torch.float32)
+        return self._check_init(init, x, _Context(self, x, None, None))
+
     def iterate(self, images, labels=None, *, target=None, init=None) -> Generator[AttackStep, bool | None, AttackResult]:
         """Generator form: yields :class:`AttackStep`; ``send(True)`` cancels; returns the result.
 
