@@ -6,7 +6,8 @@ run at the same ε, after N steps? Prints one table, measured in one run.
 For each ε of a slider path (2 → 3 → 4 → 5 → 3 %), the cold run is the attack from scratch (what
 Run gives, same seed); the warm run starts from the previous ε's cold result, its perturbation
 scaled to the new ε (``core.anytime.warm_start``), with the same attack parameters; rows after
-N = 1, 2 and all of its steps (what live ε shows as they come). Columns: the
+N = 0 (the warm start projected onto the new ε-ball: the preview live ε shows first), 1, 2 and all
+of its steps. Columns: the
 attack's strength as Dice(clean prediction, adversarial prediction) over the foreground for the
 cold and the warm result (lower = stronger), the Dice between the warm and the cold segmentation,
 and the PSNR (dB) of the warm image against the cold one.
@@ -49,17 +50,18 @@ def main(argv=None) -> int:
         run = AnytimeRun(image, model, args.attack, params={**params, "eps": b}, seed=0, init=init)
         c = cold[b]
         d_cold = M.foreground_dice(c.seg_adv, c.seg_clean)
+        preview = AnytimeRun(image, model, args.attack, params={**params, "eps": b}, seed=0, init=init).preview()
+        rows = [(0, preview.adversarial, preview.seg_adv)]  # N = 0: the preview live ε shows first
         for step in run.steps():
-            if step.step not in (1, 2, args.steps):
-                continue
-            adv = step.adversarial[0].numpy()  # the iterate after N steps of the live run
-            seg = model.to_label_map(model.forward(step.adversarial))[0]
+            if step.step in (1, 2, args.steps):  # the iterate after N steps of the live run
+                rows.append((step.step, step.adversarial[0].numpy(),
+                             model.to_label_map(model.forward(step.adversarial))[0]))
+        for n, adv, seg in rows:
             d_warm = M.foreground_dice(seg, c.seg_clean)
             agree = M.foreground_dice(seg, c.seg_adv)
             mse = np.mean(((adv - c.adversarial) / rng[:, None, None, None]) ** 2)
             psnr = float("inf") if mse == 0 else 10 * np.log10(1 / mse)
-            print(f"{100 * a:.0f} → {100 * b:.0f} % | {step.step} | {d_cold:.3f} | {d_warm:.3f} | {agree:.3f} | "
-                  f"{psnr:.1f}")
+            print(f"{100 * a:.0f} → {100 * b:.0f} % | {n} | {d_cold:.3f} | {d_warm:.3f} | {agree:.3f} | {psnr:.1f}")
     return 0
 
 

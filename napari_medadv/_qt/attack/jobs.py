@@ -66,7 +66,9 @@ def preview_job(source: Source, model, name: str, params: dict, labels, target, 
     ``init`` projected onto the new ε-ball, its prediction and readouts (one forward,
     :meth:`~napari_medadv.core.anytime.AnytimeRun.preview`), yielded as ``attack_job`` yields a
     frame. The job then lasts until that frame is on screen (``pacer.want`` set again) or ``stop``
-    is set, as a run stopped after its first frame does; returns ``(frame, None)``."""
+    is set, as a run stopped after its first frame does; returns ``(frame, None)``. ``init`` may be a
+    callable that computes the warm start (in this worker, not on the Qt thread)."""
+    init = init() if callable(init) else init  # live ε hands over the warm start to compute here
     run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
                      init=init, clean_output=clean_output, starts=starts)
     frame = pacer.build(lambda: _with_readouts(run, run.preview()))
@@ -170,10 +172,12 @@ class JobBar:
         self._applying += 1
 
         def tick():
-            t0 = time.perf_counter()
+            t0 = t = time.perf_counter()
             try:
                 next(steps)
-                while time.perf_counter() - t0 < TURN_BUDGET_S:
+                # the next update is about as costly as the last one: start it only if both fit
+                while 2 * (now := time.perf_counter()) - t - t0 < TURN_BUDGET_S:
+                    t = now
                     next(steps)
             except StopIteration:
                 self._applying -= 1
@@ -184,7 +188,9 @@ class JobBar:
                 if failed is not None:
                     failed()
             else:
-                QTimer.singleShot(0, tick)
+                # a 1 ms timer, not 0: a zero-delay call is a posted event, and Qt runs a chain of
+                # them back to back before due timers and input (the loop would not get its turn)
+                QTimer.singleShot(1, tick)
 
         tick()
 
