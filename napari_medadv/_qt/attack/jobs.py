@@ -104,8 +104,9 @@ def expected_steps(spec, params: dict) -> int:
 
 # ----------------------------------------------------------------------------- the run row
 
-#: layer updates one event-loop turn may run before it hands the loop back (the stall goal is 100 ms)
-TURN_BUDGET_S = 0.030
+#: layer updates one event-loop turn may run before it hands the loop back: the turn then repaints the
+#: canvas (40-60 ms under Xvfb's software OpenGL) and the stall goal is 100 ms
+TURN_BUDGET_S = 0.015
 
 
 class JobBar:
@@ -132,6 +133,8 @@ class JobBar:
         self.buttons.addWidget(self.save_btn)
         self.job: Job | None = None
         self._applying = 0
+        self._update_cost: dict[str, float] = {}  # layer name -> seconds its last update took
+        self._next_update: dict[str, str] = {}  # layer name -> the layer updated after it last time
 
     @property
     def busy(self) -> bool:
@@ -170,15 +173,24 @@ class JobBar:
         updates that fit in one turn share it, and one that takes longer (creating a layer, a
         BraTS-size plane) gets a turn of its own, so the event loop never waits for a whole result."""
         self._applying += 1
+        cost, following = self._update_cost, self._next_update
 
-        def tick():
-            t0 = t = time.perf_counter()
+        def step(prev: str | None) -> str:
+            t = time.perf_counter()
+            name = next(steps)
+            cost[name] = time.perf_counter() - t
+            if prev is not None:
+                following[prev] = name
+            return name
+
+        def tick(prev: str | None = None):
+            t0 = time.perf_counter()
             try:
-                next(steps)
-                # the next update is about as costly as the last one: start it only if both fit
-                while 2 * (now := time.perf_counter()) - t - t0 < TURN_BUDGET_S:
-                    t = now
-                    next(steps)
+                name = step(prev)
+                # start the next update only if it fits the turn too: results repeat the same layers
+                # in the same order, so the one that followed this layer last time predicts its cost
+                while (time.perf_counter() - t0 + cost.get(following.get(name), cost[name])) < TURN_BUDGET_S:
+                    name = step(name)
             except StopIteration:
                 self._applying -= 1
                 then()
@@ -190,7 +202,7 @@ class JobBar:
             else:
                 # a 1 ms timer, not 0: a zero-delay call is a posted event, and Qt runs a chain of
                 # them back to back before due timers and input (the loop would not get its turn)
-                QTimer.singleShot(1, tick)
+                QTimer.singleShot(1, lambda: tick(name))
 
         tick()
 
