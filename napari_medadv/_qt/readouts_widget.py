@@ -263,6 +263,8 @@ class ReadoutsWidget(QWidget):
         if "iterate" in o.result.extra:  # a running attack's current iterate
             ex = o.result.extra
             where = f"running: {ex.get('unit', 'iterate')} {ex['iterate']} of {ex['n_steps']}"
+            if ex.get("preview"):
+                where = "preview: the latest result scaled to this ε, before any step"
         severity = (float(o.result.extra.get("severity", o.params.get("severity", 0.0)))
                     if is_artifact(o.attack) else None)
         self.title.setText(f"<b>{shown.source.case}</b> · {o.attack} · {knob_text(o)} · "

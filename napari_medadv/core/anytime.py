@@ -165,7 +165,9 @@ class AnytimeRun:
         with torch.no_grad():
             output = self.model.forward(start)
         n_steps = int(getattr(s.attack, "steps", 1)) * int(getattr(s.attack, "restarts", 1))
-        return self.frame(AttackStep(1, n_steps, None, start, {}, evaluated=start, output=output))
+        frame = self.frame(AttackStep(1, n_steps, None, start, {}, evaluated=start, output=output))
+        frame.result.extra["preview"] = True  # what the front ends call it: a warm start, no step taken
+        return frame
 
     def frame(self, step: AttackStep) -> AttackOutcome | None:
         """The outcome of the iterate ``step`` evaluated (its image, the model's output there).

@@ -111,7 +111,7 @@ def test_preview_is_the_warm_runs_first_frame_after_one_forward(case, model, att
     first = run.frame(next(run.steps()))
     np.testing.assert_array_equal(preview.adversarial, first.adversarial)
     np.testing.assert_array_equal(preview.seg_adv, first.seg_adv)
-    assert preview.result.extra["iterate"] == 0 and preview.result.eps == 0.05
+    assert preview.result.extra["iterate"] == 0 and preview.result.extra["preview"] and preview.result.eps == 0.05
     eps_native = 0.05 * np.ptp(case.array, axis=(1, 2, 3))
     assert np.all(np.abs(preview.adversarial - case.array).max(axis=(1, 2, 3)) <= eps_native * (1 + 1e-5))
     with pytest.raises(ValueError, match="warm start"):

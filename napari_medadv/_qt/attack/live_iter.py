@@ -174,6 +174,9 @@ class LiveIterative(LiveRuns):
             if display is not None and payload[1] is not None:
                 display.show(payload[1])
                 self._last = (key, eps, payload[1].adversarial)
+                if mode == "preview":
+                    self._say(f"live ε = {100 * eps:.1f} % on {src.case}: preview (the latest result scaled to "
+                              f"{100 * eps:.1f} %) — computing the run at {100 * eps:.1f} % …")
             if mode == "preview" and display is not None and display.shown:
                 stop.set()  # a frame is on screen: the cold run gives the settled result
 
