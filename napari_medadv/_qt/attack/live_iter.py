@@ -5,11 +5,11 @@ previews it warm — the latest result or frame, its perturbation scaled to the 
 (:func:`~napari_medadv.core.anytime.warm_start`) and projected by the attack onto the new ε-ball,
 shown with its own prediction and readouts after one forward
 (:meth:`~napari_medadv.core.anytime.AnytimeRun.preview`: the iterate the warm run's first step
-would evaluate, without waiting for that step's backward) — and then settles on the cold run Run would do (same seed),
-shown and cached when it ends: continued warm runs drift from the cold result and can even undo
-the attack when ε goes down (``benchmarks/bench_warm_start.py``). Latest value wins: a newer move
-asks the running attack to stop after its current step and continues from where it got. Once a run finishes, the ε values
-of :data:`FILL_GRID` are computed in the background (cold runs with the dock's seed: the results
+would evaluate, without waiting for that step's backward) — and then settles on the cold run Run
+would do (same seed), shown and cached when it ends: continued warm runs drift from the cold result
+and can even undo the attack when ε goes down (``benchmarks/bench_warm_start.py``). Latest value
+wins: a newer move asks the running job to stop after its current step. Once a run finishes, the ε
+values of :data:`FILL_GRID` are computed in the background (cold runs with the dock's seed: the results
 Run would give) until the cache holds them, and paused while the slider moves.
 """
 
