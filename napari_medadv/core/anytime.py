@@ -68,7 +68,7 @@ class StartCache:
     """What live ε keeps between runs that differ only in ε: the :class:`Prepared` clean side of
     the first, under the caller's key (image, model, attack and its other parameters, labels,
     region, target, seed) — the next run at another ε skips the region, input checks, label
-    conversion and clean label map (40 ms on the phantoms, 0.5 s at BraTS size, under the machine's load).
+    conversion and clean label map (measured: 40 ms on the phantoms, about 0.5 s at BraTS size).
     ``use(key)`` before each run; a different key drops it. Runs using one cache must not overlap."""
 
     def __init__(self):
