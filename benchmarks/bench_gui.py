@@ -319,16 +319,19 @@ def _real_size(case: str):
     return radiograph(), "demo:cxr", "radiograph 1955×1841, demo:cxr"
 
 
-def bench_real_size(app, case: str, device: str, repeats: int, steps: int) -> None:
+def bench_real_size(app, case: str, device: str, repeats: int, steps: int, only: str | None = None) -> None:
     from napari_medadv.core.models import load_model
 
     image, spec, label = _real_size(case)
     model = load_model(spec, device=device)
-    bench_live_readouts(app, label, image, model, repeats)
+    if only in (None, "live"):
+        bench_live_readouts(app, label, image, model, repeats)
     if case == "brats-size":
-        bench_dock_vs_core(app, image, model, steps)
-        bench_stall(app, image, model, steps)
-        bench_iterative_live(app, label, image, model, 3)
+        if only in (None, "stall"):
+            bench_dock_vs_core(app, image, model, steps)
+            bench_stall(app, image, model, steps)
+        if only in (None, "iterative"):
+            bench_iterative_live(app, label, image, model, 3)
 
 
 def bench_memory(app, image, model, updates: int) -> float:
@@ -388,7 +391,8 @@ def main(argv=None) -> int:
     print(f"napari-medadv GUI benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {args.device}, Qt {os.environ.get('QT_API', 'default')}", file=sys.stderr)
     if args.case != "phantoms":
-        bench_real_size(app, args.case, args.device, min(args.repeats, 5), 3 if args.steps == 5 else args.steps)
+        bench_real_size(app, args.case, args.device, min(args.repeats, 5), 3 if args.steps == 5 else args.steps,
+                        args.only)
         return 0
     cxr = read_image(chest_radiograph_path())
     glioma = read_image(sample_data_dir() / "glioma" / "glioma_001")

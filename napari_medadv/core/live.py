@@ -43,8 +43,9 @@ class OutcomeReadouts:
 
     # ------------------------------------------------------------------ readouts
     def _dice_side(self, o: AttackOutcome):
-        """The clean side of the Dice readouts, built once: the table, the clean and ground-truth
-        index maps, and the (constant) clean-vs-ground-truth block."""
+        """The clean side of the Dice readouts, built once: the table, the clean index map, the
+        joint code of the clean and ground-truth maps, and the (constant) clean-vs-ground-truth
+        block."""
         if self._seg is None:
             info = self.model.info
             n_out = int(o.clean_output.shape[1])
@@ -52,22 +53,26 @@ class OutcomeReadouts:
             table = DiceTable(values, BRATS_REGIONS if info.brats_regions(n_out) else None,
                               {v: info.label_name(v) for v in values if v != 0})
             clean = table.indices(self.seg_clean)
-            gt = gt_block = None
+            clean_gt = gt_block = None
             if self.labels is not None:
-                gt = table.indices(self.labels)
-                gt_block = table.block(table.confusion(clean, gt))
-            self._seg = (table, clean, gt, gt_block)
+                clean_gt = table.code(clean, table.indices(self.labels))
+                gt_block = table.block(table.joint(clean_gt, 2))
+            self._seg = (table, clean, clean_gt, gt_block)
         return self._seg
 
     def segmentation_readouts(self, o: AttackOutcome) -> tuple[dict, int]:
-        """The Dice blocks and changed-voxel count of ``o``, from one or two ``bincount`` passes."""
-        table, clean, gt, gt_block = self._dice_side(o)
+        """The Dice blocks and changed-voxel count of ``o``, from one ``bincount`` of the joint
+        code (adversarial, clean, ground truth): both confusion matrices are its margins."""
+        table, clean, clean_gt, gt_block = self._dice_side(o)
         adv = table.indices(o.seg_adv)
-        conf = table.confusion(adv, clean)
-        dice = {"clean_vs_adversarial": table.block(conf)}
-        if gt is not None:
-            dice["ground_truth_vs_clean"] = gt_block
-            dice["ground_truth_vs_adversarial"] = table.block(table.confusion(adv, gt))
+        if clean_gt is None:
+            conf = table.confusion(adv, clean)
+            dice = {"clean_vs_adversarial": table.block(conf)}
+        else:
+            counts = table.joint(table.code(adv, clean_gt, 2), 3)  # adv × clean × ground truth
+            conf = counts.sum(2)
+            dice = {"clean_vs_adversarial": table.block(conf), "ground_truth_vs_clean": gt_block,
+                    "ground_truth_vs_adversarial": table.block(counts.sum(1))}
         return dice, table.changed(conf)
 
     def image_quality(self, o: AttackOutcome) -> dict:

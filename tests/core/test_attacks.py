@@ -461,6 +461,24 @@ def test_fast_path_before_prepare(seg_model):
         FGSM(seg_model).at_eps(0.1)
 
 
+def test_slab_wise_add_clamp_equals_the_whole_volume_op():
+    """at_eps's slab-wise multiply-add and clamp (CPU) equals torch's whole-volume ops bit for bit,
+    per sample and channel bounds, with slabs smaller than a channel."""
+    from napari_medadv.core.attacks.fgsm import _add_clamped
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 9, 7, 5, generator=g) * 100
+    step = torch.sign(torch.randn(2, 3, 9, 7, 5, generator=g)) * torch.rand(2, 3, 1, 1, 1, generator=g) * 50
+    rng = compute_range(x, [(10.0, 90.0), (0.0, 100.0), (20.0, 30.0)])
+    rng_obs = compute_range(x)  # per-sample bounds
+    for bounds in (rng, rng_obs):
+        for eps in (0.0, 0.3, 1.0):
+            e = torch.tensor(eps)
+            want = torch.clamp(torch.addcmul(x, step, e), min=bounds.lo, max=bounds.hi)
+            assert torch.equal(_add_clamped(x, step, e, bounds, chunk=17), want)
+            assert torch.equal(_add_clamped(x, step, e, bounds), want)
+
+
 def test_numpy_input_and_integer_images(seg_model, seg_data):
     x, y = seg_data
     adv = FGSM(seg_model, eps=0.01)(x.numpy(), y.numpy())

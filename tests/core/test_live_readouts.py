@@ -115,6 +115,26 @@ def test_dice_table_equals_monai_on_random_maps_with_foreign_values():
     assert DiceTable([1]).indices(odd).tolist() == [[2, 0], [2, 1]]
 
 
+@pytest.mark.parametrize("values", [[0, 1, 2, 4], [0, 100, 200, 31]])
+def test_joint_code_margins_equal_pairwise_confusions(values):
+    """The live readouts count (adversarial, clean, ground truth) once; its margins are the two
+    confusion matrices, for a dense table (values index themselves) and a sparse one."""
+    rng = np.random.default_rng(1)
+    pick = [*values, 9, 3]  # 9 and 3: not in the table (3 is inside the dense range, unreported)
+    adv, clean, gt = (rng.choice(pick, size=(20, 30, 10)).astype(np.uint8) for _ in range(3))
+    table = DiceTable(values)
+    assert table.dense == (max(values) <= DiceTable.DENSE_MAX)
+    a, c, g = (table.indices(m) for m in (adv, clean, gt))
+    counts = table.joint(table.code(a, table.code(c, g), 2), 3)
+    assert np.array_equal(counts.sum(2), table.confusion(a, c))
+    assert np.array_equal(counts.sum(1), table.confusion(a, g))
+    assert counts.sum() == adv.size
+    for v in values[1:]:
+        want = M.dice_per_label(adv, gt, [v])[v]
+        assert table.block(counts.sum(1))["per_label"][str(v)] == pytest.approx(want, rel=1e-6)
+    assert table.block(counts.sum(1))["foreground"] == pytest.approx(M.foreground_dice(adv, gt), rel=1e-6)
+
+
 def test_uint8_argmax_equals_torch_including_ties():
     g = torch.Generator().manual_seed(0)
     out = torch.randint(0, 3, (2, 5, 7, 6, 4), generator=g).float()  # many ties
@@ -123,6 +143,14 @@ def test_uint8_argmax_equals_torch_including_ties():
     nan = out.clone()
     nan[0, 2, 0, 0, 0] = float("nan")
     assert torch.equal(channel_argmax(nan).long(), nan.argmax(1))
+    # label values written by the arg-max itself, across slab boundaries (chunk smaller than a map)
+    vals = [0, 4, 2, 1, 7]
+    lut = torch.tensor(vals)
+    for chunk in (7, 1 << 18):
+        assert torch.equal(channel_argmax(out, vals, chunk=chunk).long(), lut[out.argmax(1)])
+        assert torch.equal(channel_argmax(nan, vals, chunk=chunk).long(), lut[nan.argmax(1)])
+    with pytest.raises(ValueError, match="label values"):
+        channel_argmax(out, [0, 300, 1, 2, 3])
     assert small_labels(np.array([0, 1, 2, 4])).dtype == np.uint8
     assert small_labels(np.array([0, 300])).dtype == np.uint16
     assert small_labels(np.array([-1, 3])).dtype == np.int16

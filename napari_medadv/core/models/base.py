@@ -568,8 +568,10 @@ class LoadedModel:
             if len(values) == n_out + 1:  # declared with the background value first
                 values = values[1:]
             return np.where(fg.cpu().numpy(), values[best.cpu().numpy()], 0)
-        values = np.asarray(self.info.output_labels(n_out))
-        return small_labels(values)[channel_argmax(output).cpu().numpy()]
+        values = small_labels(np.asarray(self.info.output_labels(n_out)))
+        if values.dtype == np.uint8 and n_out <= 255:  # the arg-max writes the label values itself
+            return channel_argmax(output, values).cpu().numpy()
+        return values[channel_argmax(output).cpu().numpy()]
 
     def label_map_to_target(self, labels: np.ndarray | torch.Tensor, n_outputs: int | None = None) -> torch.Tensor:
         """Ground-truth label values -> what the loss compares outputs with (``B *spatial``).
