@@ -13,6 +13,7 @@ import numpy as np
 
 from napari_medadv.core.brats import BRATS_LABELS
 
+from .compat import keep_selection
 from .layers import (
     DIFF_VALUES,
     IMAGE_META,
@@ -62,11 +63,16 @@ def _update_props(lyr, kwargs: dict) -> None:
             pass  # read-only on this layer type (e.g. 'size' after creation)
 
 
-def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False, **kwargs):
+def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False, visible: bool = True,
+               **kwargs):
     """Update the layer called ``name`` in place (data + changed properties) or add it.
 
     ``defer_hidden``: a hidden layer only records the new data, applied when it is shown or at
-    :func:`flush_deferred` (live ε keeps each update to the layers on screen)."""
+    :func:`flush_deferred` (live ε keeps each update to the layers on screen). ``visible``: a new
+    layer's visibility, given at creation (a hidden layer is then never sliced nor drawn before it
+    is shown); an existing layer keeps the user's choice. A new layer is added without taking the
+    selection (napari selects on insert: the user's selected layer stays selected, and a dozen
+    result layers do not each rebuild the layer controls)."""
     if name in viewer.layers and viewer.layers[name].__class__.__name__.lower() == kind:
         lyr = viewer.layers[name]
         pending = _DEFERRED.setdefault(id(viewer), {})
@@ -84,7 +90,8 @@ def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False
     if name in viewer.layers:
         viewer.layers.remove(name)
     adder = getattr(viewer, f"add_{kind}")
-    return adder(data() if callable(data) else data, name=name, **kwargs)
+    with keep_selection(viewer):
+        return adder(data() if callable(data) else data, name=name, visible=visible, **kwargs)
 
 
 def _flush_on_show(event) -> None:
@@ -232,7 +239,7 @@ def iter_show_outcome(viewer: napari.Viewer, source: Source, outcome: AttackOutc
     common = source.layer_kwargs()  # derived layers: exactly the source layer's transform
     tag = result_tag(outcome.attack)
     names = result_layer_names(source, outcome.attack)
-    ranges = _channel_ranges(source)
+    ranges = source_ranges(source)
     if visible_channel is None:
         cnames = image.channel_names
         visible_channel = cnames.index("flair") if "flair" in cnames else 0
@@ -267,8 +274,10 @@ class _Showing:
         return meta
 
 
-def _channel_ranges(source: Source) -> list[float]:
-    """Per-channel intensity range, once per source (live ε shows results on it a lot)."""
+def source_ranges(source: Source) -> list[float]:
+    """Per-channel intensity range, once per source (live ε shows results on it a lot). Workers
+    call it before their first result, so the pass over the image (tens of ms at BraTS size) is
+    not spent on the Qt thread."""
     ranges = source.extra.get("ranges")
     if ranges is None:
         flat = source.image.array.reshape(source.image.n_channels, -1)
@@ -288,7 +297,8 @@ def _show_channel(s: _Showing, c: int, rng: float, visible_channel: int):
     existed = name in viewer.layers
     meta = s.meta("adversarial" if s.tag == "adversarial" else "artifact", channel_index=c)
     lyr = _set_layer(viewer, name, "image", show(adv[c]), contrast_limits=limits, colormap="gray", rgb=False,
-                     metadata=meta, defer_hidden=s.live, **common)
+                     metadata=meta, defer_hidden=s.live, visible=("image", c) in s.swapped or c == visible_channel,
+                     **common)
     if ("image", c) in s.swapped:
         lyr.visible = True
     elif not existed:
@@ -306,15 +316,33 @@ def _show_channel(s: _Showing, c: int, rng: float, visible_channel: int):
     existed = pname in viewer.layers
     # display_gain: the perturbation is shown × this vs the image contrast
     meta = s.meta("perturbation", channel_index=c, display_gain=rng / (2 * lim))
-    lyr = _set_layer(viewer, pname, "image", lambda: show(adv[c] - image.array[c]), contrast_limits=(-lim, lim),
+    lyr = _set_layer(viewer, pname, "image", lazy_difference(show(adv[c]), show(image.array[c])),
+                     contrast_limits=(-lim, lim),
                      colormap=perturbation_colormap(), blending="additive", metadata=meta, rgb=False,
-                     defer_hidden=s.live, **common)
+                     defer_hidden=s.live, visible=("perturbation", c) in s.swapped, **common)
     if ("perturbation", c) in s.swapped:
         lyr.visible = True
     elif not existed:  # off at first: dense perturbations (FGSM: ±ε everywhere) hide the anatomy
         lyr.visible = False
     s.layers[pname] = lyr
     yield pname
+
+
+def lazy_difference(a: np.ndarray, b: np.ndarray):
+    """``a - b`` as layer data: for volumes a dask array in slabs of :data:`DIFF_SLAB` planes, so
+    napari computes only the planes it shows (none while the layer is hidden) instead of the whole
+    volume on the Qt thread (about 200 ms per BraTS-size channel); images are small enough to
+    subtract at once."""
+    if a.ndim < 3:
+        return a - b
+    import dask.array as da
+
+    chunks = (min(DIFF_SLAB, a.shape[0]), *a.shape[1:])
+    # name=False: a random key, not a hash of the 35 MB arrays
+    return da.from_array(a, chunks=chunks, name=False) - da.from_array(b, chunks=chunks, name=False)
+
+
+DIFF_SLAB = 8
 
 
 def _show_segmentations(s: _Showing):
@@ -331,9 +359,10 @@ def _show_segmentations(s: _Showing):
             (source.result_name("segmentation (clean)"), "segmentation (clean)", outcome.seg_clean, False),
             (s.names["segmentation"], f"segmentation ({s.tag})", outcome.seg_adv, True)):
         existed = name in viewer.layers
+        swapped = role != "segmentation (clean)" and ("segmentation", None) in s.swapped
         lyr = _set_layer(viewer, name, "labels", show(seg), opacity=0.55, defer_hidden=s.live,
-                         metadata=s.meta(role, segments=segments), **extra, **common)
-        if role != "segmentation (clean)" and ("segmentation", None) in s.swapped:
+                         metadata=s.meta(role, segments=segments), visible=vis or swapped, **extra, **common)
+        if swapped:
             lyr.visible = True
         elif not existed:
             lyr.visible = vis
@@ -346,7 +375,7 @@ def _show_segmentations(s: _Showing):
     name = s.names["diff"]
     existed = name in viewer.layers
     lyr = _set_layer(viewer, name, "labels", diff, colormap=diff_colormap(), opacity=0.8, defer_hidden=s.live,
-                     metadata=s.meta("diff"), **common)
+                     metadata=s.meta("diff"), visible=("diff", None) in s.swapped, **common)
     if not existed:
         lyr.visible = False
         lyr.features = {"index": [0, 1, 2, 3], "change": ["unchanged", *DIFF_VALUES.values()]}

@@ -241,6 +241,39 @@ def test_hidden_result_layers_catch_up_when_shown(docks, qtbot, glioma_small, un
     np.testing.assert_allclose(hidden.data, ref_adv[2], rtol=0, atol=1e-5)
 
 
+def test_result_layers_keep_the_selection_and_hidden_ones_start_hidden(docks, qtbot, glioma_small, unet2d,
+                                                                        monkeypatch):
+    """A first run adds its result layers without taking the user's selection; the layers that
+    start hidden are made hidden (never drawn before shown), and a volume's perturbation layer is
+    a lazy difference that equals adversarial - clean where napari reads it."""
+    import dask.array as da
+    from napari.layers import Image
+
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    picked = viewer.layers["case flair"]
+    viewer.layers.selection.active = picked
+    made_visible = {}
+    real_init = Image.__init__
+
+    def spy(self, data, *args, **kwargs):
+        real_init(self, data, *args, **kwargs)
+        made_visible[kwargs.get("name")] = kwargs.get("visible", True)
+
+    monkeypatch.setattr(Image, "__init__", spy)
+    aw.session.set_model(unet2d)
+    aw.set_attack("fgsm", eps=0.05)
+    _wait_job(qtbot, aw.run(), aw)
+    assert viewer.layers.selection.active is picked and list(viewer.layers.selection) == [picked]
+    assert made_visible["case flair adversarial"] is True
+    assert made_visible["case t1 adversarial"] is False and made_visible["case flair perturbation"] is False
+    pert = viewer.layers["case flair perturbation"]
+    assert isinstance(pert.data, da.Array)
+    c = glioma_small.channel_names.index("flair")
+    adv = aw.session.shown.outcome.adversarial[c]
+    np.testing.assert_array_equal(np.asarray(pert.data), adv - glioma_small.array[c])
+
+
 def test_live_readouts_come_first_and_ssim_follows(docks, qtbot, glioma_small, unet2d, monkeypatch):
     """SSIM shows as pending until its own worker fills it; the numbers then equal the core's."""
     import threading
@@ -375,7 +408,7 @@ def test_region_restricts_the_perturbation(docks, qtbot, glioma_small, unet2d):
     aw.set_attack("noise", eps=0.05)
     aw.roi_combo.setCurrentIndex(aw.roi_combo.findData("roi"))
     _wait_job(qtbot, aw.run(), aw)
-    delta = viewer.layers["case flair perturbation"].data
+    delta = np.asarray(viewer.layers["case flair perturbation"].data)  # a lazy (dask) difference
     assert np.all(delta[roi == 0] == 0) and np.any(delta[roi == 1] != 0)
 
 

@@ -16,6 +16,7 @@ from napari_medadv.core.anytime import AnytimeRun, FramePacer, StartCache
 from napari_medadv.core.pipeline import transfer_outcome, write_outcome
 
 from ..export import save_screenshot
+from ..results import source_ranges
 from ..workers import Job, report_error
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def attack_job(source: Source, model, name: str, params: dict, labels, target, r
     what it has (``result.cancelled``) — live ε moving on to a newer ε. ``vulnerability``: the top-k %
     region and/or the vulnerability map (:class:`~napari_medadv.core.vulnerability.VulnerabilityOptions`).
     ``starts``: live ε's kept clean side of these settings (:class:`~napari_medadv.core.anytime.StartCache`)."""
+    source_ranges(source)  # once per source, here rather than on the Qt thread at the first result
     run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
                      init=init, clean_output=clean_output, vulnerability=vulnerability, starts=starts)
     gen = run.steps()
@@ -69,6 +71,7 @@ def preview_job(source: Source, model, name: str, params: dict, labels, target, 
     is set, as a run stopped after its first frame does; returns ``(frame, None)``. ``init`` may be a
     callable that computes the warm start (in this worker, not on the Qt thread)."""
     init = init() if callable(init) else init  # live ε hands over the warm start to compute here
+    source_ranges(source)
     run = AnytimeRun(source.image, model, name, params=params, labels=labels, target=target, roi=roi, seed=seed,
                      init=init, clean_output=clean_output, starts=starts)
     frame = pacer.build(lambda: _with_readouts(run, run.preview()))

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QCheckBox
 
 from napari_medadv.core.live import LiveEps
 
-from ..results import flush_deferred, show_outcome
+from ..results import flush_deferred, show_outcome, source_ranges
 from ..session import Session, Shown
 from ..workers import Job, LatestWins, report_error
 from .jobs import headline
@@ -30,6 +30,7 @@ FLUSH_MS = 400  # hidden result layers catch up once the slider rests
 
 def prepare_live_job(source: Source, model, labels, roi):
     yield 0, 1, None
+    source_ranges(source)  # here, not on the Qt thread at the first frame
     return LiveEps(source.image, model, labels=labels, roi=roi)
 
 
