@@ -246,8 +246,9 @@ def test_result_layers_keep_the_selection_and_hidden_ones_start_hidden(docks, qt
     """A first run adds its result layers without taking the user's selection; the layers that
     start hidden are made hidden (never drawn before shown), and a volume's perturbation layer is
     a lazy difference that equals adversarial - clean where napari reads it."""
-    import dask.array as da
     from napari.layers import Image
+
+    from napari_medadv._qt.results import LazyDifference
 
     viewer, aw = docks["viewer"], docks["attack"]
     _open(viewer, glioma_small)
@@ -268,7 +269,7 @@ def test_result_layers_keep_the_selection_and_hidden_ones_start_hidden(docks, qt
     assert made_visible["case flair adversarial"] is True
     assert made_visible["case t1 adversarial"] is False and made_visible["case flair perturbation"] is False
     pert = viewer.layers["case flair perturbation"]
-    assert isinstance(pert.data, da.Array)
+    assert isinstance(pert.data, LazyDifference)
     c = glioma_small.channel_names.index("flair")
     adv = aw.session.shown.outcome.adversarial[c]
     np.testing.assert_array_equal(np.asarray(pert.data), adv - glioma_small.array[c])
@@ -408,7 +409,7 @@ def test_region_restricts_the_perturbation(docks, qtbot, glioma_small, unet2d):
     aw.set_attack("noise", eps=0.05)
     aw.roi_combo.setCurrentIndex(aw.roi_combo.findData("roi"))
     _wait_job(qtbot, aw.run(), aw)
-    delta = np.asarray(viewer.layers["case flair perturbation"].data)  # a lazy (dask) difference
+    delta = np.asarray(viewer.layers["case flair perturbation"].data)  # a lazy difference
     assert np.all(delta[roi == 0] == 0) and np.any(delta[roi == 1] != 0)
 
 
