@@ -389,7 +389,8 @@ def _show_segmentations(s: _Showing):
         yield name
 
     def diff():
-        return show(diff_map(outcome.seg_clean, outcome.seg_adv))
+        ready = outcome.display.get("diff")
+        return show(ready if ready is not None else diff_map(outcome.seg_clean, outcome.seg_adv))
 
     name = s.names["diff"]
     existed = name in viewer.layers
@@ -471,11 +472,17 @@ def _segmentation_values(outcome: AttackOutcome) -> list[int]:
 
 def diff_map(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
     """1 = voxel gained (background → label), 2 = lost (label → background), 3 = changed class."""
-    out = np.zeros(clean.shape, dtype=np.uint8)
-    out[(clean == 0) & (adv != 0)] = 1
-    out[(clean != 0) & (adv == 0)] = 2
-    out[(clean != 0) & (adv != 0) & (clean != adv)] = 3
+    out = (adv != 0).view(np.uint8) | ((clean != 0).view(np.uint8) << 1)  # 1 gained, 2 lost, 3 both labelled
+    out[(out == 3) & (clean == adv)] = 0  # labelled in both with the same class: unchanged
     return out
+
+
+def prepare_display(outcome: AttackOutcome) -> AttackOutcome:
+    """What showing ``outcome`` would compute on the Qt thread, computed here (call it in the
+    worker): the segmentation diff map, 9 M voxels at BraTS size."""
+    if outcome.seg_clean is not None and outcome.seg_adv is not None:
+        outcome.display["diff"] = diff_map(outcome.seg_clean, outcome.seg_adv)
+    return outcome
 
 
 def show_clean_prediction(viewer: napari.Viewer, source: Source, model, seg: np.ndarray):

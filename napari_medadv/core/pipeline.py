@@ -58,6 +58,9 @@ class AttackOutcome:
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
     vulnerability: VulnerabilityMap | None = None  # asked for with VulnerabilityOptions(map=True)
+    # arrays a front end derived for display ahead of time (e.g. the segmentation diff map, made in
+    # the GUI's worker instead of on its Qt thread); never written out, not part of equality
+    display: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def perturbation(self) -> np.ndarray:

@@ -89,6 +89,13 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
     assert seg_c.shape == seg_a.shape == diff.shape == glioma_small.spatial_shape
     assert set(np.unique(diff)) <= {0, 1, 2, 3}
     np.testing.assert_array_equal(diff != 0, seg_c != seg_a)
+    # the diff map came from the worker (prepare_display), by its definition
+    want = np.zeros(seg_c.shape, np.uint8)
+    want[(seg_c == 0) & (seg_a != 0)] = 1
+    want[(seg_c != 0) & (seg_a == 0)] = 2
+    want[(seg_c != 0) & (seg_a != 0) & (seg_c != seg_a)] = 3
+    np.testing.assert_array_equal(diff, want)
+    assert aw.session.shown.outcome.display["diff"] is not None
     # readouts equal the core metrics recomputed on the layer arrays
     regions = M.dice_regions(seg_a, glioma_small.labels)
     row = {r[0]: r for r in rw.rows}

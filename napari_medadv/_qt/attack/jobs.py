@@ -16,7 +16,7 @@ from napari_medadv.core.anytime import AnytimeRun, FramePacer, StartCache
 from napari_medadv.core.pipeline import transfer_outcome, write_outcome
 
 from ..export import save_screenshot
-from ..results import source_ranges
+from ..results import prepare_display, source_ranges
 from ..workers import Job, report_error
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def attack_job(source: Source, model, name: str, params: dict, labels, target, r
         pass
     finally:
         gen.close()
-    outcome = run.outcome
+    outcome = prepare_display(run.outcome)
     transfer = transfer_outcome(outcome, model_b) if model_b is not None else None
     return outcome, transfer
 
