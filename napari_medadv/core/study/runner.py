@@ -250,7 +250,11 @@ class Study:
             extra = self.extra()
             futures = {client.submit(run_case, c, config, extra, staged, key=f"medadv-case-{store.safe_name(c.case_id)}-{tag}",
                                      pure=False, retries=RETRIES, resources=resources): c for c in todo}
-            for fut in as_completed(futures):
+            # the futures' own client's loop: as_completed defaults to the *default* client's, and
+            # with another client in the process (a notebook's, a test's) a future whose event was
+            # cleared (its worker died, the case is retried) is then awaited on two loops, which
+            # asyncio refuses ("bound to a different event loop")
+            for fut in as_completed(futures, loop=client.loop):
                 if should_stop is not None and should_stop():
                     for f in futures:
                         f.cancel()
