@@ -104,7 +104,7 @@ class FGSM(Attack):
                 step = step * ctx.roi
             self._cache["step"] = step
         e = torch.tensor(float(eps), dtype=step.dtype, device=step.device)
-        if ctx.x.is_cuda or not (ctx.x.is_contiguous() and step.is_contiguous()):
+        if ctx.x.device.type != "cpu" or not (ctx.x.is_contiguous() and step.is_contiguous()):
             adv = torch.addcmul(ctx.x, step, e)
             return adv.clamp_(min=ctx.range.lo, max=ctx.range.hi)  # in place: one volume, not two
         return _add_clamped(ctx.x, step, e, ctx.range)
