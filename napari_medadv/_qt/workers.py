@@ -1,12 +1,15 @@
-"""Running core work off the Qt thread: napari workers, a progress bridge and latest-value-wins."""
+"""Running core work off the Qt thread: napari workers, a progress bridge and latest-value-wins.
+
+Both run their functions on the torch lane (:mod:`~napari_medadv._qt.lane`), the viewer's one
+thread for PyTorch work; a :class:`Job`'s napari worker only relays its progress and result."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -16,6 +19,8 @@ from qtpy.QtCore import QObject, Signal
 
 from napari_medadv.core.errors import MedadvError
 from napari_medadv.core.errors import internal_error_line, write_error_log
+
+from .lane import FRAME, JOB, LANE
 
 _NOTHING = object()
 
@@ -97,6 +102,33 @@ def _failures_returned(func: Callable) -> Callable:
     return call
 
 
+_DONE = object()
+
+
+def on_lane(func: Callable, stop: threading.Event, priority: int = JOB) -> Callable:
+    """A generator function for a napari worker that runs ``func`` on the torch lane.
+
+    The worker thread only waits: it yields what ``func`` (a generator function, or a plain one)
+    yields on the lane and returns its return value (or raises its exception). Once ``stop`` is
+    set the lane closes ``func``'s generator at its next step."""
+
+    @functools.wraps(func)
+    def relay(*args, **kwargs):
+        items: queue.SimpleQueue = queue.SimpleQueue()
+        task = LANE.submit(func, *args, priority=priority, on_yield=items.put, stop=stop, **kwargs)
+        task.future.add_done_callback(lambda _: items.put(_DONE))
+        try:
+            while (item := items.get()) is not _DONE:
+                yield item
+        finally:  # the worker was quit: the lane stops the task at its next step
+            if not task.future.done():
+                stop.set()
+        return task.future.result()
+
+    del relay.__wrapped__  # a generator function in its own right (inspect must not unwrap to func)
+    return relay
+
+
 class _NoActivity:
     """What :class:`Job` calls on its progress bar, for a job whose dock shows its own progress.
 
@@ -149,8 +181,8 @@ class Job:
         if hooks:
             kwargs["should_stop"] = self._stop.is_set
             kwargs["report"] = self.report
-        self.worker = create_worker(_failures_returned(func), *args, _start_thread=False, _ignore_errors=True,
-                                    **kwargs)
+        self.worker = create_worker(_failures_returned(on_lane(func, self._stop)), *args, _start_thread=False,
+                                    _ignore_errors=True, **kwargs)
         self.worker.yielded.connect(self._yielded)
         if on_yield is not None:
             self.worker.yielded.connect(lambda item: on_yield(item[2]))
@@ -173,8 +205,10 @@ class Job:
         self.worker.quit()
 
     def report(self, done: int, total: int, payload=None) -> None:
-        """Progress from the worker thread while it is inside a blocking call (queued to Qt)."""
+        """Progress from inside a blocking core call (queued to Qt); the more urgent lane work
+        (a live-ε frame) runs here meanwhile."""
         self.worker.yielded.emit((done, total, payload))
+        LANE.breathe()
 
     @property
     def running(self) -> bool:
@@ -218,23 +252,24 @@ class _Relay(QObject):
 
 
 class LatestWins:
-    """Run ``func(value)`` in one long-lived worker thread; while one runs, newer values replace
+    """Run ``func(value)`` on the torch lane at ``priority``; while one runs, newer values replace
     the pending one (latest value wins — never a queue of stale jobs). ``on_result(value, result)``
-    runs on the Qt thread.
+    runs on the Qt thread. ``func`` may be a generator function: the lane then runs it in steps,
+    taking more urgent work (the next frame) between two steps.
 
-    A persistent thread rather than a napari worker per call: slider updates come by the
-    hundred, and a fresh pool task per update grew the resident memory (≈0.6 MB per update in
-    the RSS benchmark) where one thread does not."""
+    Lane tasks rather than a napari worker per call: slider updates come by the hundred, and a
+    fresh pool task per update grew the resident memory (≈0.6 MB per update in the RSS
+    benchmark) where the lane's one thread does not."""
 
     def __init__(self, func: Callable[[Any], Any], on_result: Callable[[Any, Any], None], what: str,
-                 on_error: Callable[[BaseException], None] | None = None):
+                 on_error: Callable[[BaseException], None] | None = None, priority: int = FRAME):
         self.func = func
         self.on_result = on_result
         self.what = what
         self.on_error = on_error
+        self.priority = priority
         self._pending: Any = _NOTHING
         self._busy = False
-        self._executor: ThreadPoolExecutor | None = None
         self._relay = _Relay()
         self._relay.done.connect(self._finished)
         self.n_started = 0
@@ -253,11 +288,9 @@ class LatestWins:
 
     def _start(self) -> None:
         value, self._pending = self._pending, _NOTHING
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"medadv {self.what}")
         self._busy = True
         self.n_started += 1
-        future = self._executor.submit(self.func, value)
+        future = LANE.submit(self.func, value, priority=self.priority).future
         future.add_done_callback(lambda f: self._relay.done.emit((value, f)))
 
     def _finished(self, item) -> None:
@@ -281,6 +314,3 @@ class LatestWins:
 
     def shutdown(self) -> None:
         self._pending = _NOTHING
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None

@@ -19,7 +19,8 @@ from .attacks import AttackResult, FGSM
 from .brats import BRATS_REGIONS
 from .io import ImageData
 from .models.base import LoadedModel
-from .pipeline import AttackOutcome, content_roi, fill_ssim, label_values, outcome_metrics, prepare_input
+from .pipeline import (AttackOutcome, content_roi, fill_ssim, fill_ssim_steps, label_values, outcome_metrics,
+                       prepare_input)
 from .readouts import DiceTable, FgsmQuality, channel_ranges, computed_quality
 
 
@@ -96,6 +97,10 @@ class OutcomeReadouts:
     def add_ssim(self, o: AttackOutcome) -> AttackOutcome:
         """Fill the pending SSIM figures of ``o.metrics`` (one filtered pass per channel)."""
         return fill_ssim(o, self.ranges)
+
+    def add_ssim_steps(self, o: AttackOutcome):
+        """:meth:`add_ssim` as a generator that yields between slabs and returns ``o``."""
+        return fill_ssim_steps(o, self.ranges)
 
     def add_metrics(self, o: AttackOutcome) -> AttackOutcome:
         """Fill ``o.metrics`` completely (the readouts, then SSIM)."""

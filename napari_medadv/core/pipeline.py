@@ -449,16 +449,26 @@ def image_quality_per_channel(clean: np.ndarray, adv: np.ndarray, names) -> dict
 def fill_ssim(o: AttackOutcome, ranges=None) -> AttackOutcome:
     """Fill SSIM where ``o.metrics`` left it pending (``None``: the live path computes it last);
     ``ranges``: each channel's max - min when the caller has them cached."""
+    for _ in fill_ssim_steps(o, ranges):
+        pass
+    return o
+
+
+def fill_ssim_steps(o: AttackOutcome, ranges=None):
+    """:func:`fill_ssim` as a generator yielding between slabs (:func:`~napari_medadv.core.metrics.ssim_steps`),
+    so a front end can run a newer slider move before the SSIM of an older one is done; the
+    figures are written once all channels are (a half-filled block is never seen)."""
     q = o.metrics.get("image_quality")
     if not q or q.get("ssim", 0.0) is not None:
         return o
     clean = o.image.array
     values = []
-    for c, name in enumerate(o.image.channel_names):
+    for c in range(len(o.image.channel_names)):
         rng = ranges[c] if ranges is not None else (float(clean[c].max() - clean[c].min()) or 1.0)
-        v = M.ssim(clean[c], o.adversarial[c], rng)
+        values.append((yield from M.ssim_steps(clean[c], o.adversarial[c], rng)))
+        yield None
+    for name, v in zip(o.image.channel_names, values):
         q["per_channel"][name]["ssim"] = v
-        values.append(v)
     q["ssim"] = float(np.mean(values))
     return o
 

@@ -101,6 +101,35 @@ def test_ssim_equals_monai_ssim_metric(shape, dims):
     assert ours == pytest.approx(ref, abs=1e-6)
 
 
+@pytest.mark.parametrize("shape, dims", [((3, 60, 36), 2), ((2, 41, 20, 18), 3)])
+def test_ssim_in_slabs_equals_monai_ssim_metric(monkeypatch, shape, dims):
+    """Cut into slabs of 8 map rows (the live path's steps), SSIM still equals MONAI's whole-image
+    SSIMMetric, and the generator yields between the slabs."""
+    import torch
+    from monai.metrics import SSIMMetric
+
+    monkeypatch.setattr(M, "SSIM_SLAB", 1)  # the smallest slab: 8 rows of the map
+    rng = np.random.default_rng(3)
+    clean = rng.normal(size=shape).astype(np.float32) * 2 + 5
+    noisy = clean + rng.normal(scale=0.3, size=shape).astype(np.float32)
+    steps = M.ssim_steps(clean, noisy, spatial_dims=dims)
+    n_yields = 0
+    while True:
+        try:
+            next(steps)
+            n_yields += 1
+        except StopIteration as done:
+            ours = done.value
+            break
+    rows = shape[-dims] - 10
+    assert n_yields == -(-rows // 8) - 1  # one pause between every two slabs
+    c = torch.from_numpy(clean).reshape(-1, 1, *shape[-dims:])
+    n = torch.from_numpy(noisy).reshape(-1, 1, *shape[-dims:])
+    ref = float(SSIMMetric(spatial_dims=dims, data_range=float(clean.max() - clean.min()))(n, c).mean())
+    assert ours == pytest.approx(ref, abs=1e-6)
+    assert M.ssim(clean, noisy, spatial_dims=dims) == ours
+
+
 def test_perturbation_norms():
     clean = np.zeros((2, 3, 3))
     adv = clean.copy()

@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QCheckBox
 from napari_medadv.core.live import LiveEps
 
 from ..results import flush_deferred, show_outcome, source_ranges
+from ..lane import FRAME, READOUTS, SSIM
 from ..session import Session, Shown
 from ..workers import Job, LatestWins, report_error
 from .jobs import headline
@@ -64,11 +65,12 @@ class LivePreview:
         self.flush = QTimer(parent)
         self.flush.setSingleShot(True)
         self.flush.setInterval(FLUSH_MS)
-        self.images = LatestWins(self._compute, self._show, "live ε", on_error=self._error)
-        self.metrics = LatestWins(self._metrics_compute, self._metrics_show, "live ε readouts")
-        # SSIM (filtered passes over the image) after the other readouts, in its own worker: the
-        # next slider move never waits for it, and the Readouts dock shows it as pending meanwhile
-        self.ssim = LatestWins(self._ssim_compute, self._ssim_show, "live ε SSIM")
+        # all three on the torch lane, most urgent first: a frame, then its readouts, then SSIM
+        # (filtered passes over the image) in slabs, so the next slider move never waits for it;
+        # the Readouts dock shows SSIM as pending meanwhile
+        self.images = LatestWins(self._compute, self._show, "live ε", on_error=self._error, priority=FRAME)
+        self.metrics = LatestWins(self._metrics_compute, self._metrics_show, "live ε readouts", priority=READOUTS)
+        self.ssim = LatestWins(self._ssim_compute, self._ssim_show, "live ε SSIM", priority=SSIM)
 
         self.toggle.toggled.connect(self._toggled)
         self.debounce.timeout.connect(self.submit)
@@ -182,7 +184,7 @@ class LivePreview:
     @staticmethod
     def _ssim_compute(job):
         shown, live, _ = job
-        live.add_ssim(shown.outcome)
+        yield from live.add_ssim_steps(shown.outcome)  # the lane runs a newer frame between two slabs
         return shown
 
     def _ssim_show(self, job, shown) -> None:

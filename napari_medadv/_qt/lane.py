@@ -1,0 +1,149 @@
+"""The torch lane: one thread for all of the viewer's PyTorch work, most urgent first.
+
+Why one thread. PyTorch's CPU build parallelises with OpenMP, and libgomp keeps one team of
+worker threads per thread that ever ran a parallel region. Once the teams together hold more
+threads than there are cores, libgomp throttles its spin-waits for *every* team, and each small
+op then pays for waking its workers: ``benchmarks/bench_threads.py`` measured a live-ε update at
+16.7 ms alone and 30-31 ms (in the first thread too) once a second thread had run one parallel
+op. The viewer used to run torch from napari's worker pool (preparation, dock runs) and three
+latest-value-wins threads (images, readouts, SSIM); now they all hand their work to this thread,
+so there is one team, as in the core benchmarks.
+
+What one thread must not do is make a slider move wait behind a long job, so the lane runs
+tasks by priority (:data:`FRAME` < :data:`READOUTS` < :data:`SSIM` < :data:`JOB`) and in steps:
+
+- a task whose function returns a generator is run one ``next`` at a time; between two steps
+  the lane takes any more urgent task first, and same-priority generators take turns;
+- a task that blocks for long (a core call with a progress callback) calls :func:`breathe` from
+  that callback: the more urgent pending tasks run there, inline, on the same thread.
+
+Nothing here imports Qt: results come back as :class:`concurrent.futures.Future` objects, and
+the callers (:class:`~napari_medadv._qt.workers.Job`, ``LatestWins``) carry them to the Qt thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import GeneratorType
+
+#: priorities, most urgent first
+FRAME, READOUTS, SSIM, JOB = 0, 1, 2, 3
+
+
+class Task:
+    """One piece of lane work: ``future`` gets the function's (or generator's) return value;
+    ``on_yield`` (lane thread) gets each value a generator yields; once ``stop`` is set the
+    generator is closed at its next step and the future resolves to None."""
+
+    __slots__ = ("fn", "args", "kwargs", "priority", "future", "on_yield", "stop", "gen")
+
+    def __init__(self, fn: Callable, args, kwargs, priority: int, on_yield: Callable | None,
+                 stop: threading.Event | None):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.priority = priority
+        self.future: Future = Future()
+        self.on_yield = on_yield
+        self.stop = stop
+        self.gen: GeneratorType | None = None
+
+    def step(self) -> bool:
+        """Run one step; True when the task has more steps."""
+        if self.future.done():
+            return False
+        try:
+            if self.stop is not None and self.stop.is_set():
+                if self.gen is not None:
+                    self.gen.close()
+                self.future.set_result(None)
+                return False
+            if self.gen is None:
+                out = self.fn(*self.args, **self.kwargs)
+                if not isinstance(out, GeneratorType):
+                    self.future.set_result(out)
+                    return False
+                self.gen = out
+            item = next(self.gen)
+        except StopIteration as stop:
+            self.future.set_result(stop.value)
+            return False
+        except BaseException as exc:  # noqa: BLE001 — carried to the caller through the future
+            self.future.set_exception(exc)
+            return False
+        if self.on_yield is not None:
+            self.on_yield(item)
+        return True
+
+
+class TorchLane:
+    """A daemon thread running :class:`Task` steps, most urgent (lowest priority number) first."""
+
+    def __init__(self, name: str = "medadv torch"):
+        self.name = name
+        self._cv = threading.Condition()
+        self._heap: list[tuple[int, int, Task]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._running: list[int] = []  # priorities of the tasks running now (nested by breathe)
+
+    def submit(self, fn: Callable, *args, priority: int = JOB, on_yield: Callable | None = None,
+               stop: threading.Event | None = None, **kwargs) -> Task:
+        task = Task(fn, args, kwargs, priority, on_yield, stop)
+        with self._cv:
+            self._push(task)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return task
+
+    def call(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on the lane, waited for (inline when already on it)."""
+        if self.on_lane():
+            return fn(*args, **kwargs)
+        return self.submit(fn, *args, **kwargs).future.result()
+
+    def on_lane(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def breathe(self) -> None:
+        """From inside a long lane task: run the pending tasks more urgent than it, here and now.
+
+        A no-op off the lane, so core callbacks may call it wherever they run."""
+        if not self.on_lane() or not self._running:
+            return
+        limit = self._running[-1]
+        while True:
+            with self._cv:
+                if not self._heap or self._heap[0][0] >= limit:
+                    return
+                task = heapq.heappop(self._heap)[2]
+            self._run_step(task)
+
+    def _push(self, task: Task) -> None:
+        heapq.heappush(self._heap, (task.priority, next(self._seq), task))
+
+    def _run_step(self, task: Task) -> None:
+        self._running.append(task.priority)
+        try:
+            more = task.step()
+        finally:
+            self._running.pop()
+        if more:
+            with self._cv:
+                self._push(task)  # behind the tasks of its priority already waiting: they take turns
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                task = heapq.heappop(self._heap)[2]
+            self._run_step(task)
+
+
+#: the viewer's one lane (a process has one OpenMP runtime, so one lane serves every viewer)
+LANE = TorchLane()

@@ -1,0 +1,131 @@
+"""The torch lane: one thread, most urgent first, generators in steps, breathe, stop, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from napari_medadv._qt.lane import FRAME, JOB, READOUTS, SSIM, TorchLane
+
+
+@pytest.fixture
+def lane():
+    return TorchLane("test lane")
+
+
+def _hold(lane: TorchLane) -> threading.Event:
+    """Occupy the lane until the returned event is set (so tasks queue up behind it)."""
+    release, started = threading.Event(), threading.Event()
+
+    def block():
+        started.set()
+        release.wait(10)
+
+    lane.submit(block, priority=FRAME)
+    assert started.wait(10)
+    return release
+
+
+def test_every_task_runs_on_the_one_lane_thread_most_urgent_first(lane):
+    order, threads = [], set()
+
+    def note(name):
+        order.append(name)
+        threads.add(threading.current_thread().name)
+
+    release = _hold(lane)
+    tasks = [lane.submit(note, name, priority=p)
+             for name, p in [("job", JOB), ("ssim", SSIM), ("frame", FRAME), ("readouts", READOUTS)]]
+    release.set()
+    for t in tasks:
+        t.future.result(10)
+    assert order == ["frame", "readouts", "ssim", "job"]
+    assert threads == {"test lane"}
+
+
+def test_generators_run_in_steps_and_more_urgent_work_goes_between(lane):
+    order = []
+    gate = threading.Event()
+
+    def slow():
+        for i in range(3):
+            order.append(f"ssim {i}")
+            if i == 0:
+                gate.set()
+                frame_queued.wait(10)
+            yield
+        return "ssim done"
+
+    frame_queued = threading.Event()
+    task = lane.submit(slow, priority=SSIM)
+    assert gate.wait(10)
+    frame = lane.submit(order.append, "frame", priority=FRAME)
+    frame_queued.set()
+    assert task.future.result(10) == "ssim done"
+    frame.future.result(10)
+    assert order == ["ssim 0", "frame", "ssim 1", "ssim 2"]
+
+
+def test_same_priority_generators_take_turns(lane):
+    order = []
+
+    def gen(name):
+        for i in range(2):
+            order.append(f"{name}{i}")
+            yield i
+
+    release = _hold(lane)
+    a = lane.submit(gen, "a", priority=JOB)
+    b = lane.submit(gen, "b", priority=JOB)
+    release.set()
+    a.future.result(10), b.future.result(10)
+    assert order == ["a0", "b0", "a1", "b1"]
+
+
+def test_breathe_runs_more_urgent_work_inside_a_blocking_task(lane):
+    order = []
+    queued, started = threading.Event(), threading.Event()
+
+    def blocking_job():
+        order.append("job start")
+        started.set()
+        queued.wait(10)
+        lane.breathe()  # what Job.report does from a core callback
+        order.append("job end")
+        return "job"
+
+    task = lane.submit(blocking_job, priority=JOB)
+    assert started.wait(10)
+    frame = lane.submit(order.append, "frame", priority=FRAME)
+    later = lane.submit(order.append, "other job", priority=JOB)
+    queued.set()
+    assert task.future.result(10) == "job"
+    frame.future.result(10), later.future.result(10)
+    assert order == ["job start", "frame", "job end", "other job"]  # only the more urgent task ran inline
+    lane.breathe()  # off the lane: nothing to do, no error
+
+
+def test_yields_reach_on_yield_stop_closes_the_generator_and_errors_reach_the_future(lane):
+    seen, closed = [], threading.Event()
+    stop = threading.Event()
+
+    def gen():
+        try:
+            for i in range(1000):
+                if i == 2:
+                    stop.set()
+                yield i
+        finally:
+            closed.set()
+
+    task = lane.submit(gen, on_yield=seen.append, stop=stop)
+    assert task.future.result(10) is None and closed.is_set()
+    assert seen == [0, 1, 2]
+
+    def fails():
+        raise ValueError("broken model")
+
+    with pytest.raises(ValueError, match="broken model"):
+        lane.submit(fails).future.result(10)
+    assert lane.call(lambda x: x + 1, 1) == 2  # the lane survived the failure
