@@ -63,6 +63,10 @@ def _viewer_with_docks(image, model):
     viewer.window.add_dock_widget(aw, name="Attack")
     viewer.window.add_dock_widget(rw, name="Readouts")
     aw.session.set_model(model)
+    from qtpy.QtWidgets import QApplication
+
+    t_end = time.perf_counter() + 0.5  # the viewer up and idle, as a user sees it before any click
+    _wait(QApplication.instance(), lambda: time.perf_counter() > t_end)
     return viewer, aw
 
 

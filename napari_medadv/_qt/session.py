@@ -1,6 +1,6 @@
 """State the docks of one viewer share (the loaded models, the last result), with psygnal signals.
 
-No Qt here: the docks connect to these signals; everything is emitted from the main thread
+No Qt widgets here: the docks connect to these signals; everything is emitted from the main thread
 (worker results arrive there through napari's worker signals).
 """
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
+from .gc_freeze import freeze_when_set_up
 from .results import is_artifact
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Session:
             s = cls(viewer)
             cls._sessions[key] = s
             weakref.finalize(viewer, cls._sessions.pop, key, None)
+            freeze_when_set_up(viewer, s)  # shorter full garbage collections (see gc_freeze)
         return s
 
     @property
