@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import gc
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import napari
-
-    from .session import Session
 
 _state = {"armed": 0, "frozen": False, "model_frozen": False}  # armed: the arming viewer's token (0: none)
 _tokens = itertools.count(1)
@@ -34,7 +32,7 @@ def is_frozen() -> bool:
     return _state["frozen"]
 
 
-def freeze_when_set_up(viewer: napari.Viewer, session: Session) -> None:
+def freeze_when_set_up(viewer: napari.Viewer, session: Any) -> None:  # session: the viewer's Session
     """At the next event-loop turn (the docks are built by then), collect once and freeze what
     is left; a removed layer, a replaced model or the viewer's window closing unfreezes (see the
     module's note). Once until then: later calls (other docks, other viewers) do nothing.
