@@ -1,13 +1,13 @@
 """Live ε in a worker thread after another thread has run PyTorch ÷ the same in the first thread
 that ran it (the full-size radiograph, ``demo:cxr``; prints ratios measured in one run).
 
-The GUI runs PyTorch from several threads (the Qt thread, napari's worker pool, the live-ε,
-readouts and SSIM threads). With PyTorch's OpenMP backend, each thread that starts a parallel
-region gets its own OpenMP team; here (2 cores, libgomp from the PyPI CPU wheel) the live-ε update
-of the radiograph takes about twice as long in every thread once a second thread has run a
-parallel region (16-19 ms before, 31-37 ms after, in the first thread as in the second), which is
-most of the gap between the core's live-ε ratio (1.36) and the Attack dock's (2.9) on that case.
-Neither ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` nor ``MALLOC_ARENA_MAX`` changes it.
+With PyTorch's OpenMP backend, each thread that starts a parallel region gets its own OpenMP
+team; here (2 cores, libgomp from the PyPI CPU wheel) the live-ε update of the radiograph takes
+about twice as long in every thread once a second thread has run a parallel region (16-19 ms
+before, 31-37 ms after, in the first thread as in the second; 33 → 59-61 ms on a slower day).
+Neither ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` nor ``MALLOC_ARENA_MAX`` changes it. This is why
+the viewer runs all of its PyTorch work on one thread (``napari_medadv/_qt/lane.py``), where it
+used to run it from the Qt thread, napari's worker pool and three latest-value-wins threads.
 
     python benchmarks/bench_threads.py [--repeats 9]
 """
