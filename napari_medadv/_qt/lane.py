@@ -67,14 +67,16 @@ class Task:
                     return False
                 self.gen = out
             item = next(self.gen)
+            if self.on_yield is not None:
+                self.on_yield(item)
         except StopIteration as stop:
             self.future.set_result(stop.value)
             return False
         except BaseException as exc:  # noqa: BLE001 — carried to the caller through the future
+            if self.gen is not None:
+                self.gen.close()
             self.future.set_exception(exc)
             return False
-        if self.on_yield is not None:
-            self.on_yield(item)
         return True
 
 

@@ -129,3 +129,16 @@ def test_yields_reach_on_yield_stop_closes_the_generator_and_errors_reach_the_fu
     with pytest.raises(ValueError, match="broken model"):
         lane.submit(fails).future.result(10)
     assert lane.call(lambda x: x + 1, 1) == 2  # the lane survived the failure
+
+
+def test_a_failing_on_yield_fails_its_task_not_the_lane(lane):
+    def gen():
+        yield 1
+        yield 2
+
+    def broken(_):
+        raise RuntimeError("relay gone")
+
+    with pytest.raises(RuntimeError, match="relay gone"):
+        lane.submit(gen, on_yield=broken).future.result(10)
+    assert lane.call(lambda: "alive") == "alive"
