@@ -92,7 +92,7 @@ def readout_rows(metrics: dict, transfer: dict | None = None, *,
 
     if iq:
         one("PSNR dB (all channels)", f"{iq['psnr']:.2f}")
-        # the live path fills SSIM last, in the background (core.live.LiveEps.add_ssim)
+        # the live path fills SSIM last, in the background (core.live.LiveEps.add_ssim_steps, on the torch lane)
         one("SSIM (mean of channels)", "pending …" if iq["ssim"] is None else f"{iq['ssim']:.4f}")
         one("RMSE (native)", f"{iq['rmse']:.4g}")
         one("L0 (changed voxels)", f"{int(iq['l0'])}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -290,13 +291,18 @@ def test_live_readouts_come_first_and_ssim_follows(docks, qtbot, glioma_small, u
     from napari_medadv.core.pipeline import outcome_metrics
 
     gate = threading.Event()
-    real = LiveEps.add_ssim
+    real = LiveEps.add_ssim_steps
 
     def slow_ssim(self, o):
-        gate.wait(30)
-        return real(self, o)
+        # The live dock runs SSIM as lane steps: hold it back by yielding (never by blocking the
+        # one lane thread) until the test has seen the pending state.
+        deadline = time.monotonic() + 30
+        while not gate.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            yield
+        return (yield from real(self, o))
 
-    monkeypatch.setattr(LiveEps, "add_ssim", slow_ssim)
+    monkeypatch.setattr(LiveEps, "add_ssim_steps", slow_ssim)
     viewer, aw, rw = docks["viewer"], docks["attack"], docks["readouts"]
     _open(viewer, glioma_small)
     aw.session.set_model(unet2d)
