@@ -1,6 +1,6 @@
 """Readouts dock: Dice per label/region (ground truth vs clean, ground truth vs adversarial,
 clean vs adversarial), image quality (PSNR, SSIM, RMSE, L0, L∞), classifier probabilities —
-all straight from :func:`napari_medadv.core.pipeline.outcome_metrics` — and Copy as CSV; "Breaks at
+all straight from :func:`napari_medadv.core.scoring.outcome_metrics` — and Copy as CSV; "Breaks at
 ε" rows, and the evaluation sanity checks of the shown model (:mod:`.sanity_panel`).
 
 After "Match PSNR of current attack" (Attack dock) a second table puts the attack and the MR

@@ -28,7 +28,7 @@ from .layers import (
 if TYPE_CHECKING:
     import napari
 
-    from napari_medadv.core.pipeline import AttackOutcome
+    from napari_medadv.core.outcome import AttackOutcome
 
 
 _DEFERRED: dict[int, dict[str, tuple]] = {}  # id(viewer) -> layer name -> (data, properties)
@@ -465,7 +465,7 @@ def _segmentation_values(outcome: AttackOutcome) -> list[int]:
     """The label values the segmentation layers may hold: those the model can output (its output
     kind and declaration fix them), not a pass over the volumes on the GUI thread (counting the
     values present in both maps cost 150 ms of each live frame at BraTS size)."""
-    from napari_medadv.core.pipeline import label_values  # deferred: opening images stays free of torch
+    from napari_medadv.core.scoring import label_values  # deferred: opening images stays free of torch
 
     return sorted(set(label_values(outcome)) | {0})
 

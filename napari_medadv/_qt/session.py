@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import napari
 
     from napari_medadv.core.models.base import LoadedModel
-    from napari_medadv.core.pipeline import AttackOutcome
+    from napari_medadv.core.outcome import AttackOutcome
 
     from .layers import Source
 

@@ -1,7 +1,7 @@
 """Iterative attacks shown while they run, and live ε for them (the Attack dock, ``medadv demo --warm``).
 
 * :class:`AnytimeRun` runs an attack (:func:`~.pipeline.iter_attack`) and turns any of its steps
-  into an :class:`~.pipeline.AttackOutcome` for display at no extra model call: a gradient step
+  into an :class:`~.outcome.AttackOutcome` for display at no extra model call: a gradient step
   already ran the model on the iterate before its update (``AttackStep.evaluated`` / ``output``),
   so that iterate and its prediction are shown together — one step behind the newest iterate,
   never an image with another image's segmentation. The readouts of such a frame come from
@@ -30,7 +30,8 @@ from .attacks import AttackResult, AttackStep
 from .io import ImageData
 from .live import OutcomeReadouts
 from .models.base import LoadedModel
-from .pipeline import AttackOutcome, StartedAttack, finish_outcome, iter_attack, start_attack
+from .outcome import AttackOutcome
+from .pipeline import StartedAttack, finish_outcome, iter_attack, start_attack
 from .vulnerability import VulnerabilityOptions
 
 #: default memory bound of an :class:`EpsCache` (adversarial images and label maps)

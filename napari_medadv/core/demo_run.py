@@ -17,7 +17,8 @@ import numpy as np
 from .data.paths import sample_data_dir
 from .io import read_image
 from .models import load_model
-from .pipeline import AttackOutcome, run_attack, write_outcome
+from .outcome import AttackOutcome
+from .pipeline import run_attack, write_outcome
 
 SEG_RUNS = [  # (attack, params, target label value)
     ("fgsm", {"eps": 0.05}, None),

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from .attacks import AttackResult, FGSM
-from .brats import BRATS_REGIONS
 from .io import ImageData
 from .models.base import LoadedModel
-from .pipeline import (AttackOutcome, content_roi, fill_ssim, fill_ssim_steps, label_values, outcome_metrics,
-                       prepare_input)
-from .readouts import DiceTable, FgsmQuality, channel_ranges, computed_quality
+from .outcome import AttackOutcome
+from .pipeline import content_roi, prepare_input
+from .scoring import dice_table, fill_ssim, fill_ssim_steps, outcome_metrics
+from .readouts import FgsmQuality, SegmentationReadouts, channel_ranges, computed_quality
 
 
 class OutcomeReadouts:
@@ -43,38 +43,11 @@ class OutcomeReadouts:
         self._seg = None  # clean side of the Dice readouts (segmentation models)
 
     # ------------------------------------------------------------------ readouts
-    def _dice_side(self, o: AttackOutcome):
-        """The clean side of the Dice readouts, built once: the table, the clean index map, the
-        joint code of the clean and ground-truth maps, and the (constant) clean-vs-ground-truth
-        block."""
-        if self._seg is None:
-            info = self.model.info
-            n_out = int(o.clean_output.shape[1])
-            values = label_values(o)
-            table = DiceTable(values, BRATS_REGIONS if info.brats_regions(n_out) else None,
-                              {v: info.label_name(v) for v in values if v != 0})
-            clean = table.indices(self.seg_clean)
-            clean_gt = gt_block = None
-            if self.labels is not None:
-                clean_gt = table.code(clean, table.indices(self.labels))
-                gt_block = table.block(table.joint(clean_gt, 2))
-            self._seg = (table, clean, clean_gt, gt_block)
-        return self._seg
-
     def segmentation_readouts(self, o: AttackOutcome) -> tuple[dict, int]:
-        """The Dice blocks and changed-voxel count of ``o``, from one ``bincount`` of the joint
-        code (adversarial, clean, ground truth): both confusion matrices are its margins."""
-        table, clean, clean_gt, gt_block = self._dice_side(o)
-        adv = table.indices(o.seg_adv)
-        if clean_gt is None:
-            conf = table.confusion(adv, clean)
-            dice = {"clean_vs_adversarial": table.block(conf)}
-        else:
-            counts = table.joint(table.code(adv, clean_gt, 2), 3)  # adv × clean × ground truth
-            conf = counts.sum(2)
-            dice = {"clean_vs_adversarial": table.block(conf), "ground_truth_vs_clean": gt_block,
-                    "ground_truth_vs_adversarial": table.block(counts.sum(1))}
-        return dice, table.changed(conf)
+        """The Dice blocks and changed-voxel count of ``o``; the clean side is built at the first."""
+        if self._seg is None:
+            self._seg = SegmentationReadouts(dice_table(o), self.seg_clean, self.labels)
+        return self._seg(o.seg_adv)
 
     def image_quality(self, o: AttackOutcome) -> dict:
         """The ``image_quality`` block of ``o`` without SSIM (pending): analytic for FGSM's image

@@ -11,7 +11,7 @@ Both reference the source series and share its Frame of Reference, so a DICOM vi
 them on the original (and on the derived series); the SeriesDescription of the second says it
 comes from a perturbed image. One segment per label value, named as the model names it.
 
-The functions take an :class:`~napari_medadv.core.pipeline.AttackOutcome` ``o`` (not imported
+The functions take an :class:`~napari_medadv.core.outcome.AttackOutcome` ``o`` (not imported
 here: the pipeline calls this module while writing its result folder).
 """
 
@@ -79,7 +79,7 @@ def _headers(path: Path) -> list[pydicom.Dataset]:
 
 def write_outcome_segs(o, folder: Path, adversarial: Path, values) -> dict[str, str]:
     """Write the two SEGs of ``o`` into ``folder``; ``adversarial``: the derived image written
-    there; ``values``: label values the model can output (``pipeline.label_values``). Returns
+    there; ``values``: label values the model can output (``scoring.label_values``). Returns
     ``{"segmentation_clean_dicom": name, "segmentation_adversarial_dicom": name}`` (empty when
     the model has no foreground label to describe)."""
     every = {int(v) for v in values} | set(np.unique(o.seg_clean).tolist()) | set(np.unique(o.seg_adv).tolist())

@@ -1,6 +1,6 @@
 """Readouts that cost little next to a forward pass, for the live ε path at real size.
 
-:func:`~napari_medadv.core.pipeline.outcome_metrics` is the reference (MONAI's Dice, float64
+:func:`~napari_medadv.core.scoring.outcome_metrics` is the reference (MONAI's Dice, float64
 image quality) and stays the definition; the classes here give the same numbers with less work
 for a stream of outcomes on one image and one model:
 
@@ -237,7 +237,7 @@ class DiceTable:
         return 1.0 if denom == 0 else 2.0 * inter / denom
 
     def block(self, conf: np.ndarray) -> dict:
-        """The Dice block of metrics.json (as ``pipeline._dice_block`` writes it)."""
+        """The Dice block of metrics.json (as ``scoring._dice_block`` writes it)."""
         out = {"per_label": {str(v): self._dice(conf, [self._index[v]]) for v in self.labels},
                "label_names": {str(v): self.names.get(v, str(v)) for v in self.labels},
                "foreground": self._dice(conf, list(range(1, self.k)))}
@@ -250,4 +250,31 @@ class DiceTable:
     def changed(conf: np.ndarray) -> int:
         """Voxels whose index differs between the two maps."""
         return int(conf.sum() - np.trace(conf))
+
+
+class SegmentationReadouts:
+    """The Dice blocks of metrics.json for adversarial label maps against one clean map (and the
+    ground truth when given), one ``bincount`` of a joint code each; the clean side (index maps,
+    the joint clean × ground-truth code, the constant clean-vs-ground-truth block) is built once."""
+
+    def __init__(self, table: DiceTable, seg_clean: np.ndarray, labels: np.ndarray | None = None):
+        self.table = table
+        self.clean = table.indices(seg_clean)
+        self.clean_gt = self.gt_block = None
+        if labels is not None:
+            self.clean_gt = table.code(self.clean, table.indices(labels))
+            self.gt_block = table.block(table.joint(self.clean_gt, 2))
+
+    def __call__(self, seg_adv: np.ndarray) -> tuple[dict, int]:
+        """``(Dice blocks, voxels whose table index changed)`` of ``seg_adv``: both confusion
+        matrices are margins of one count over (adversarial, clean, ground truth)."""
+        table = self.table
+        adv = table.indices(seg_adv)
+        if self.clean_gt is None:
+            conf = table.confusion(adv, self.clean)
+            return {"clean_vs_adversarial": table.block(conf)}, table.changed(conf)
+        counts = table.joint(table.code(adv, self.clean_gt, 2), 3)
+        conf = counts.sum(2)
+        return ({"clean_vs_adversarial": table.block(conf), "ground_truth_vs_clean": self.gt_block,
+                 "ground_truth_vs_adversarial": table.block(counts.sum(1))}, table.changed(conf))
 

@@ -14,7 +14,8 @@ from napari_medadv.core.attacks import IFGSM, PGD
 from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
 from napari_medadv.core.data.paths import sample_data_dir
-from napari_medadv.core.pipeline import outcome_metrics, run_attack
+from napari_medadv.core.pipeline import run_attack
+from napari_medadv.core.scoring import outcome_metrics
 
 
 sys.path.insert(0, str(Path(__file__).parent))

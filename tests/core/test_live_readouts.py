@@ -16,7 +16,7 @@ from napari_medadv.core.models import load_model
 from napari_medadv.core.metrics import channel_argmax
 from napari_medadv.core.models.base import small_labels
 from napari_medadv.core.data.paths import sample_data_dir
-from napari_medadv.core.pipeline import image_quality_per_channel, outcome_metrics
+from napari_medadv.core.scoring import image_quality_per_channel, outcome_metrics
 from napari_medadv.core.readouts import DiceTable, computed_quality
 
 CASE = sample_data_dir() / "glioma" / "glioma_001"

@@ -288,7 +288,7 @@ def test_live_readouts_come_first_and_ssim_follows(docks, qtbot, glioma_small, u
     import threading
 
     from napari_medadv.core.live import LiveEps
-    from napari_medadv.core.pipeline import outcome_metrics
+    from napari_medadv.core.scoring import outcome_metrics
 
     gate = threading.Event()
     real = LiveEps.add_ssim_steps

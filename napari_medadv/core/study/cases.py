@@ -25,7 +25,8 @@ from ..errors import MedadvError
 from ..io import read_image
 from ..matching import match_for_image
 from ..models import load_model
-from ..pipeline import image_quality_per_channel, model_input, run_attack, start_attack
+from ..pipeline import model_input, run_attack, start_attack
+from ..scoring import image_quality_per_channel
 from .cluster import gpu_index, unreachable_error, where_am_i
 from .config import StudyConfig, model_paths
 from .dataset import Case

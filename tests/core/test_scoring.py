@@ -1,0 +1,94 @@
+"""What a finished attack records (:func:`~napari_medadv.core.scoring.measured_metrics`: fast
+passes) equals metrics.json's definition (:func:`~napari_medadv.core.scoring.outcome_metrics`
+computed on its own: MONAI Dice, float64 image quality) on every model layout: softmax BraTS
+labels with and without ground truth, sigmoid TC/WT/ET regions, a classifier, a transfer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_medadv.core.data.paths import sample_data_dir
+from napari_medadv.core.io import ImageData, read_image
+from napari_medadv.core.io.geometry import Geometry
+from napari_medadv.core.models import load_model
+from napari_medadv.core.models.base import LoadedModel, ModelInfo, NativeInputModel
+from napari_medadv.core.pipeline import run_attack, transfer_outcome
+from napari_medadv.core.scoring import outcome_metrics
+
+CASE = sample_data_dir() / "glioma" / "glioma_001"
+
+
+def _same(a, b, path=""):
+    """Nested dicts equal; floats to 1e-6 relative (the definition's Dice is float32 MONAI)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, float) or isinstance(b, float):
+        if math.isinf(a) or math.isinf(b) or math.isnan(a) or math.isnan(b):
+            assert a == b or (math.isnan(a) and math.isnan(b)), path
+        else:
+            assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+def _check(o):
+    ref = outcome_metrics(o)
+    for k in ("roi", "seconds", "crafted_on", "evaluated_on"):
+        if k in o.metrics:
+            ref[k] = o.metrics[k]
+    _same(o.metrics, ref)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return read_image(CASE)
+
+
+@pytest.fixture(scope="module")
+def unet3d():
+    return load_model("demo:unet3d", device="cpu")
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_recorded_segmentation_metrics_equal_the_definition(case, unet3d, with_labels):
+    o = run_attack(case, unet3d, "ifgsm", params={"eps": 0.03, "steps": 2},
+                   labels=case.labels if with_labels else None, seed=0)
+    assert ("ground_truth_vs_adversarial" in o.metrics["dice"]) is with_labels
+    assert o.metrics["image_quality"]["ssim"] is not None  # filled, never pending in a record
+    _check(o)
+
+
+def _region_model():
+    torch.manual_seed(0)
+    info = ModelInfo(task="segmentation", spatial_dims=3, in_channels=4, output="sigmoid",
+                     channel_names=["t1", "t1ce", "t2", "flair"], region_names=["TC", "WT", "ET"])
+    module = NativeInputModel(nn.Conv3d(4, 3, 3, padding=1).eval(), info)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(module=module, info=info, spec="test:sigmoid-regions")
+
+
+def test_recorded_metrics_of_a_sigmoid_region_model_equal_the_definition():
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 20, (4, 10, 9, 8)).astype(np.float32)
+    image = ImageData(arr, Geometry(np.eye(4)), ["t1", "t1ce", "t2", "flair"], "synthetic", "nifti")
+    labels = rng.choice([0, 1, 2, 4], size=(10, 9, 8)).astype(np.int16)
+    o = run_attack(image, _region_model(), "pgd", params={"eps": 0.1, "steps": 2}, labels=labels, roi=None, seed=0)
+    assert set(o.metrics["dice"]["clean_vs_adversarial"]["regions"]) == {"WT", "TC", "ET"}
+    _check(o)
+
+
+def test_recorded_classifier_metrics_and_a_transfer_equal_the_definition(case, unet3d):
+    cxr = read_image(sample_data_dir() / "cxr" / "chest_pa.png")
+    o = run_attack(cxr, load_model("demo:cxr", device="cpu"), "fgsm", params={"eps": 0.02}, seed=0)
+    assert "probabilities" in o.metrics
+    _check(o)
+    seg = run_attack(case, unet3d, "fgsm", params={"eps": 0.02}, labels=case.labels, seed=0)
+    t = transfer_outcome(seg, load_model("demo:unet2d", device="cpu"))
+    assert t.metrics["image_quality"] == seg.metrics["image_quality"]  # the same two images
+    _check(t)
