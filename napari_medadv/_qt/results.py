@@ -5,6 +5,7 @@ until shown, and the snapshot a cancelled run restores. Naming and metadata conv
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -316,7 +317,8 @@ def _show_channel(s: _Showing, c: int, rng: float, visible_channel: int):
     existed = pname in viewer.layers
     # display_gain: the perturbation is shown × this vs the image contrast
     meta = s.meta("perturbation", channel_index=c, display_gain=rng / (2 * lim))
-    lyr = _set_layer(viewer, pname, "image", lazy_difference(show(adv[c]), show(image.array[c])),
+    # a callable: a hidden perturbation layer (the default) is not computed for a live frame
+    lyr = _set_layer(viewer, pname, "image", functools.partial(lazy_difference, show(adv[c]), show(image.array[c])),
                      contrast_limits=(-lim, lim),
                      colormap=perturbation_colormap(), blending="additive", metadata=meta, rgb=False,
                      defer_hidden=s.live, visible=("perturbation", c) in s.swapped, **common)
