@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from napari_medadv.core.outcome import AttackOutcome
 
 
-_DEFERRED: dict[int, dict[str, tuple]] = {}  # id(viewer) -> layer name -> (data, properties)
+_DEFERRED: dict[int, dict[str, tuple]] = {}  # id(viewer) -> layer name -> (data, properties, layer)
 
 
 def _same(a, b) -> bool:
@@ -80,7 +80,7 @@ def _set_layer(viewer, name: str, kind: str, data, *, defer_hidden: bool = False
         if defer_hidden and not lyr.visible and kind != "points":
             if name not in pending:
                 lyr.events.visible.connect(_flush_on_show)
-            pending[name] = (data, kwargs)
+            pending[name] = (data, kwargs, lyr)
             return lyr
         pending.pop(name, None)
         data = data() if callable(data) else data
@@ -100,19 +100,24 @@ def _flush_on_show(event) -> None:
     if not lyr.visible:
         return
     for pending in _DEFERRED.values():
-        if lyr.name in pending and pending[lyr.name][0] is not None:
-            data, kwargs = pending.pop(lyr.name)
+        entry = pending.get(lyr.name)
+        if entry is not None and entry[2] is lyr:  # this layer's own (another viewer may use the name)
+            data, kwargs, _ = pending.pop(lyr.name)
             lyr.data = data() if callable(data) else data
             _update_props(lyr, kwargs)
+
+
+def forget_deferred(viewer_key: int, *_) -> None:
+    """Drop what a closed viewer (``id(viewer)``) still held for its hidden layers."""
+    _DEFERRED.pop(viewer_key, None)
 
 
 def flush_deferred(viewer: napari.Viewer) -> int:
     """Apply the data recorded for hidden layers during live ε; returns how many were updated."""
     pending = _DEFERRED.pop(id(viewer), {})
     n = 0
-    for name, (data, kwargs) in pending.items():
-        if name in viewer.layers:
-            lyr = viewer.layers[name]
+    for name, (data, kwargs, lyr) in pending.items():
+        if name in viewer.layers and viewer.layers[name] is lyr:
             lyr.data = data() if callable(data) else data
             _update_props(lyr, kwargs)
             n += 1

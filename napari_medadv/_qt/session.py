@@ -6,6 +6,7 @@ No Qt widgets here: the docks connect to these signals; everything is emitted fr
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from psygnal import Signal
 
 from .gc_freeze import freeze_when_set_up
-from .results import is_artifact
+from .results import forget_deferred, is_artifact
 
 if TYPE_CHECKING:
     import napari
@@ -85,6 +86,10 @@ class Session:
             s = cls(viewer)
             cls._sessions[key] = s
             weakref.finalize(viewer, cls._sessions.pop, key, None)
+            weakref.finalize(viewer, forget_deferred, key)
+            window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+            if window is not None:  # hidden layers' pending live data (35 MB a BraTS channel) goes with it
+                window.destroyed.connect(functools.partial(forget_deferred, key))
             freeze_when_set_up(viewer, s)  # shorter full garbage collections (see gc_freeze)
         return s
 

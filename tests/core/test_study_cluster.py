@@ -123,6 +123,20 @@ def _deny_reading(prefix: str):
     C.os = K.os = _OS()
 
 
+def _slow_cases(seconds: float):
+    """On a worker: each case starts ``seconds`` late (the same numbers, more time in flight), so a
+    test that acts while a case runs does not race tiny cases that finish in a blink."""
+    import napari_medadv.core.study.cases as K
+
+    real = K.run_case
+
+    def run_case(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    K.run_case = run_case  # the client submits cases.run_case by reference: workers look it up here
+
+
 def test_worker_that_cannot_read_the_data_is_named(models, glioma, tmp_path, capsys):
     from distributed import Client, LocalCluster
 
@@ -257,6 +271,7 @@ def test_worker_killed_mid_study(models, glioma, sequential, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit=0) as cluster, Client(cluster) as client:
         pids = client.run(os.getpid)
+        client.run(_slow_cases, 1.0)  # a case is still running when the first one is stored
         killed = []
 
         def kill_a_busy_worker(p):
@@ -297,7 +312,8 @@ def test_interrupted_client_resumes(models, glioma, sequential, tmp_path):
     """Ctrl-C to ``medadv study`` on a 2-worker LocalCluster once a case is stored: it exits 130
     naming the stored cases, its worker processes are gone, and the same command resumes.
     Twelve cases (the four, twice copied), so cases are still to run when the interrupt lands
-    however fast one case is; the copies' numbers equal their originals'."""
+    (a subprocess: its workers cannot be slowed as :func:`_slow_cases` does); the copies' numbers
+    equal their originals'."""
     data = tmp_path / "data"
     origin = _with_copies(glioma, data, 2)
     out = tmp_path / "s"
@@ -308,7 +324,7 @@ def test_interrupted_client_resumes(models, glioma, sequential, tmp_path):
     p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     while not list((out / "cases").glob("*.json")) and p.poll() is None and time.monotonic() - t0 < 120:
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert p.poll() is None, p.communicate()[1][-2000:]
     children = psutil.Process(p.pid).children(recursive=True)  # the LocalCluster's worker processes
     assert children

@@ -537,8 +537,8 @@ def test_a_closed_attack_dock_ignores_later_results(make_napari_viewer, qtbot):
     aw = AttackWidget(viewer)
     session = Session.of(viewer)
     aw.close()
-    aw.deleteLater()
-    qtbot.wait(50)
+    with qtbot.waitSignal(aw.destroyed, timeout=WAIT):
+        aw.deleteLater()
     session.result_changed.emit(None)  # would call setEnabled on the deleted Save button
 
 
