@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from psygnal import Signal
 
 from .gc_freeze import freeze_when_set_up
 from .results import forget_deferred, is_artifact
+from .workers import Job
 
 if TYPE_CHECKING:
     import napari
@@ -75,6 +77,7 @@ class Session:
         self.shown: Shown | None = None
         self.last_attack: Shown | None = None  # the latest *attack* result (not an MR artifact)
         self.matched = None  # napari_medadv._qt.matched.Matched | None
+        self._move_job = None  # a running device move (move_models)
         self.sweep: dict | None = None
         self.choices = Choices()
 
@@ -106,20 +109,28 @@ class Session:
             self.choices = choices
             self.choices_changed.emit(choices)
 
-    def move_models(self, device: str) -> None:
-        """Move model A and model B to ``device`` (e.g. 'cpu' after a GPU out-of-memory error)."""
-        for model, setter in ((self.model, self.set_model), (self.transfer_model, self.set_transfer_model)):
-            if model is not None and str(model.device) != device and model.device.type != device:
-                model.to(device)
-                setter(model)
-        if device == "cpu":
-            try:
-                import torch
+    def move_models(self, device: str, then: Callable[[], None] | None = None) -> None:
+        """Move model A and model B to ``device`` (e.g. 'cpu' after a GPU out-of-memory error), then
+        announce it (``device_changed``) and call ``then``. The move runs on the torch lane, as one
+        task between the others: never while a live frame or a run uses the model, and a large
+        model's copy does not hold the Qt thread (nor start an OpenMP team there)."""
+        todo = [(m, setter) for m, setter in ((self.model, self.set_model),
+                                              (self.transfer_model, self.set_transfer_model))
+                if m is not None and str(m.device) != device and m.device.type != device]
 
-                torch.cuda.empty_cache()
-            except (ImportError, RuntimeError):
-                pass
-        self.device_changed.emit(device)
+        def moved(_=None) -> None:
+            for model, setter in todo:
+                setter(model)
+            self.device_changed.emit(device)
+            if then is not None:
+                then()
+
+        if not todo:
+            moved()
+            return
+        # kept: the worker's signals reach the Job's bound methods only while it lives
+        self._move_job = Job(_move, [m for m, _ in todo], device, desc=f"moving the model to {device}",
+                             on_done=moved).start()
 
     def set_transfer_model(self, model: LoadedModel | None) -> None:
         self.transfer_model = model
@@ -136,3 +147,15 @@ class Session:
     def set_matched(self, matched) -> None:
         self.matched = matched
         self.matched_changed.emit(matched)
+
+
+def _move(models: list, device: str) -> None:
+    for model in models:
+        model.to(device)
+    if device == "cpu":
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except (ImportError, RuntimeError):
+            pass

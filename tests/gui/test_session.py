@@ -37,3 +37,31 @@ def test_docks_share_choices_and_device_through_the_session(make_napari_viewer, 
     assert seen == ["cpu"] and mw.picker.device.currentText() == "cpu"
     for w in (mw, aw, pw):
         w.close()
+
+
+def test_moving_the_models_runs_on_the_torch_lane_then_announces(make_napari_viewer, qtbot):
+    """A device move (the GPU out-of-memory remedy) is one lane task — never beside a live frame
+    using the model, never on the Qt thread — and the device change is announced after it."""
+    import threading
+
+    from napari_medadv._qt.lane import LANE
+    from napari_medadv._qt.session import Session
+    from napari_medadv.core.models import load_model
+
+    session = Session.of(make_napari_viewer())
+    model = load_model("demo:cxr", device="cpu")  # its own copy: it ends on the meta device
+    session.set_model(model)
+    where, seen, after = [], [], []
+    real = model.module.to
+
+    def to(*args, **kwargs):
+        where.append(LANE.on_lane() and threading.current_thread() is not threading.main_thread())
+        return real(*args, **kwargs)
+
+    model.module.to = to
+    session.device_changed.connect(seen.append)
+    session.move_models("meta", then=lambda: after.append(model.device.type))
+    assert seen == []  # not announced before the move ran
+    qtbot.waitUntil(lambda: bool(seen), timeout=60_000)
+    assert where == [True] and model.device.type == "meta"
+    assert seen == ["meta"] and after == ["meta"] and session.model is model

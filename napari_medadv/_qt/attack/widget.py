@@ -309,8 +309,8 @@ class AttackWidget(QWidget):
     def use_cpu(self) -> None:
         """Move the model(s) to the CPU (offered after a GPU out-of-memory error); the Model dock
         follows the session's device_changed signal."""
-        self.session.move_models("cpu")
-        notifications.show_info("the model now runs on the CPU: press Run again")
+        self.session.move_models("cpu", then=lambda: notifications.show_info(
+            "the model now runs on the CPU: press Run again"))
 
     def cancel(self) -> None:
         self.jobs.cancel()
