@@ -92,3 +92,23 @@ def test_recorded_classifier_metrics_and_a_transfer_equal_the_definition(case, u
     t = transfer_outcome(seg, load_model("demo:unet2d", device="cpu"))
     assert t.metrics["image_quality"] == seg.metrics["image_quality"]  # the same two images
     _check(t)
+
+
+def test_measured_image_quality_equals_the_definition_and_feeds_the_study():
+    """Four channels — one untouched, one constant — and a 2-D image: every figure of
+    image_quality_per_channel, and the study's per-case quality columns from it."""
+    from napari_medadv.core.scoring import image_quality_per_channel, measured_image_quality
+    from napari_medadv.core.study.cases import _quality
+
+    rng = np.random.default_rng(4)
+    clean = rng.normal(300, 80, (4, 12, 11, 10)).astype(np.float32)
+    clean[3] = 7.0  # constant: its range counts as 1
+    adv = clean + rng.uniform(-6, 6, clean.shape).astype(np.float32)
+    adv[1] = clean[1]  # untouched: infinite PSNR for that channel only
+    names = ["t1", "t1ce", "t2", "flair"]
+    _same(measured_image_quality(clean, adv, names), image_quality_per_channel(clean, adv, names))
+    ref = image_quality_per_channel(clean, adv, names)
+    _same(_quality(clean, adv), {k: ref[k] for k in ("psnr", "ssim", "rmse", "linf", "l0_fraction")})
+    flat = rng.uniform(0, 255, (1, 40, 33)).astype(np.float32)
+    moved = np.clip(flat + rng.choice([-2.0, 0.0, 2.0], flat.shape).astype(np.float32), 0, 255)
+    _same(measured_image_quality(flat, moved, ["image"]), image_quality_per_channel(flat, moved, ["image"]))

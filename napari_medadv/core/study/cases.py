@@ -26,7 +26,7 @@ from ..io import read_image
 from ..matching import match_for_image
 from ..models import load_model
 from ..pipeline import model_input, run_attack, start_attack
-from ..scoring import image_quality_per_channel
+from ..scoring import measured_image_quality
 from .cluster import gpu_index, unreachable_error, where_am_i
 from .config import StudyConfig, model_paths
 from .dataset import Case
@@ -316,7 +316,7 @@ def model_cooccurrence(model, extra: dict):
 def _quality(clean: np.ndarray, adv: np.ndarray) -> dict:
     if np.array_equal(clean, adv):
         return {"psnr": math.inf, "ssim": 1.0, "rmse": 0.0, "linf": 0.0, "l0_fraction": 0.0}
-    iq = image_quality_per_channel(clean, adv, [str(i) for i in range(clean.shape[0])])
+    iq = measured_image_quality(clean, adv, [str(i) for i in range(clean.shape[0])])
     return {k: iq[k] for k in ("psnr", "ssim", "rmse", "linf", "l0_fraction")}
 
 
