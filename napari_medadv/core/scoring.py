@@ -65,7 +65,7 @@ def measured_metrics(o: AttackOutcome, *, quality: dict | None = None) -> dict:
     if o.model.info.task == "segmentation":
         dice, _ = SegmentationReadouts(dice_table(o), o.seg_clean, o.labels)(o.seg_adv)
         segmentation = dice, int(np.count_nonzero(o.seg_clean != o.seg_adv))  # label values, not table indices
-    if quality is None:
+    if quality is None or quality.get("ssim", 0.0) is None:  # none given, or one with SSIM pending
         quality = measured_image_quality(o.image.array, o.adversarial, o.image.channel_names)
     o.metrics = outcome_metrics(o, quality=quality, segmentation=segmentation)
     return o.metrics
