@@ -11,22 +11,13 @@ import torch
 
 from napari_medadv.core.anytime import AnytimeRun, EpsCache, outcome_bytes, warm_start
 from napari_medadv.core.attacks import IFGSM, PGD
-from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
-from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.pipeline import run_attack
 from napari_medadv.core.scoring import outcome_metrics
 
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_live_readouts import _close  # noqa: E402  (nested metrics equal to a tolerance)
-
-CASE = sample_data_dir() / "glioma" / "glioma_001"
-
-
-@pytest.fixture(scope="module")
-def case():
-    return read_image(CASE)
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,6 @@ CASE = sample_data_dir() / "glioma" / "glioma_001"
 
 
 @pytest.fixture(scope="module")
-def case():
-    return read_image(CASE)
-
-
-@pytest.fixture(scope="module")
 def live3d(case):
     return LiveEps(case, load_model("demo:unet3d", device="cpu"), labels=case.labels)
 

@@ -3,23 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_medadv.core.data.paths import sample_data_dir
-from napari_medadv.core.io import read_image
-from napari_medadv.core.models import load_model
 from napari_medadv.core.live import LiveEps
 from napari_medadv.core.pipeline import content_roi, run_attack
-
-CASE = sample_data_dir() / "glioma" / "glioma_001"
-
-
-@pytest.fixture(scope="module")
-def case():
-    return read_image(CASE)
-
-
-@pytest.fixture(scope="module")
-def unet3d():
-    return load_model("demo:unet3d", device="cpu")
 
 
 def test_content_roi_on_skull_stripped_case(case):

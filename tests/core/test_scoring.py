@@ -18,8 +18,6 @@ from napari_medadv.core.models.base import LoadedModel, ModelInfo, NativeInputMo
 from napari_medadv.core.pipeline import run_attack, transfer_outcome
 from napari_medadv.core.scoring import outcome_metrics
 
-CASE = sample_data_dir() / "glioma" / "glioma_001"
-
 
 def _same(a, b, path=""):
     """Nested dicts equal; floats to 1e-6 relative (the definition's Dice is float32 MONAI)."""
@@ -42,16 +40,6 @@ def _check(o):
         if k in o.metrics:
             ref[k] = o.metrics[k]
     _same(o.metrics, ref)
-
-
-@pytest.fixture(scope="module")
-def case():
-    return read_image(CASE)
-
-
-@pytest.fixture(scope="module")
-def unet3d():
-    return load_model("demo:unet3d", device="cpu")
 
 
 @pytest.mark.parametrize("with_labels", [True, False])

@@ -102,7 +102,8 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
     row = {r[0]: r for r in rw.rows}
     for k, v in regions.items():
         assert float(row[f"Dice {k}"][2]) == pytest.approx(v, abs=5e-5)
-        assert o.metrics["dice"]["ground_truth_vs_adversarial"]["regions"][k] == pytest.approx(v, abs=1e-9)
+        # recorded: exact voxel counts in float64 (scoring.measured_metrics); MONAI's: float32
+        assert o.metrics["dice"]["ground_truth_vs_adversarial"]["regions"][k] == pytest.approx(v, rel=1e-6)
     assert float(row["Dice foreground"][3]) == pytest.approx(M.foreground_dice(seg_a, seg_c), abs=5e-5)
     l0 = M.perturbation_norms(glioma_small.array, adv)["l0"]
     assert int(row["L0 (changed voxels)"][1]) == l0
