@@ -170,6 +170,7 @@ class DiceTable:
     """
 
     DENSE_MAX = 29  # values 0..29 index themselves: three maps' joint code (k³ ≤ 31³) fits int16
+    MAX_VALUES = 254  # reported and region values a table holds (uint8 indices: 0, these, "other")
 
     def __init__(self, labels: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None,
                  names: Mapping[int, str] | None = None):
@@ -183,8 +184,8 @@ class DiceTable:
         self.values = list(range(max(values, default=0) + 1)) if self.dense else [0, *values]
         self.other = len(self.values)  # index of any other non-zero value
         self.k = self.other + 1
-        if self.k > 255:
-            raise ValueError(f"{len(self.values)} label values: the confusion table keeps at most 254")
+        if self.k > self.MAX_VALUES + 1:
+            raise ValueError(f"{len(self.values)} label values: the confusion table keeps at most {self.MAX_VALUES}")
         self._index = {v: i for i, v in enumerate(self.values)}
 
     def indices(self, label_map: np.ndarray) -> np.ndarray:

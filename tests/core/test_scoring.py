@@ -100,3 +100,44 @@ def test_measured_image_quality_equals_the_definition_and_feeds_the_study():
     flat = rng.uniform(0, 255, (1, 40, 33)).astype(np.float32)
     moved = np.clip(flat + rng.choice([-2.0, 0.0, 2.0], flat.shape).astype(np.float32), 0, 255)
     _same(measured_image_quality(flat, moved, ["image"]), image_quality_per_channel(flat, moved, ["image"]))
+
+
+def _softmax_model(n_out: int):
+    torch.manual_seed(1)
+    info = ModelInfo(task="segmentation", spatial_dims=3, in_channels=4, output="softmax",
+                     channel_names=["t1", "t1ce", "t2", "flair"])
+    module = NativeInputModel(nn.Conv3d(4, n_out, 1).eval(), info)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(module=module, info=info, spec=f"test:softmax{n_out}")
+
+
+@pytest.mark.parametrize("n_out", [3, 300])
+def test_study_dice_columns_equal_monai(case, unet3d, n_out):
+    """A study's Dice columns (one confusion matrix) equal metrics' MONAI Dice: the BraTS regions
+    of the demo UNet, per label for another model, and per label with more labels than a uint8
+    table holds (the mask-per-label path)."""
+    from napari_medadv.core import metrics as M
+    from napari_medadv.core.study.cases import _evaluate
+
+    o = run_attack(case, unet3d, "fgsm", params={"eps": 0.03}, labels=case.labels, seed=0)
+    row = _evaluate(unet3d, o.clean_output, o.adv_output, case.labels, None, {})
+    seg_adv = unet3d.to_label_map(o.adv_output)[0]
+    for r, v in M.dice_regions(seg_adv, case.labels).items():
+        assert row[f"dice_{r}"] == pytest.approx(v, rel=1e-6)
+    assert row["dice_fg"] == row["dice_WT"]
+
+    rng = np.random.default_rng(2)
+    model = _softmax_model(n_out)
+    x = torch.from_numpy(rng.normal(0, 1, (1, 4, 12, 11, 10)).astype(np.float32))
+    noise = 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    clean_out, adv_out = model.forward(x), model.forward(x + noise)
+    labels = rng.integers(0, n_out, (12, 11, 10)).astype(np.int32)
+    row = _evaluate(model, clean_out, adv_out, labels, None, {})
+    seg_clean, seg_adv = model.to_label_map(clean_out)[0], model.to_label_map(adv_out)[0]
+    values = sorted((set(np.unique(labels).tolist()) | set(np.unique(seg_clean).tolist())) - {0})
+    assert (len(values) > 253) if n_out == 300 else (values == [1, 2])
+    for v, d in M.dice_per_label(seg_adv, labels, values).items():
+        assert row[f"dice_label_{model.info.label_name(v)}"] == pytest.approx(d, rel=1e-6)
+    assert row["dice_fg"] == pytest.approx(M.foreground_dice(seg_adv, labels), rel=1e-6)
+    assert row["changed_voxels"] == int((seg_clean != seg_adv).sum())

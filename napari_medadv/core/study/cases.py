@@ -21,11 +21,13 @@ import torch
 
 from .. import metrics as M
 from ..attacks import ATTACKS
+from ..brats import BRATS_REGIONS
 from ..errors import MedadvError
 from ..io import read_image
 from ..matching import match_for_image
 from ..models import load_model
 from ..pipeline import model_input, run_attack, start_attack
+from ..readouts import DiceTable
 from ..scoring import measured_image_quality
 from .cluster import gpu_index, unreachable_error, where_am_i
 from .config import StudyConfig, model_paths
@@ -327,14 +329,25 @@ def _evaluate(model, clean_out, adv_out, labels, case: Case, extra: dict) -> dic
         seg_adv = model.to_label_map(adv_out)[0]
         ref = labels if labels is not None else seg_clean
         out = {"reference": "ground truth" if labels is not None else "clean prediction"}
+        # one confusion matrix of uint8 label indices (readouts.DiceTable, equal to metrics' MONAI
+        # Dice to 1e-6, tested) instead of one-hot masks per label and region: 0.05 s against
+        # 1.5-3 s for the BraTS regions of a BraTS-size case, model and grid point
         if model.info.brats_regions(int(clean_out.shape[1])):
-            for r, v in M.dice_regions(seg_adv, ref).items():
-                out[f"dice_{r}"] = v
+            table = DiceTable(sorted({v for m in BRATS_REGIONS.values() for v in m}), BRATS_REGIONS)
+            block = table.block(table.confusion(table.indices(seg_adv), table.indices(ref)))
+            for r in BRATS_REGIONS:
+                out[f"dice_{r}"] = block["regions"][r]
         else:  # any other model: Dice per label, named as the model names its labels
             values = sorted((set(np.unique(ref).tolist()) | set(np.unique(seg_clean).tolist())) - {0})
-            for v, d in M.dice_per_label(seg_adv, ref, values).items():
+            if len(values) < DiceTable.MAX_VALUES:
+                table = DiceTable(values)
+                block = table.block(table.confusion(table.indices(seg_adv), table.indices(ref)))
+                per_label, fg = {v: block["per_label"][str(v)] for v in values}, block["foreground"]
+            else:  # a parcellation with more labels than a uint8 table holds: a mask per label
+                per_label, fg = M.dice_per_label(seg_adv, ref, values), M.foreground_dice(seg_adv, ref)
+            for v, d in per_label.items():
                 out[f"dice_label_{model.info.label_name(v)}"] = d
-        out["dice_fg"] = out["dice_WT"] if "dice_WT" in out else M.foreground_dice(seg_adv, ref)
+        out["dice_fg"] = out["dice_WT"] if "dice_WT" in out else fg
         out["changed_voxels"] = int((seg_clean != seg_adv).sum())
         return out
     pc = model.probabilities(clean_out)[0].detach().cpu().numpy().astype(np.float64)
