@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_medadv.core import metrics as M
+from napari_medadv.core.brats import BRATS_REGIONS
 
 pytestmark = pytest.mark.gui
 
@@ -102,8 +103,12 @@ def test_segmentation_attack_through_the_docks(docks, qtbot, glioma_small, unet2
     row = {r[0]: r for r in rw.rows}
     for k, v in regions.items():
         assert float(row[f"Dice {k}"][2]) == pytest.approx(v, abs=5e-5)
-        # recorded: exact voxel counts in float64 (scoring.measured_metrics); MONAI's: float32
+        # recorded: exact voxel counts in float64 (scoring.measured_metrics), MONAI's sums in float32
         assert o.metrics["dice"]["ground_truth_vs_adversarial"]["regions"][k] == pytest.approx(v, rel=1e-6)
+        members = list(BRATS_REGIONS[k])
+        p_, r_ = np.isin(seg_a, members), np.isin(glioma_small.labels, members)
+        exact = 1.0 if not (p_.sum() + r_.sum()) else 2.0 * np.logical_and(p_, r_).sum() / (p_.sum() + r_.sum())
+        assert o.metrics["dice"]["ground_truth_vs_adversarial"]["regions"][k] == pytest.approx(exact, abs=1e-12)
     assert float(row["Dice foreground"][3]) == pytest.approx(M.foreground_dice(seg_a, seg_c), abs=5e-5)
     l0 = M.perturbation_norms(glioma_small.array, adv)["l0"]
     assert int(row["L0 (changed voxels)"][1]) == l0
