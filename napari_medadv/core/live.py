@@ -20,8 +20,8 @@ from .io import ImageData
 from .models.base import LoadedModel
 from .outcome import AttackOutcome
 from .pipeline import content_roi, prepare_input
-from .scoring import dice_table, fill_ssim, fill_ssim_steps, outcome_metrics
-from .readouts import FgsmQuality, SegmentationReadouts, channel_ranges, computed_quality
+from .scoring import dice_table, fill_ssim, fill_ssim_steps, label_values, outcome_metrics, segmentation_dice
+from .readouts import DiceTable, FgsmQuality, SegmentationReadouts, channel_ranges, computed_quality
 
 
 class OutcomeReadouts:
@@ -44,10 +44,12 @@ class OutcomeReadouts:
 
     # ------------------------------------------------------------------ readouts
     def segmentation_readouts(self, o: AttackOutcome) -> tuple[dict, int]:
-        """The Dice blocks and changed-voxel count of ``o``; the clean side is built at the first."""
+        """The Dice blocks and changed-voxel count of ``o``; the clean side is built at the first
+        (more labels than a ``uint8`` table holds: the definition's mask per label, every time)."""
         if self._seg is None:
-            self._seg = SegmentationReadouts(dice_table(o), self.seg_clean, self.labels)
-        return self._seg(o.seg_adv)
+            self._seg = (SegmentationReadouts(dice_table(o), self.seg_clean, self.labels)
+                         if DiceTable.holds(label_values(o)) else segmentation_dice)
+        return self._seg(o.seg_adv) if isinstance(self._seg, SegmentationReadouts) else self._seg(o)
 
     def image_quality(self, o: AttackOutcome) -> dict:
         """The ``image_quality`` block of ``o`` without SSIM (pending): analytic for FGSM's image

@@ -188,6 +188,11 @@ class DiceTable:
             raise ValueError(f"{len(self.values)} label values: the confusion table keeps at most {self.MAX_VALUES}")
         self._index = {v: i for i, v in enumerate(self.values)}
 
+    @classmethod
+    def holds(cls, labels: Sequence[int]) -> bool:
+        """Whether a table of these label values fits ``uint8`` indices (beyond, one mask per label)."""
+        return len({int(v) for v in labels} - {0}) < cls.MAX_VALUES
+
     def indices(self, label_map: np.ndarray) -> np.ndarray:
         """Label values -> ``uint8`` indices of this table (a dense table's ``uint8`` map within
         range is returned as it is, not copied)."""

@@ -62,9 +62,10 @@ def measured_metrics(o: AttackOutcome, *, quality: dict | None = None) -> dict:
     with float64 sums and SSIM in slabs (:func:`measured_image_quality`) — 1.9 s instead of 8.7 s at BraTS size. ``quality``: the
     ``image_quality`` block when already known (a transfer outcome has the same two images)."""
     segmentation = None
-    if o.model.info.task == "segmentation":
+    if o.model.info.task == "segmentation" and DiceTable.holds(label_values(o)):
         dice, _ = SegmentationReadouts(dice_table(o), o.seg_clean, o.labels)(o.seg_adv)
         segmentation = dice, int(np.count_nonzero(o.seg_clean != o.seg_adv))  # label values, not table indices
+    # else (a classifier, or more labels than a uint8 table holds): outcome_metrics' own definition
     if quality is None or quality.get("ssim", 0.0) is None:  # none given, or one with SSIM pending
         quality = measured_image_quality(o.image.array, o.adversarial, o.image.channel_names)
     o.metrics = outcome_metrics(o, quality=quality, segmentation=segmentation)

@@ -141,3 +141,21 @@ def test_study_dice_columns_equal_monai(case, unet3d, n_out):
         assert row[f"dice_label_{model.info.label_name(v)}"] == pytest.approx(d, rel=1e-6)
     assert row["dice_fg"] == pytest.approx(M.foreground_dice(seg_adv, labels), rel=1e-6)
     assert row["changed_voxels"] == int((seg_clean != seg_adv).sum())
+
+
+def test_more_labels_than_a_table_holds_fall_back_to_the_definition():
+    """A 300-label segmenter: the recorded metrics and the live readouts use a mask per label
+    (the definition) instead of failing on the uint8 table."""
+    from napari_medadv.core.live import LiveEps
+
+    rng = np.random.default_rng(5)
+    arr = rng.normal(100, 20, (4, 12, 11, 10)).astype(np.float32)
+    image = ImageData(arr, Geometry(np.eye(4)), ["t1", "t1ce", "t2", "flair"], "synthetic", "nifti")
+    labels = rng.integers(0, 300, (12, 11, 10)).astype(np.int32)
+    model = _softmax_model(300)
+    o = run_attack(image, model, "fgsm", params={"eps": 0.05}, labels=labels, roi=None, seed=0)
+    assert len(o.metrics["dice"]["clean_vs_adversarial"]["per_label"]) == 299
+    _check(o)
+    live = LiveEps(image, model, labels=labels, roi=None)
+    lo = live.outcome(0.05)
+    _same(lo.metrics["dice"], o.metrics["dice"])

@@ -339,7 +339,7 @@ def _evaluate(model, clean_out, adv_out, labels, case: Case, extra: dict) -> dic
                 out[f"dice_{r}"] = block["regions"][r]
         else:  # any other model: Dice per label, named as the model names its labels
             values = sorted((set(np.unique(ref).tolist()) | set(np.unique(seg_clean).tolist())) - {0})
-            if len(values) < DiceTable.MAX_VALUES:
+            if DiceTable.holds(values):
                 table = DiceTable(values)
                 block = table.block(table.confusion(table.indices(seg_adv), table.indices(ref)))
                 per_label, fg = {v: block["per_label"][str(v)] for v in values}, block["foreground"]
