@@ -91,12 +91,14 @@ def foreground_dice_fast(pred: torch.Tensor, ref: torch.Tensor) -> list[float]:
     float one-hot channels: the per-iteration tracking of an attack calls this at every step on
     full volumes. 1 when both are empty, as ``compute_dice(ignore_empty=False)``; tested equal.
     """
-    p = (pred != 0).flatten(1)
-    r = (ref != 0).flatten(1)
-    inter = (p & r).sum(1).double()
-    denom = (p.sum(1) + r.sum(1)).double()
-    dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
-    return dice.cpu().tolist()
+    out = []
+    # whole-tensor count_nonzero per sample: a bool sum, or a count along a dimension, runs a
+    # reduction kernel that is 25× slower (90 ms against 4 ms for a BraTS-size pair on 2 cores)
+    for p, r in zip(pred != 0, ref != 0):
+        inter = int(torch.count_nonzero(p & r))
+        denom = int(torch.count_nonzero(p)) + int(torch.count_nonzero(r))
+        out.append(2.0 * inter / denom if denom else 1.0)
+    return out
 
 
 def channel_argmax(output: torch.Tensor, values=None, chunk: int = 1 << 18) -> torch.Tensor:
@@ -136,6 +138,38 @@ def channel_argmax(output: torch.Tensor, values=None, chunk: int = 1 << 18) -> t
     if bool(nan):
         return _mapped_argmax(output, vals)
     return idx.reshape((b,) + tuple(output.shape[2:]))
+
+
+def argmax_nonzero(output: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
+    """``output.argmax(1) != 0`` (bool, ``B *spatial``): where a channel after the first holds the
+    (first) maximum, i.e. the foreground of a softmax-style output.
+
+    What per-iteration tracking needs for its foreground Dice, without the label map: the largest
+    of channels ``1..K-1`` compared once with channel 0, in slabs as :func:`channel_argmax` (K - 1
+    passes over each slab in cache against its 3(K - 1)): 32 ms instead of 110 ms for a
+    4×240×240×155 output on 2 cores. CUDA tensors and outputs with NaN take torch's arg-max."""
+    b, k = int(output.shape[0]), int(output.shape[1])
+    if k < 2:
+        return torch.zeros((b,) + tuple(output.shape[2:]), dtype=torch.bool, device=output.device)
+    if output.is_cuda:
+        return output.argmax(1) != 0
+    flat = output.reshape(b, k, -1)
+    n = int(flat.shape[2])
+    fg = torch.empty((b, n), dtype=torch.bool)
+    step = max(1, min(n, chunk // max(b, 1)))
+    best = torch.empty((b, step), dtype=output.dtype)
+    nan = torch.zeros((), dtype=torch.bool)
+    for s in range(0, n, step):
+        w = min(n, s + step) - s
+        bb = best[:, :w]
+        bb.copy_(flat[:, 1, s:s + w])
+        for c in range(2, k):
+            torch.maximum(bb, flat[:, c, s:s + w], out=bb)
+        torch.gt(bb, flat[:, 0, s:s + w], out=fg[:, s:s + w])
+        nan |= torch.isnan(bb).any() | torch.isnan(flat[:, 0, s:s + w]).any()
+    if bool(nan):
+        return output.argmax(1) != 0
+    return fg.reshape((b,) + tuple(output.shape[2:]))
 
 
 def _mapped_argmax(output: torch.Tensor, vals: list[int]) -> torch.Tensor:
@@ -193,13 +227,64 @@ def psnr_channels(clean, perturbed) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
 
 
+def difference_sums(clean: torch.Tensor, perturbed: torch.Tensor, chunk: int = 1 << 15
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of ``d = perturbed - clean`` (``B C *spatial`` tensors): per sample and channel the sum of
+    ``d²`` in float64 (``B C``) and the largest ``|d|`` (``B C``), and per sample the number of
+    voxels where any channel changed (``B``, L0).
+
+    Written as slabs of ``chunk`` voxels because the plain tensor expressions (``d``, ``d²``, a
+    float64 copy, ``|d|``, ``d != 0``: each a full-size temporary) make seven passes and as many
+    fresh page-faulted allocations: 0.31 s for a BraTS-size 4×240×240×155 pair on 2 cores, against
+    0.05 s here, where each slab is subtracted, widened to float64 and summed while it is in cache.
+    The float64 sums are those of the plain expression up to summation order (tested). CUDA
+    tensors take the plain expressions (no cache to fit, one kernel each)."""
+    b, c = int(clean.shape[0]), int(clean.shape[1])
+    x = clean.detach().reshape(b, c, -1)
+    y = perturbed.detach().reshape(b, c, -1)
+    if x.shape != y.shape:
+        raise ValueError(f"shapes differ: {tuple(clean.shape)} vs {tuple(perturbed.shape)}")
+    work = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    if x.is_cuda or y.is_cuda:
+        d = y.to(work) - x.to(work)
+        sse = d.square().sum(2, dtype=torch.float64)
+        ad = d.abs()
+        linf = ad.amax(2).double() if d.shape[2] else torch.zeros((b, c), dtype=torch.float64, device=d.device)
+        l0 = torch.count_nonzero(ad.amax(1), dim=1) if c else torch.zeros(b, dtype=torch.int64)
+        return sse.cpu().numpy(), linf.cpu().numpy(), l0.cpu().numpy()
+    n = int(x.shape[2])
+    step = max(1, min(n, chunk))
+    sse = np.zeros((b, c))
+    linf = torch.zeros((b, c), dtype=torch.float64)
+    l0 = np.zeros(b, dtype=np.int64)
+    buf = torch.empty((c, step), dtype=work)
+    wide = torch.empty((c, step), dtype=torch.float64) if work != torch.float64 else None
+    most = torch.empty((c,), dtype=work)
+    for i in range(b):
+        for s in range(0, n, step):
+            w = min(n, s + step) - s
+            d = buf[:, :w]
+            d.copy_(y[i, :, s:s + w])  # then subtract in the working type (int16 - int16 could wrap)
+            d.sub_(x[i, :, s:s + w])
+            dd = d if wide is None else wide[:, :w].copy_(d)
+            for ch in range(c):
+                sse[i, ch] += float(torch.dot(dd[ch], dd[ch]))
+            d.abs_()
+            torch.amax(d, 1, out=most)
+            torch.maximum(linf[i], most.double(), out=linf[i])
+            if c:
+                l0[i] += int(torch.count_nonzero(torch.amax(d, 0)))
+    return sse, linf.numpy(), l0
+
+
 def psnr_channels_fast(clean: torch.Tensor, perturbed: torch.Tensor, ranges: torch.Tensor) -> list[float]:
-    """:func:`psnr_channels` per sample of ``B C *spatial`` tensors on their device (float32 passes,
-    float64 sums); ``ranges``: each sample's and channel's clean max - min, ``B C``."""
-    d = (perturbed.detach().float() - clean.detach().float()).flatten(2)
-    mse = d.square().sum(2, dtype=torch.float64) / d.shape[2]  # B C
-    nmse = (mse / ranges.to(mse.device, torch.float64) ** 2).mean(1)
-    return [float("inf") if v == 0 else float(10.0 * np.log10(1.0 / v)) for v in nmse.cpu().tolist()]
+    """:func:`psnr_channels` per sample of ``B C *spatial`` tensors (:func:`difference_sums`: float32
+    slabs, float64 sums); ``ranges``: each sample's and channel's clean max - min, ``B C``."""
+    sse, _, _ = difference_sums(clean, perturbed)
+    n = int(np.prod(clean.shape[2:])) if clean.ndim > 2 else 1
+    rng = ranges.detach().cpu().double().numpy() if isinstance(ranges, torch.Tensor) else np.asarray(ranges, float)
+    nmse = (sse / n / rng.reshape(sse.shape) ** 2).mean(1)
+    return [float("inf") if v == 0 else float(10.0 * np.log10(1.0 / v)) for v in nmse.tolist()]
 
 
 def ssim(clean, perturbed, data_range: float | None = None, spatial_dims: int | None = None) -> float:

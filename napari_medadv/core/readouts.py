@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .metrics import difference_sums
+
 
 # --------------------------------------------------------------------------- image quality
 
@@ -141,16 +143,12 @@ class FgsmQuality:
 
 def computed_quality(clean: torch.Tensor, adv: torch.Tensor, names: Sequence[str], ranges: Sequence[float],
                      ssim: Sequence[float | None] | None = None) -> dict:
-    """The ``image_quality`` block computed on the images (``C *spatial`` tensors), float32 passes
-    with float64 sums: for attacks without an analytic form."""
-    d = (adv.float() - clean.float()).flatten(1)
-    sse = []
-    for row in d:  # one channel at a time in float64: a BraTS-size volume at once would be 290 MB
-        r = row.double()
-        sse.append(float(r @ r))
-    linf = d.abs().amax(1).double().tolist() if d.shape[1] else [0.0] * d.shape[0]
-    l0 = int((d != 0).any(0).sum())
-    return quality_summary(names, ranges, sse, linf, int(d.shape[1]), l0, ssim)
+    """The ``image_quality`` block computed on the images (``C *spatial`` tensors): one pass in
+    float32 slabs with float64 sums (:func:`~napari_medadv.core.metrics.difference_sums`), for
+    attacks without an analytic form."""
+    sse, linf, l0 = difference_sums(clean[None], adv[None])
+    n = int(np.prod(clean.shape[1:])) if clean.ndim > 1 else 1
+    return quality_summary(names, ranges, sse[0].tolist(), linf[0].tolist(), n, int(l0[0]), ssim)
 
 
 # --------------------------------------------------------------------------- Dice

@@ -210,3 +210,40 @@ def test_tracked_step_metrics_equal_the_reference_figures():
     last = o.result.history[-1]
     assert last["psnr"] == pytest.approx(M.psnr_channels(case.array, o.adversarial), rel=1e-5)
     np.testing.assert_array_equal(o.seg_adv, model.to_label_map(model.forward(model.to_batch(o.adversarial)))[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.float64])
+def test_difference_sums_equal_the_plain_expressions(dtype):
+    """The slab pass (slabs that do not divide the volume, a batch, an untouched channel) gives the
+    float64 Σd², max |d| and changed-voxel count of the whole-tensor expressions."""
+    g = torch.Generator().manual_seed(5)
+    clean = (torch.rand(2, 3, 7, 11, 13, generator=g) * 900 - 300).to(dtype)
+    adv = (clean.double() + torch.randint(-4, 5, clean.shape, generator=g)).to(dtype)
+    adv[1, 2] = clean[1, 2]
+    adv[0, :, 3] = clean[0, :, 3]  # a plane where no channel changed
+    sse, linf, l0 = M.difference_sums(clean, adv, chunk=97)
+    d = (adv.double() - clean.double()).flatten(2)
+    np.testing.assert_allclose(sse, d.square().sum(2).numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(linf, d.abs().amax(2).numpy())
+    np.testing.assert_array_equal(l0, (d != 0).any(1).sum(1).numpy())
+    assert sse[1, 2] == 0 and linf[1, 2] == 0
+    if dtype == torch.int16:  # a difference beyond int16: computed in float32, not wrapped around
+        lo, hi = torch.full((1, 1, 4), -30000, dtype=dtype), torch.full((1, 1, 4), 30000, dtype=dtype)
+        assert M.difference_sums(lo, hi)[1][0, 0] == 60000.0
+    for chunk in (1, 1 << 15):
+        s2, _, z2 = M.difference_sums(clean, adv, chunk=chunk)
+        np.testing.assert_allclose(s2, sse, rtol=1e-12)
+        np.testing.assert_array_equal(z2, l0)
+
+
+def test_argmax_nonzero_is_the_foreground_of_torchs_argmax():
+    """Ties go to the first channel (the background wins a tie with it), NaN outputs and a single
+    channel are handled as torch's arg-max handles them."""
+    g = torch.Generator().manual_seed(6)
+    for k in (1, 2, 4, 7):
+        out = torch.randint(0, 3, (2, k, 5, 6, 70), generator=g).float()  # many ties
+        np.testing.assert_array_equal(M.argmax_nonzero(out, chunk=64).numpy(), (out.argmax(1) != 0).numpy())
+    out = torch.randn(1, 3, 4, 5, 6, generator=g)
+    out[0, 0, 1, 1, 1] = float("nan")
+    out[0, 2, 2, 2, 2] = float("nan")
+    np.testing.assert_array_equal(M.argmax_nonzero(out).numpy(), (out.argmax(1) != 0).numpy())

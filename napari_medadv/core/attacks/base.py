@@ -33,7 +33,7 @@ from torch import nn
 
 from ..intensity import DataRangeSpec, IntensityRange, compute_range
 from ..losses import LOSSES, LossFn, class_indices, make_loss
-from ..metrics import channel_argmax, foreground_dice_fast, psnr_channels_fast
+from ..metrics import argmax_nonzero, foreground_dice_fast, psnr_channels_fast
 
 StepCallback = Callable[["AttackStep"], Any]
 StopCheck = Callable[[], bool]
@@ -488,7 +488,7 @@ class Attack:
         m = {"psnr": float(np.mean(psnr_channels_fast(ctx.x, adv, ctx.channel_ranges())))}
         ref = ctx.reference(output)
         if output.ndim > 2 and not ref.is_floating_point():
-            m["dice"] = float(np.mean(foreground_dice_fast(channel_argmax(output), ref)))
+            m["dice"] = float(np.mean(foreground_dice_fast(argmax_nonzero(output), ref)))
         return m
 
     def _resolve_reference(self, output: torch.Tensor, labels, target) -> torch.Tensor:
