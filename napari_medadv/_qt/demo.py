@@ -49,51 +49,31 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     # deferred: the `napari-medadv` script and `medadv demo` import this module before napari
     # starts; the docks import Qt, napari and torch (`napari-medadv --help` stays instant)
     from .attack import AttackWidget
+    from .docking import placed
     from .model_widget import ModelWidget
     from .orientation import OrientationWidget
     from .plots_widget import PlotsWidget
     from .readouts_widget import ReadoutsWidget
 
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QScrollArea
+    from qtpy.QtCore import Qt, QTimer
 
     widgets, docks = {}, {}
 
     qwin = viewer.window._qt_window
-    screen = qwin.screen() if hasattr(qwin, "screen") else None
-    avail = screen.availableGeometry().height() if screen is not None else 1080
     for name, cls in (("Orientation", OrientationWidget), ("Model", ModelWidget), ("Attack", AttackWidget),
                       ("Readouts", ReadoutsWidget), ("Plots", PlotsWidget)):
         if name == "Orientation" and not sample.startswith("glioma"):
             continue  # a radiograph has no patient frame: no planes, no letters
-        w = cls(viewer)
-        shown = w
-        if name == "Attack":
-            # the form is tall (~700 px): on a short screen it scrolls instead of being squeezed
-            # or pushing the window past the screen's bottom
-            shown = QScrollArea()
-            shown.setWidget(w)
-            shown.setWidgetResizable(True)
-            shown.setFrameShape(QScrollArea.NoFrame)
-            shown.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-            shown.setMinimumHeight(min(w.sizeHint().height() + 20, int(0.55 * avail)))
-        docks[name] = viewer.window.add_dock_widget(shown, name=f"{name} (napari-medadv)", area="right",
+        w = placed(cls(viewer))  # arranged below, not tabbed on show
+        docks[name] = viewer.window.add_dock_widget(w, name=f"{name} (napari-medadv)", area="right",
                                                     add_vertical_stretch=False)
         widgets[name] = w
     # right: Model | Readouts | Plots as tabs over the Attack dock (the model is picked once)
     qwin.tabifyDockWidget(docks["Model"], docks["Readouts"])
     qwin.tabifyDockWidget(docks["Readouts"], docks["Plots"])
     docks["Model"].raise_()
-    from qtpy.QtCore import QTimer
-
-    # once the window has its size: give the Attack dock the room its form needs
-    scroll = docks["Attack"].widget()
-    scroll = scroll if isinstance(scroll, QScrollArea) else scroll.findChild(QScrollArea)
 
     def settle():
-        if scroll is not None:  # once polished, the form's real width: no horizontal clipping
-            scroll.setMinimumWidth(widgets["Attack"].minimumSizeHint().width()
-                                   + scroll.verticalScrollBar().sizeHint().width() + 4)
         qwin.resizeDocks([docks["Model"], docks["Attack"]], [36, 64], Qt.Vertical)
         viewer.reset_view()  # the docks took their width: fit the image into the canvas left over
 

@@ -31,6 +31,7 @@ from .results import show_clean_prediction as show_prediction_layer
 from .layers import source_from_layer
 from .session import Session
 from .workers import Job
+from .docking import tab_on_first_show
 
 if TYPE_CHECKING:
     import napari
@@ -169,6 +170,7 @@ class ModelWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
+        tab_on_first_show(self, napari_viewer)
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
         self._job: Job | None = None

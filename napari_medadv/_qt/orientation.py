@@ -25,6 +25,7 @@ from napari_medadv.core.orientation import (
 )
 
 from .compat import camera
+from .docking import tab_on_first_show
 
 if TYPE_CHECKING:
     import napari
@@ -129,6 +130,7 @@ class OrientationWidget(QWidget):
 
     def __init__(self, viewer: napari.Viewer, parent=None) -> None:
         super().__init__(parent)
+        tab_on_first_show(self, viewer)
         self.viewer = viewer
         self.markers = OrientationMarkers(viewer)
         lay = QVBoxLayout(self)

@@ -28,6 +28,7 @@ from .layers import context_from_choices
 from .results import show_outcome
 from .session import Session
 from .workers import Job, report_error
+from .docking import tab_on_first_show
 
 if TYPE_CHECKING:
     import napari
@@ -68,6 +69,7 @@ class PlotsWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
+        tab_on_first_show(self, napari_viewer)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 

@@ -29,6 +29,7 @@ from .results import is_artifact
 from .matched import comparison_rows, knob_text
 from .sanity_panel import SanityPanel
 from .session import Session, Shown
+from .docking import tab_on_first_show
 
 if TYPE_CHECKING:
     import napari
@@ -147,6 +148,7 @@ class ReadoutsWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
+        tab_on_first_show(self, napari_viewer)
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
         self.title = QLabel("no result yet")

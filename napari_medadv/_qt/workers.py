@@ -185,7 +185,7 @@ class Job:
                                     _ignore_errors=True, **kwargs)
         self.worker.yielded.connect(self._yielded)
         if on_yield is not None:
-            self.worker.yielded.connect(lambda item: on_yield(item[2]))
+            self.worker.yielded.connect(lambda item: _unless_deleted(on_yield, item[2]))
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(lambda exc: report_error(exc, desc, on_oom))
         self.worker.aborted.connect(self._aborted)
@@ -228,13 +228,13 @@ class Job:
         elif self.cancelled:  # cancelled while returning: drop the result, like an abort
             self._aborted()
         elif self._on_done is not None:
-            self._on_done(value)
+            _unless_deleted(self._on_done, value)
 
     def _aborted(self) -> None:
         self.pbar.set_description(f"{self.desc} (cancelled)")
         if self._on_cancel is not None and not self._cancel_reported:
             self._cancel_reported = True
-            self._on_cancel()
+            _unless_deleted(self._on_cancel)
 
     def _finished(self) -> None:
         if self.cancelled and not self._cancel_reported:
@@ -242,7 +242,19 @@ class Job:
         self.finished = True
         self.pbar.close()
         if self._on_finish is not None:
-            self._on_finish()
+            _unless_deleted(self._on_finish)
+
+
+def _unless_deleted(callback: Callable, *args) -> None:
+    """``callback(*args)``, except when it reaches a Qt widget that was deleted meanwhile: a job
+    outlives the dock that started it when the viewer is closed while it runs (the lane finishes
+    the step it is in), and its callbacks then find the dock's widgets gone. PyQt says "... has
+    been deleted", PySide "... already deleted"; any other error propagates."""
+    try:
+        callback(*args)
+    except RuntimeError as e:
+        if "deleted" not in str(e):
+            raise
 
 
 class _Relay(QObject):

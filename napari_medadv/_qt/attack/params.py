@@ -190,8 +190,7 @@ class MethodPanel:
         self.eps_native = QLabel("")
         self.eps_native.setWordWrap(True)
         self.eps_native.setToolTip("ε in the image's own units, per channel (ε × that channel's intensity range)")
-        self.live = QCheckBox("live (FGSM: one forward per ε; iterative: warm start, steps shown; "
-                              "DGDE: budget and pixel sliders continue the search)")
+        self.live = QCheckBox("live: the layers follow the sliders")
         self.live.setToolTip("FGSM, i-FGSM, ti-FGSM, PGD …: moving ε updates the layers. DGDE: moving the query "
                              "budget or the maximum pixels continues the search from its current solution "
                              "(or shows a solution it already found)")

@@ -12,11 +12,12 @@ import time
 from typing import TYPE_CHECKING
 
 from napari.utils import notifications
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_medadv.core.attacks import ATTACKS
 
+from ..docking import tab_on_first_show
 from ..results import iter_show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
@@ -43,6 +44,7 @@ class AttackWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
+        tab_on_first_show(self, napari_viewer)
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
         self.registry = ATTACKS
@@ -73,7 +75,10 @@ class AttackWidget(QWidget):
         self._iter_debounce.setInterval(LIVE_DEBOUNCE_MS)
         self._expose_controls()
 
-        lay = QVBoxLayout(self)
+        # the form (about 800 px tall) scrolls inside the dock: opened from the Plugins menu on a
+        # laptop screen it neither pushes the window past the screen nor squeezes the canvas
+        self.form = QWidget()
+        lay = QVBoxLayout(self.form)
         for w in (self.inputs.input_box, self.method_panel.attack_box, self.method_panel.params_box,
                   self.inputs.options_box):
             lay.addWidget(w)
@@ -82,12 +87,36 @@ class AttackWidget(QWidget):
         lay.addWidget(self.jobs.status)
         lay.addWidget(self.match_panel)
         lay.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(self.form)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        self._sized = False
 
         self._add_callbacks()
         self.inputs.refresh()
         self.method_panel.refresh()
         self.set_eps(0.05)
         self.match_panel.update_controls()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._sized:  # once polished (the style sets fonts and margins): the form's real size
+            self._sized = True
+            self.fit_form()
+
+    def fit_form(self) -> None:
+        """As wide as the form needs (never clipped sideways) and, up to 55 % of the screen's
+        height, as tall: beyond that the form scrolls."""
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        self.scroll.setMinimumWidth(self.form.minimumSizeHint().width() + bar + 4)
+        screen = self.screen() if hasattr(self, "screen") else None
+        avail = screen.availableGeometry().height() if screen is not None else 1080
+        self.scroll.setMinimumHeight(min(self.form.sizeHint().height() + 20, int(0.55 * avail)))
 
     def _expose_controls(self) -> None:
         """The panels' controls under the dock's names (scripts, the demo and the tests use them)."""

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from napari_medadv.core.reader import ReaderLog, Trial, iter_stimuli, plan_trials
 from napari_medadv.core.reader.trials import ALTERED, check_design
 
+from ..docking import tab_on_first_show
 from ..session import Session
 from ..workers import Job, report_error
 from .blind import BlindView
@@ -57,6 +58,7 @@ class ReaderStudyWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None):
         super().__init__(parent)
+        tab_on_first_show(self, napari_viewer)
         self.viewer = napari_viewer
         self.session = Session.of(napari_viewer)
         self.setup = SetupPanel()
