@@ -183,11 +183,10 @@ class Job:
             kwargs["report"] = self.report
         self.worker = create_worker(_failures_returned(on_lane(func, self._stop)), *args, _start_thread=False,
                                     _ignore_errors=True, **kwargs)
+        self._on_yield = on_yield
         self.worker.yielded.connect(self._yielded)
-        if on_yield is not None:
-            self.worker.yielded.connect(lambda item: _unless_deleted(on_yield, item[2]))
         self.worker.returned.connect(self._returned)
-        self.worker.errored.connect(lambda exc: report_error(exc, desc, on_oom))
+        self.worker.errored.connect(self._errored)
         self.worker.aborted.connect(self._aborted)
         # on_finish runs inside _finished, not as a second connection: a signal from the worker
         # thread reaches each connection as its own queued event, so between the two the job could
@@ -221,6 +220,11 @@ class Job:
             self.pbar.total = total
         self.pbar.n = min(int(done), int(total or done))
         self.pbar.refresh()
+        if self._on_yield is not None:
+            _unless_deleted(self._on_yield, item[2])
+
+    def _errored(self, exc) -> None:
+        report_error(exc, self.desc, self._on_oom)
 
     def _returned(self, value) -> None:
         if isinstance(value, _Failed):
@@ -243,6 +247,11 @@ class Job:
         self.pbar.close()
         if self._on_finish is not None:
             _unless_deleted(self._on_finish)
+        # napari's window keeps every worker it ever started (its task-status list, with the
+        # worker's quit as the cancel callback), and with it the slots connected to the worker:
+        # this job's bound methods. The callbacks are the dock's closures over a run (its frames,
+        # their outcomes: 300 MB each at BraTS size), so they go once the job is over.
+        self._on_done = self._on_cancel = self._on_finish = self._on_yield = self._on_oom = None
 
 
 def _unless_deleted(callback: Callable, *args) -> None:

@@ -567,3 +567,32 @@ def test_readouts_breaks_at_eps_rows(docks, qtbot, glioma_small, unet2d):
     aw.set_attack("fgsm", eps=0.03)  # another result of the same attack keeps the rows (ε is what is searched)
     _wait_job(qtbot, aw.run(), aw)
     assert any(r[0].startswith("breaks at ε") for r in rw.rows)
+
+
+def test_repeated_runs_do_not_keep_their_frames(docks, qtbot, glioma_small, unet2d, monkeypatch):
+    """napari's window keeps every worker it started, with the slots connected to it: a run's
+    frames (300 MB each at BraTS size) must not stay reachable through them. Before, every
+    i-FGSM run left one frame outcome behind."""
+    import gc
+
+    from napari_medadv.core.anytime import FramePacer
+    from napari_medadv.core.outcome import AttackOutcome
+
+    # each step's frame once the previous one is on screen (held, not timed: frames do reach it)
+    monkeypatch.setattr(FramePacer, "due", lambda self: self.want.wait(WAIT / 1000))
+
+    viewer, aw = docks["viewer"], docks["attack"]
+    _open(viewer, glioma_small)
+    aw.session.set_model(unet2d)
+    aw.set_attack("ifgsm", eps=0.03, steps=3)
+
+    def alive():
+        gc.collect()
+        return sum(isinstance(o, AttackOutcome) for o in gc.get_objects())
+
+    counts = []
+    for _ in range(4):
+        _wait_job(qtbot, aw.run(), aw)
+        assert aw.anytime is not None and aw.anytime.shown >= 1  # frames were shown
+        counts.append(alive())
+    assert counts[3] <= counts[1]

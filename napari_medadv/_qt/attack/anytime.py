@@ -59,12 +59,17 @@ class AnytimeDisplay:
         self.pacer.want.set()
 
     def finish(self) -> None:
-        """The run returned: its result replaces the frames (no more frames, nothing to undo)."""
+        """The run returned: its result replaces the frames (no more frames, nothing to undo).
+        The last frame and the snapshot are let go (the dock keeps its latest display: at BraTS
+        size a frame's outcome is 300 MB, the snapshot the previous result's arrays)."""
         self.stopped = True
+        self._snapshot = None
+        self.last = None
 
     def cancel(self) -> None:
         """The run was cancelled or failed: the layers as they were before its first frame."""
         self.stopped = True
+        self.last = None
         if self._snapshot is not None:
             restore_results(self.viewer, self._snapshot)
             self._snapshot = None
