@@ -145,6 +145,9 @@ class TorchLane:
                     self._cv.wait()
                 task = heapq.heappop(self._heap)[2]
             self._run_step(task)
+            # not kept while waiting for the next one: a finished task's future holds its result
+            # (a BraTS-size outcome is 600 MB), which would outlive even the viewer it was for
+            task = None
 
 
 #: the viewer's one lane (a process has one OpenMP runtime, so one lane serves every viewer)

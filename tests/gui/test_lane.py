@@ -142,3 +142,28 @@ def test_a_failing_on_yield_fails_its_task_not_the_lane(lane):
     with pytest.raises(RuntimeError, match="relay gone"):
         lane.submit(gen, on_yield=broken).future.result(10)
     assert lane.call(lambda: "alive") == "alive"
+
+
+def test_the_lane_lets_go_of_its_last_result(lane):
+    """Waiting for the next task, the lane holds no finished task: its future's result (a
+    BraTS-size outcome is 600 MB) goes once the caller has it."""
+    import gc
+    import time
+    import weakref
+
+    class Result:
+        pass
+
+    refs = []
+
+    def make():
+        r = Result()
+        refs.append(weakref.ref(r))
+        return r
+
+    lane.submit(make).future.result()
+    deadline = time.monotonic() + 10
+    while refs[0]() is not None and time.monotonic() < deadline:  # the lane thread finishing its turn
+        gc.collect()
+        time.sleep(0.01)
+    assert refs[0]() is None
