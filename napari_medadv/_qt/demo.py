@@ -65,6 +65,11 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
         if name == "Orientation" and not sample.startswith("glioma"):
             continue  # a radiograph has no patient frame: no planes, no letters
         w = placed(cls(viewer))  # arranged below, not tabbed on show
+        if name == "Attack":
+            # below the orientation dock and the tabs (their minimum heights add up on the right):
+            # the form scrolls in 38 % of the screen, so the window is never taller than the screen
+            screen = qwin.screen() if hasattr(qwin, "screen") else None
+            w.fit_form(max_height=int(0.38 * (screen.availableGeometry().height() if screen else 1080)))
         docks[name] = viewer.window.add_dock_widget(w, name=f"{name} (napari-medadv)", area="right",
                                                     add_vertical_stretch=False)
         widgets[name] = w

@@ -109,14 +109,17 @@ class AttackWidget(QWidget):
             self._sized = True
             self.fit_form()
 
-    def fit_form(self) -> None:
+    def fit_form(self, max_height: int | None = None) -> None:
         """As wide as the form needs (never clipped sideways) and, up to 55 % of the screen's
-        height, as tall: beyond that the form scrolls."""
+        height (or ``max_height``, kept for later calls), as tall: beyond that the form scrolls."""
+        if max_height is not None:
+            self._max_form_height = int(max_height)
         bar = self.scroll.verticalScrollBar().sizeHint().width()
         self.scroll.setMinimumWidth(self.form.minimumSizeHint().width() + bar + 4)
         screen = self.screen() if hasattr(self, "screen") else None
         avail = screen.availableGeometry().height() if screen is not None else 1080
-        self.scroll.setMinimumHeight(min(self.form.sizeHint().height() + 20, int(0.55 * avail)))
+        cap = min(int(0.55 * avail), getattr(self, "_max_form_height", avail))
+        self.scroll.setMinimumHeight(min(self.form.sizeHint().height() + 20, cap))
 
     def _expose_controls(self) -> None:
         """The panels' controls under the dock's names (scripts, the demo and the tests use them)."""
