@@ -89,14 +89,24 @@ class _FirstShow(QObject):
     def _tab(self, widget: QWidget) -> None:
         if not tab_with_ours(widget) or self.height is None:
             return
-        win = weakref.ref(dock_of(widget).parentWidget())
+        window = dock_of(widget).parentWidget()
+        win, height = weakref.ref(window), self.height
+        _PENDING[window] = height  # a dock made before this runs returns to this height, not the grown one
         # after the event loop's turn: the window's minimum size is that of the tabbed layout then
-        QTimer.singleShot(0, lambda: _shrink(win(), self.height))
+        QTimer.singleShot(0, lambda: _shrink(win(), height))
+
+
+#: window -> the height a scheduled shrink returns it to
+_PENDING: weakref.WeakKeyDictionary[QWidget, int] = weakref.WeakKeyDictionary()
 
 
 def _shrink(win: QWidget | None, height: int) -> None:
     try:
-        if win is not None and win.height() > height and not (win.isMaximized() or win.isFullScreen()):
+        if win is None:
+            return
+        if _PENDING.get(win) == height:
+            del _PENDING[win]
+        if win.height() > height and not (win.isMaximized() or win.isFullScreen()):
             win.resize(win.width(), height)  # Qt keeps it at least the new minimum
     except RuntimeError:  # deleted meanwhile
         pass
@@ -107,5 +117,5 @@ def tab_on_first_show(widget: QWidget, viewer=None) -> None:
     ``viewer``'s window keeps the height it has now."""
     _OURS.add(widget)
     win = getattr(getattr(viewer, "window", None), "_qt_window", None)
-    height = win.height() if isinstance(win, QWidget) else None
+    height = _PENDING.get(win, win.height()) if isinstance(win, QWidget) else None
     widget.installEventFilter(_FirstShow(widget, height))

@@ -598,7 +598,7 @@ def test_repeated_runs_do_not_keep_their_frames(docks, qtbot, glioma_small, unet
     assert counts[3] <= counts[1]
 
 
-def test_a_closed_viewer_and_its_results_are_freed(qtbot, glioma_small, unet2d):
+def test_a_closed_viewer_and_its_results_are_freed(make_napari_viewer, qtbot, glioma_small, unet2d):
     """A viewer closed after an i-FGSM run is collected, with its session and its results: its
     finished workers (which napari's window keeps) no longer reach the dock, nor the torch lane the
     result (1.8 GB per BraTS-size viewer opened and closed in one session, before)."""
@@ -606,12 +606,10 @@ def test_a_closed_viewer_and_its_results_are_freed(qtbot, glioma_small, unet2d):
     import time
     import weakref
 
-    import napari
-
     from napari_medadv._qt.attack import AttackWidget
     from napari_medadv._qt.session import Session
 
-    viewer = napari.Viewer(show=False)
+    viewer = make_napari_viewer()  # the fixture keeps its viewers in a WeakSet: it does not hold this one
     _open(viewer, glioma_small)
     aw = AttackWidget(viewer)
     viewer.window.add_dock_widget(aw, name="Attack")
