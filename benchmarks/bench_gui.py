@@ -397,7 +397,15 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--only", choices=["live", "stall", "memory", "iterative"])
     p.add_argument("--case", choices=["phantoms", "brats-size", "cxr-full"], default="phantoms")
+    p.add_argument("--allocator", choices=["heap", "system"], default="heap",
+                   help="heap: as the medadv and napari-medadv commands set it up (napari_medadv.core.allocator); "
+                        "system: glibc's defaults (plain `napari`)")
     args = p.parse_args(argv)
+    from napari_medadv.core.allocator import ENV, reuse_freed_memory
+
+    if args.allocator == "system":
+        os.environ[ENV] = "system"
+    allocator = reuse_freed_memory()  # before napari and Qt start their threads
 
     from qtpy.QtWidgets import QApplication
 
@@ -414,7 +422,7 @@ def main(argv=None) -> int:
     import torch
 
     print(f"napari-medadv GUI benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {args.device}, Qt {os.environ.get('QT_API', 'default')}", file=sys.stderr)
+          f"device {args.device}, Qt {os.environ.get('QT_API', 'default')}, {allocator}", file=sys.stderr)
     if args.case != "phantoms":
         bench_real_size(app, args.case, args.device, min(args.repeats, 5), 3 if args.steps == 5 else args.steps,
                         args.only)

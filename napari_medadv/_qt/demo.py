@@ -146,3 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm", action="store_true", help="live i-FGSM, its ε cache filled in the background")
     args = p.parse_args(argv)
     return launch_demo(device=args.device, sample=args.sample, warm=args.warm)
+
+
+def entry() -> int:
+    """The ``napari-medadv`` console script: the memory allocator set up for large tensors
+    before napari starts its threads (:mod:`napari_medadv.core.allocator`), then :func:`main`."""
+    from napari_medadv.core.allocator import reuse_freed_memory
+
+    reuse_freed_memory()
+    return main()

@@ -1,0 +1,92 @@
+"""The allocator set-up of the ``medadv`` commands (napari_medadv.core.allocator): freed large blocks
+are reused instead of mapped afresh (whose pages the kernel zeroes again), and the user's own
+settings or ``MEDADV_ALLOCATOR=system`` are respected. Each case runs in a child process: the
+settings hold for a whole process, and the test process keeps glibc's defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+
+
+def _glibc_with_mallinfo2() -> bool:
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    return hasattr(ctypes.CDLL(None), "mallinfo2")  # glibc >= 2.33
+
+
+pytestmark = pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's allocator (>= 2.33) only")
+
+CHILD = r"""
+import ctypes, json, threading
+import torch
+from napari_medadv.core.allocator import reuse_freed_memory
+done = reuse_freed_memory()
+again = reuse_freed_memory()
+out = {"done": done, "again": again}
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+def work():
+    n = 200 * 2**20 // 4  # a 200 MB tensor: above glibc's largest mmap threshold
+    a = torch.ones(n)
+    out["mapped_mb"] = mallinfo2().hblkhd / 2**20  # in blocks of their own (mmap), given back when freed
+    del a
+    out["kept_free_mb"] = mallinfo2().fordblks / 2**20  # free in the heap, for the next tensor
+t = threading.Thread(target=work); t.start(); t.join()  # a thread, as the viewer's torch lane
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _child(**env) -> dict:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MEDADV_ALLOCATOR"}
+    base.pop("GLIBC_TUNABLES", None)
+    p = subprocess.run([sys.executable, "-c", CHILD], env={**base, **env}, text=True, capture_output=True,
+                       check=True, timeout=120)
+    return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+
+
+def test_freed_large_blocks_are_reused_not_mapped_afresh():
+    r = _child()
+    assert r["done"].startswith("glibc heap reuse") and r["again"] == r["done"]
+    assert r["mapped_mb"] < 100 and r["kept_free_mb"] >= 200, r  # from the heap, and kept there once freed
+
+
+def test_system_setting_keeps_glibc_defaults():
+    r = _child(MEDADV_ALLOCATOR="system")
+    assert r["done"] == "system allocator (MEDADV_ALLOCATOR=system)"
+    assert r["mapped_mb"] >= 200 and r["kept_free_mb"] < 200, r  # mapped afresh, returned when freed
+
+
+def test_the_users_own_glibc_settings_are_left_alone():
+    r = _child(MALLOC_ARENA_MAX="4")
+    assert r["done"] == "system allocator with the user's settings (MALLOC_ARENA_MAX)"
+    assert r["mapped_mb"] >= 200, r
+    r = _child(GLIBC_TUNABLES="glibc.malloc.mmap_max=0")
+    assert "GLIBC_TUNABLES" in r["done"]
+
+
+def test_the_commands_set_it_up_first():
+    """``python -m napari_medadv.cli`` (as the console scripts) goes through ``entry``."""
+    code = ("import sys, napari_medadv.core.allocator as a, napari_medadv.cli as c\n"
+            "c.main = lambda argv=None: print('ALLOC', a._done) or 0\n"
+            "sys.exit(c.entry())")
+    p = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True, check=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+    assert "ALLOC glibc heap reuse" in p.stdout
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"medadv": "napari_medadv.cli:entry", "napari-medadv": "napari_medadv._qt.demo:entry"}
