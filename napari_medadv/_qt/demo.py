@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The ``napari-medadv`` console script: the memory allocator set up for large tensors
-    before napari starts its threads (:mod:`napari_medadv.core.allocator`), then :func:`main`."""
+    """The ``napari-medadv`` console script: :func:`main`, with the memory allocator set up for
+    large tensors first when ``MEDADV_ALLOCATOR=heap`` asks for it (a viewer keeps glibc's
+    defaults otherwise: see :mod:`napari_medadv.core.allocator`)."""
     from napari_medadv.core.allocator import reuse_freed_memory
 
-    reuse_freed_memory()
+    reuse_freed_memory(viewer=True)
     return main()
