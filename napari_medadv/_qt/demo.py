@@ -68,8 +68,10 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
         if name == "Attack":
             # below the orientation dock and the tabs (their minimum heights add up on the right):
             # the form scrolls in 38 % of the screen, so the window is never taller than the screen
+            # (30 % below 900 px: on a 768-px laptop or projector the readouts keep a few rows)
             screen = qwin.screen() if hasattr(qwin, "screen") else None
-            w.fit_form(max_height=int(0.38 * (screen.availableGeometry().height() if screen else 1080)))
+            avail = screen.availableGeometry().height() if screen else 1080
+            w.fit_form(max_height=int((0.38 if avail >= 900 else 0.30) * avail))
         docks[name] = viewer.window.add_dock_widget(w, name=f"{name} (napari-medadv)", area="right",
                                                     add_vertical_stretch=False)
         widgets[name] = w
@@ -79,7 +81,12 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     docks["Model"].raise_()
 
     def settle():
-        qwin.resizeDocks([docks["Model"], docks["Attack"]], [36, 64], Qt.Vertical)
+        keep_on_screen(qwin)  # the docks' preferred heights (the plots' figure) grew the window
+        # the orientation buttons at their height; the rest shared by the tabs and the form
+        column = [docks[n] for n in ("Orientation", "Model", "Attack") if n in docks]
+        fixed = docks["Orientation"].minimumSizeHint().height() if "Orientation" in docks else 0
+        rest = max(0, sum(d.height() for d in column) - fixed)
+        qwin.resizeDocks(column, ([fixed] if fixed else []) + [int(0.45 * rest), int(0.55 * rest)], Qt.Vertical)
         viewer.reset_view()  # the docks took their width: fit the image into the canvas left over
 
     QTimer.singleShot(0, settle)
@@ -111,6 +118,20 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     attack.session.result_changed.connect(first_result)
     widgets["Model"].load(spec, device=device)
     return widgets
+
+
+def keep_on_screen(qwin) -> None:
+    """No taller than the screen's free height (the docks scroll inside themselves, so the window's
+    minimum fits a 768-px screen), and inside it."""
+    screen = qwin.screen() if hasattr(qwin, "screen") else None
+    if screen is None or qwin.isMaximized() or qwin.isFullScreen():
+        return
+    geo = screen.availableGeometry()
+    if qwin.frameGeometry().height() > geo.height():
+        chrome = qwin.frameGeometry().height() - qwin.height()  # title bar and frame, if any
+        qwin.resize(qwin.width(), max(qwin.minimumSizeHint().height(), geo.height() - chrome))
+    top = min(max(qwin.frameGeometry().y(), geo.y()), geo.y() + max(0, geo.height() - qwin.frameGeometry().height()))
+    qwin.move(qwin.frameGeometry().x(), top)
 
 
 def fit_window_to_screen(viewer, fraction: float = 0.92) -> None:

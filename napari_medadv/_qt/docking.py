@@ -12,13 +12,49 @@ from __future__ import annotations
 
 import weakref
 
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 #: a widget property: the caller placed this dock itself (no automatic tabbing)
 PLACED = "medadv_placed"
 
 _OURS: weakref.WeakSet[QWidget] = weakref.WeakSet()
+
+
+def scrolling(owner: QWidget, form: QWidget) -> QScrollArea:
+    """``form`` in a vertical scroll area that fills ``owner`` (a dock's widget): the dock's minimum
+    height is then the scroll area's, not the form's, so our docks, stacked or tabbed on the right,
+    do not make the window taller than a laptop screen (``medadv demo`` on a 1366×768 screen asked
+    for 967 px: the Plots and Model forms are 445 and 388 px tall at least). The scroll area is as
+    wide as the form needs: never clipped sideways, no horizontal bar."""
+    scroll = QScrollArea()
+    scroll.setWidget(form)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    fit_width(scroll)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    owner.installEventFilter(_FitOnShow(scroll, owner))  # styled by napari once docked: measure again
+    return scroll
+
+
+def fit_width(scroll: QScrollArea) -> None:
+    """The scroll area as wide as its form needs, with room for the vertical bar."""
+    scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width()
+                           + scroll.verticalScrollBar().sizeHint().width() + 4)
+
+
+class _FitOnShow(QObject):
+    def __init__(self, scroll: QScrollArea, parent: QObject):
+        super().__init__(parent)
+        self.scroll = scroll
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Show:
+            fit_width(self.scroll)
+        return False
 
 
 def placed(widget: QWidget) -> QWidget:

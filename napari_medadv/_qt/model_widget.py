@@ -31,7 +31,7 @@ from .results import show_clean_prediction as show_prediction_layer
 from .layers import source_from_layer
 from .session import Session
 from .workers import Job
-from .docking import tab_on_first_show
+from .docking import scrolling, tab_on_first_show
 
 if TYPE_CHECKING:
     import napari
@@ -206,7 +206,8 @@ class ModelWidget(QWidget):
         self.picker_b.setVisible(False)
         self.info_b.setVisible(False)
 
-        lay = QVBoxLayout(self)
+        self.form = QWidget()  # scrolls inside the dock (docking.scrolling)
+        lay = QVBoxLayout(self.form)
         lay.addWidget(self.picker)
         lay.addWidget(self.info)
         crow = QFormLayout()
@@ -216,6 +217,8 @@ class ModelWidget(QWidget):
         lay.addWidget(self.channel_note)
         lay.addWidget(self.predict_btn)
         lay.addWidget(self.transfer_box)
+        lay.addStretch(1)
+        self.scroll = scrolling(self, self.form)
         self._add_callbacks()
 
     def _add_callbacks(self) -> None:

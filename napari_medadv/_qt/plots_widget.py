@@ -28,7 +28,7 @@ from .layers import context_from_choices
 from .results import show_outcome
 from .session import Session
 from .workers import Job, report_error
-from .docking import tab_on_first_show
+from .docking import scrolling, tab_on_first_show
 
 if TYPE_CHECKING:
     import napari
@@ -106,7 +106,8 @@ class PlotsWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        lay = QVBoxLayout(self)
+        self.form = QWidget()  # scrolls inside the dock (docking.scrolling)
+        lay = QVBoxLayout(self.form)
         lay.addWidget(self.canvas, 1)
         row = QHBoxLayout()
         row.addWidget(QLabel("ε up to"))
@@ -120,6 +121,7 @@ class PlotsWidget(QWidget):
         row.addWidget(self.cancel_btn)
         lay.addLayout(row)
         lay.addWidget(self.status)
+        self.scroll = scrolling(self, self.form)
         self._add_callbacks()
         self._apply_theme()
         self._draw_sweep()

@@ -65,6 +65,28 @@ def test_the_demo_keeps_its_own_arrangement(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: widgets["Attack"].session.model is not None, timeout=60_000)  # its load is done
 
 
+def test_the_demo_fits_the_screen_its_tall_forms_scroll(make_napari_viewer, qtbot):
+    """The Model and Plots forms (388 and 445 px at least) scroll inside their docks, as the Attack
+    form does, so the demo's right column fits a laptop screen; setup_demo keeps the window on it."""
+    from napari_medadv._qt.demo import setup_demo
+    from napari_medadv._qt.docking import dock_of
+
+    viewer = make_napari_viewer(show=True)
+    qwin = viewer.window._qt_window
+    widgets = setup_demo(viewer, device="cpu", sample="glioma", live=False)
+    qtbot.waitUntil(lambda: widgets["Attack"].session.model is not None, timeout=60_000)
+    qtbot.wait(100)
+    avail = qwin.screen().availableGeometry()
+    assert qwin.frameGeometry().height() <= avail.height() and qwin.frameGeometry().top() >= avail.top()
+    assert qwin.minimumSizeHint().height() <= avail.height()
+    for name in ("Model", "Plots", "Attack"):
+        w = widgets[name]
+        assert w.scroll.widget() is w.form and w.scroll.minimumWidth() >= w.form.minimumSizeHint().width()
+    for name in ("Model", "Plots"):
+        assert dock_of(widgets[name]).minimumSizeHint().height() < 150, name
+        assert widgets[name].form.minimumSizeHint().height() > 300  # what it would have asked for
+
+
 def test_closing_the_viewer_while_live_eps_prepares_raises_nothing(make_napari_viewer, qtbot, monkeypatch):
     """The live-ε preparation outlives the closed viewer (the lane finishes its step); its
     callbacks then find the dock's widgets deleted and must not raise into the event loop

@@ -12,12 +12,12 @@ import time
 from typing import TYPE_CHECKING
 
 from napari.utils import notifications
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from napari_medadv.core.attacks import ATTACKS
 
-from ..docking import tab_on_first_show
+from ..docking import scrolling, tab_on_first_show
 from ..results import iter_show_outcome
 from ..session import Session, Shown
 from ..workers import Job, report_error
@@ -87,14 +87,7 @@ class AttackWidget(QWidget):
         lay.addWidget(self.jobs.status)
         lay.addWidget(self.match_panel)
         lay.addStretch(1)
-        self.scroll = QScrollArea()
-        self.scroll.setWidget(self.form)
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.scroll)
+        self.scroll = scrolling(self, self.form)
         self._sized = False
 
         self._add_callbacks()
