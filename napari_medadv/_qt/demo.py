@@ -55,7 +55,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     from .plots_widget import PlotsWidget
     from .readouts_widget import ReadoutsWidget
 
-    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtCore import QTimer
 
     widgets, docks = {}, {}
 
@@ -80,16 +80,7 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     qwin.tabifyDockWidget(docks["Readouts"], docks["Plots"])
     docks["Model"].raise_()
 
-    def settle():
-        keep_on_screen(qwin)  # the docks' preferred heights (the plots' figure) grew the window
-        # the orientation buttons at their height; the rest shared by the tabs and the form
-        column = [docks[n] for n in ("Orientation", "Model", "Attack") if n in docks]
-        fixed = docks["Orientation"].minimumSizeHint().height() if "Orientation" in docks else 0
-        rest = max(0, sum(d.height() for d in column) - fixed)
-        qwin.resizeDocks(column, ([fixed] if fixed else []) + [int(0.45 * rest), int(0.55 * rest)], Qt.Vertical)
-        viewer.reset_view()  # the docks took their width: fit the image into the canvas left over
-
-    QTimer.singleShot(0, settle)
+    QTimer.singleShot(0, lambda: _settle(viewer, docks))
     labels = [lyr for lyr in viewer.layers if lyr.__class__.__name__ == "Labels"]
     if labels:
         axial_view(viewer, labels[0])
@@ -118,6 +109,20 @@ def setup_demo(viewer: napari.Viewer, *, device: str = "auto", sample: str = "gl
     attack.session.result_changed.connect(first_result)
     widgets["Model"].load(spec, device=device)
     return widgets
+
+
+def _settle(viewer: napari.Viewer, docks: dict) -> None:
+    """Once the docks are laid out: the window back on the screen, the orientation buttons at their
+    height and the rest of the right column shared by the tabs and the Attack form."""
+    from qtpy.QtCore import Qt
+
+    qwin = viewer.window._qt_window
+    keep_on_screen(qwin)  # the docks' preferred heights (the plots' figure) grew the window
+    column = [docks[n] for n in ("Orientation", "Model", "Attack") if n in docks]
+    fixed = docks["Orientation"].minimumSizeHint().height() if "Orientation" in docks else 0
+    rest = max(0, sum(d.height() for d in column) - fixed)
+    qwin.resizeDocks(column, ([fixed] if fixed else []) + [int(0.45 * rest), int(0.55 * rest)], Qt.Vertical)
+    viewer.reset_view()  # the docks took their width: fit the image into the canvas left over
 
 
 def keep_on_screen(qwin) -> None:
