@@ -30,6 +30,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from types import GeneratorType
 
+from napari_medadv.core.allocator import give_back
+
 #: priorities, most urgent first
 FRAME, READOUTS, SSIM, JOB = 0, 1, 2, 3
 
@@ -145,6 +147,8 @@ class TorchLane:
                     self._cv.wait()
                 task = heapq.heappop(self._heap)[2]
             self._run_step(task)
+            if task.priority == JOB and task.future.done():
+                give_back()  # a job's temporaries are freed: with MEDADV_ALLOCATOR=heap, their pages too
             # not kept while waiting for the next one: a finished task's future holds its result
             # (a BraTS-size outcome is 600 MB), which would outlive even the viewer it was for
             task = None

@@ -89,6 +89,33 @@ def test_a_viewer_keeps_glibc_defaults_unless_asked():
         assert json.loads(p.stdout.split("RESULT ")[-1])["done"].startswith(expected)
 
 
+GIVE_BACK = r"""
+import json, os
+import torch
+from napari_medadv.core.allocator import give_back, reuse_freed_memory
+out = {"before": give_back()}  # the system allocator: nothing to do
+out["done"] = reuse_freed_memory()
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+a = torch.ones(300 * 2**20 // 4)  # 300 MB, touched
+b = torch.ones(10)  # after it in the heap: the block freed below is a hole, not the top
+del a
+out["kept_mb"] = rss_mb()
+out["returned"] = give_back()
+out["after_mb"] = rss_mb()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_give_back_returns_the_heaps_free_pages():
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MEDADV_ALLOCATOR"}
+    p = subprocess.run([sys.executable, "-c", GIVE_BACK], env=base, text=True, capture_output=True, check=True,
+                       timeout=120)
+    r = json.loads(p.stdout.split("RESULT ")[-1])
+    assert r["before"] is False and r["done"].startswith("glibc heap reuse")
+    assert r["returned"] is True and r["kept_mb"] - r["after_mb"] > 250, r
+
+
 def test_the_commands_set_it_up_first():
     """``python -m napari_medadv.cli`` (as the console scripts) goes through ``entry``."""
     code = ("import sys, napari_medadv.core.allocator as a, napari_medadv.cli as c\n"

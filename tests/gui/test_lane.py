@@ -167,3 +167,22 @@ def test_the_lane_lets_go_of_its_last_result(lane):
         gc.collect()
         time.sleep(0.01)
     assert refs[0]() is None
+
+
+def test_the_lane_gives_memory_back_after_a_job_only(monkeypatch):
+    from napari_medadv._qt import lane as lane_mod
+
+    calls = []
+    monkeypatch.setattr(lane_mod, "give_back", lambda: calls.append(1) or False)
+    lane = lane_mod.TorchLane("test lane")
+    lane.submit(lambda: 1, priority=lane_mod.FRAME).future.result(timeout=10)
+    assert calls == []
+
+    def job():
+        yield 1
+        yield 2
+        return 3
+
+    assert lane.submit(job).future.result(timeout=10) == 3
+    lane.call(lambda: None, priority=lane_mod.READOUTS)  # the lane has moved on
+    assert calls == [1]  # once, when the job was over (not after each of its steps)
