@@ -5,9 +5,9 @@ and gives it back with ``munmap`` when it is freed; the kernel zeroes each new p
 first touched. A 3-D attack at BraTS size (4×240×240×155) allocates and frees about 26 GB of such
 tensors per i-FGSM run of 3 steps (6.4 M page faults), and zeroing them took 14-15 s of its 35 s
 of CPU time (measured with ``getrusage``: system time). Keeping freed memory in the process's heap
-for the next tensor removes that: the same run took 11.5-12.7 s instead of 18.5-19.6 s, with 1.4-3.4 s
-in the kernel instead of 14-16 s (``benchmarks/bench_allocator.py``). PyTorch's CPU build has no caching allocator of its
-own to switch on, so this is done through glibc's ``mallopt``:
+for the next tensor removes that: the same run took 11.5-12.7 s instead of 18.5-19.6 s, with
+1.4-3.4 s in the kernel instead of 14-16 s (``benchmarks/bench_allocator.py``). PyTorch's CPU build
+has no caching allocator of its own to switch on, so this is done through glibc's ``mallopt``:
 
 * ``M_MMAP_MAX = 0``: large blocks come from the heap, not from one ``mmap`` each;
 * ``M_ARENA_MAX = 1``: every thread allocates from the main heap (a thread's own arena would still
@@ -26,8 +26,8 @@ dock runs in two viewers the resident memory grew to 9.4 GB (3 GB with glibc's d
 second run spent 5-8 s in the kernel again.
 
 ``MEDADV_ALLOCATOR=system`` keeps glibc's defaults everywhere, ``MEDADV_ALLOCATOR=heap`` sets the heap
-up for a viewer too (``medadv demo``, ``napari-medadv``: one BraTS-size dock run 14-16.6 s instead of
-21 s). There the torch lane calls :func:`give_back` after each job (``malloc_trim``: the free pages
+up for a viewer too (``medadv demo``, ``napari-medadv``: one BraTS-size dock run 15.1-15.6 s instead
+of 20-21 s). There the torch lane calls :func:`give_back` after each job (``malloc_trim``: the free pages
 inside the heap go back to the system, 0.1-0.25 s): over four BraTS-size dock runs in two viewers
 the resident memory stayed at 2.7-3.6 GB instead of growing to 9.4 GB, at the price of faulting
 those pages in again in the next run. Settings the user made with glibc's own variables (``MALLOC_*``,
@@ -79,8 +79,9 @@ def reuse_freed_memory(trim_bytes: int = TRIM_BYTES, *, viewer: bool = False) ->
             _done = "system allocator (mallopt not found)"
         else:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            ok = all(mallopt(param, value) == 1 for param, value in (
-                (M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, int(trim_bytes))))
+            results = [mallopt(param, value) for param, value in (
+                (M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, int(trim_bytes)))]
+            ok = all(r == 1 for r in results)
             _done = (f"glibc heap reuse (one arena, no mmap blocks, trim above {trim_bytes // 2**20} MB)" if ok
                      else "system allocator (mallopt refused a setting)")
     return _done
