@@ -31,7 +31,8 @@ of 20-21 s). There the torch lane calls :func:`give_back` after each job (``mall
 inside the heap go back to the system, 0.1-0.25 s): over four BraTS-size dock runs in two viewers
 the resident memory stayed at 2.7-3.6 GB instead of growing to 9.4 GB, at the price of faulting
 those pages in again in the next run. Settings the user made with glibc's own variables (``MALLOC_*``,
-``GLIBC_TUNABLES``) are left alone. Nothing happens elsewhere (macOS, Windows, musl).
+``GLIBC_TUNABLES``) are left alone. A study's local Dask worker processes start with the same set-up
+(:func:`child_environ`). Nothing happens elsewhere (macOS, Windows, musl).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ TRIM_BYTES = 2**30
 ENV = "MEDADV_ALLOCATOR"
 
 _done: str | None = None
+_trim = TRIM_BYTES
 
 
 def user_settings() -> list[str]:
@@ -60,7 +62,7 @@ def reuse_freed_memory(trim_bytes: int = TRIM_BYTES, *, viewer: bool = False) ->
     """Set glibc up to reuse freed large blocks (see the module docstring); returns what was done,
     or why nothing was. ``viewer``: the process is going to be a napari viewer (then only with
     ``MEDADV_ALLOCATOR=heap``). Safe to call more than once (only the first call acts)."""
-    global _done
+    global _done, _trim
     if _done is not None:
         return _done
     choice = os.environ.get(ENV, "").lower()
@@ -82,6 +84,7 @@ def reuse_freed_memory(trim_bytes: int = TRIM_BYTES, *, viewer: bool = False) ->
             results = [mallopt(param, value) for param, value in (
                 (M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, int(trim_bytes)))]
             ok = all(r == 1 for r in results)
+            _trim = int(trim_bytes)
             _done = (f"glibc heap reuse (one arena, no mmap blocks, trim above {trim_bytes // 2**20} MB)" if ok
                      else "system allocator (mallopt refused a setting)")
     return _done
@@ -96,3 +99,12 @@ def give_back() -> bool:
     trim = ctypes.CDLL(None).malloc_trim
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+def child_environ() -> dict[str, str]:
+    """glibc's variables for the same heap set-up in a child process (a study's Dask worker
+    processes: ``mallopt`` settings are not inherited, and glibc reads these before the child
+    starts a thread); empty unless this process has it."""
+    if _done is None or not _done.startswith("glibc heap reuse"):
+        return {}
+    return {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_trim)}

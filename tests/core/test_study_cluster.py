@@ -430,3 +430,24 @@ def test_study_on_slurm_equals_sequential(slurm, models, glioma, sequential, tmp
     while slurm.jobs() and time.monotonic() - t0 < 30:
         time.sleep(0.5)
     assert not slurm.jobs(), f"batch jobs left running: {slurm.jobs()}"
+
+
+def test_local_worker_processes_get_the_commands_allocator(monkeypatch):
+    """A study's LocalCluster workers start with the heap set-up the ``medadv`` command made here
+    (``core.allocator``: glibc reads its variables as the worker process starts)."""
+    from distributed import Client
+
+    from napari_medadv.core import allocator
+    from napari_medadv.core.study.cluster import open_cluster
+
+    monkeypatch.setattr(allocator, "_done", None)
+    monkeypatch.setenv("MEDADV_ALLOCATOR", "system")
+    allocator.reuse_freed_memory()  # the test process keeps glibc's defaults
+    assert allocator.child_environ() == {}
+    monkeypatch.setattr(allocator, "_done", "glibc heap reuse (as the medadv command sets it up)")
+    with open_cluster(ClusterSpec("local", workers=1, processes=True)) as oc:
+        assert isinstance(oc.client, Client)
+        env = oc.client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_",
+                                                                   "MALLOC_TRIM_THRESHOLD_")})
+    assert list(env.values()) == [{"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                                   "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_BYTES)}]  # not dask's 64 kB

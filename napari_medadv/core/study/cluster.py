@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..allocator import child_environ
 from ..errors import MedadvError
 
 JOBQUEUE_KINDS = ("slurm", "pbs", "lsf")
@@ -101,7 +102,9 @@ def open_cluster(spec: ClusterSpec, log: Callable[[str], None] | None = None) ->
             n = spec.workers or spec.gpus or max(1, os.cpu_count() or 1)
             threads = max(1, (os.cpu_count() or 1) // n) if spec.processes else 1
             # processes: TCP on the loopback interface only; threads: Dask's in-process transport
-            net = {"host": "127.0.0.1", "env": {"OMP_NUM_THREADS": str(threads)}} if spec.processes else {}
+            # worker processes get the command's allocator set-up (core.allocator: 1.6× at BraTS size)
+            env = {"OMP_NUM_THREADS": str(threads), **child_environ()}
+            net = {"host": "127.0.0.1", "env": env} if spec.processes else {}
             res = {"resources": {"GPU": 1}} if spec.gpus else {}
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=spec.processes,
                                    dashboard_address=None, memory_limit=0, **net, **res)
