@@ -201,7 +201,7 @@ class AnytimeRun:
         o = AttackOutcome(image=self.image, model=model, attack=self.attack, params=result.params, seed=self.seed,
                           adversarial=adv.astype(np.float32, copy=False), result=result,
                           clean_output=s.clean_output, adv_output=output, labels=self.labels,
-                          channel_mapping=s.mapping)
+                          channel_mapping=s.mapping, difference_sums=step.sums if evaluated is step.evaluated else None)
         if model.info.task == "segmentation":
             o.seg_clean = self._seg_clean
             o.seg_adv = model.to_label_map(output)[0]

@@ -21,7 +21,8 @@ from .models.base import LoadedModel
 from .outcome import AttackOutcome
 from .pipeline import content_roi, prepare_input
 from .scoring import dice_table, fill_ssim, fill_ssim_steps, label_values, outcome_metrics, segmentation_dice
-from .readouts import DiceTable, FgsmQuality, SegmentationReadouts, channel_ranges, computed_quality
+from .readouts import (DiceTable, FgsmQuality, SegmentationReadouts, channel_ranges, computed_quality,
+                       quality_summary)
 
 
 class OutcomeReadouts:
@@ -58,6 +59,10 @@ class OutcomeReadouts:
         if (o.attack == "fgsm" and o.adversarial is not None and self.quality is not None
                 and self.quality.covers(eps)):
             return self.quality.at(eps)
+        if o.difference_sums is not None:  # the attack's tracked step computed them on this iterate
+            sse, linf, l0 = o.difference_sums
+            return quality_summary(self.image.channel_names, self.ranges, sse[0].tolist(), linf[0].tolist(),
+                                   int(np.prod(o.adversarial.shape[1:])), int(l0[0]))
         return computed_quality(torch.from_numpy(self.image.array), torch.from_numpy(o.adversarial),
                                 self.image.channel_names, self.ranges)
 

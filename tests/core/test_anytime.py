@@ -66,6 +66,24 @@ def test_frame_readouts_equal_the_reference_metrics(case, model):
     _close(o.metrics, ref, rel=2e-4)
 
 
+@pytest.mark.parametrize("attack", ["ifgsm", "pgd"])
+def test_tracked_frames_reuse_the_steps_sums_with_the_same_readouts(case, model, attack):
+    """With per-step tracking (the Attack dock's default) a frame's image quality comes from the
+    sums its step's PSNR computed on the same iterate: equal to the pass over the images, and the
+    step's PSNR equal to the frame's."""
+    run = AnytimeRun(case, model, attack, params={"eps": 0.04, "steps": 3, "track_metrics": True},
+                     labels=case.labels, seed=2)
+    frames, steps = _all_frames(run)
+    for f, st in zip(frames, steps):
+        assert st.sums is not None and f.difference_sums is st.sums
+        shared = run.readouts.readouts(f).metrics["image_quality"]
+        f.difference_sums = None
+        assert run.readouts.readouts(f).metrics["image_quality"] == shared
+        assert st.metrics["psnr"] == pytest.approx(shared["psnr"], rel=1e-9)
+    untracked = AnytimeRun(case, model, attack, params={"eps": 0.04, "steps": 3}, labels=case.labels, seed=2)
+    assert all(st.sums is None for st in untracked.steps())
+
+
 @pytest.mark.parametrize("eps_prev,eps", [(0.02, 0.05), (0.05, 0.02), (0.03, 0.03)])
 def test_warm_start_scales_and_the_attack_projects_it(eps_prev, eps):
     torch.manual_seed(0)

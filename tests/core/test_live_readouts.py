@@ -247,3 +247,24 @@ def test_argmax_nonzero_is_the_foreground_of_torchs_argmax():
     out[0, 0, 1, 1, 1] = float("nan")
     out[0, 2, 2, 2, 2] = float("nan")
     np.testing.assert_array_equal(M.argmax_nonzero(out).numpy(), (out.argmax(1) != 0).numpy())
+
+
+def test_foreground_overlap_counts_equal_the_masks():
+    """The fused arg-max and counts of the tracked Dice equal argmax_nonzero + foreground_dice_fast:
+    ties, NaN outputs (torch's arg-max), one channel, slabs that do not divide the volume."""
+    g = torch.Generator().manual_seed(8)
+    for k in (1, 2, 4):
+        out = torch.randint(0, 3, (2, k, 5, 6, 70), generator=g).float()  # many ties
+        ref = torch.randint(0, 3, (2, 5, 6, 70), generator=g)
+        ref[1] = 0
+        fg = M.argmax_nonzero(out)
+        pred_n, inter = M.foreground_overlap(out, ref != 0, chunk=97)
+        assert pred_n == [int(f.sum()) for f in fg]
+        assert inter == [int((f & (r != 0)).sum()) for f, r in zip(fg, ref)]
+        dice = [M.dice_from_counts(p, int((r != 0).sum()), i) for p, r, i in zip(pred_n, ref, inter)]
+        assert dice == pytest.approx(M.foreground_dice_fast(fg, ref))
+    out = torch.randn(1, 3, 4, 5, 6, generator=g)
+    out[0, 0, 1, 1, 1] = float("nan")
+    ref = torch.ones(1, 4, 5, 6, dtype=torch.int64)
+    assert M.foreground_overlap(out, ref != 0)[0] == [int((out.argmax(1) != 0).sum())]
+    assert M.dice_from_counts(0, 0, 0) == 1.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from torch import nn
 
 from ..intensity import DataRangeSpec, IntensityRange, compute_range
 from ..losses import LOSSES, LossFn, SoftDiceLoss, as_dense_target, class_indices, make_loss
-from ..metrics import argmax_nonzero, foreground_dice_fast, psnr_channels_fast
+from ..metrics import dice_from_counts, difference_sums, foreground_overlap, psnr_channels_fast
 
 StepCallback = Callable[["AttackStep"], Any]
 StopCheck = Callable[[], bool]
@@ -80,6 +81,9 @@ class AttackStep:
     restart: int = 0
     evaluated: torch.Tensor | None = field(default=None, repr=False)
     output: torch.Tensor | None = field(default=None, repr=False)
+    #: :func:`~..metrics.difference_sums` of ``evaluated`` against the clean images, when the
+    #: step's tracked metrics computed them (a frame of this iterate reuses them for its readouts)
+    sums: tuple | None = field(default=None, repr=False)
 
     @property
     def fraction(self) -> float:
@@ -213,6 +217,8 @@ class _Context:
         self.clean_output: torch.Tensor | None = None
         self.final_output: torch.Tensor | None = None  # output at the result, when computed
         self._channel_ranges: torch.Tensor | None = None
+        self._ref_fg: tuple | None = None  # (the reference's foreground, its voxel count per sample)
+        self._sums: tuple | None = None  # (weak ref to an iterate, its difference_sums): the latest step's
         self.init: torch.Tensor | None = None  # a warm start (projected), see Attack.iterate
         self.sensitivity: torch.Tensor | None = None  # see note_gradient
 
@@ -229,6 +235,28 @@ class _Context:
             rng = (flat.amax(2) - flat.amin(2)).double()
             self._channel_ranges = torch.where(rng > 0, rng, torch.ones_like(rng))
         return self._channel_ranges
+
+    def reference_foreground(self, ref: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """The foreground (non-zero) of the reference label map and its size per sample, once per
+        run: the reference does not change between steps."""
+        if self._ref_fg is None or self._ref_fg[0] is not ref:
+            fg = ref != 0
+            self._ref_fg = (ref, fg, [int(torch.count_nonzero(f)) for f in fg])
+        return self._ref_fg[1], self._ref_fg[2]
+
+    def difference_sums(self, adv: torch.Tensor) -> tuple:
+        """:func:`~..metrics.difference_sums` of an iterate against the clean images, kept for the
+        step that reports this iterate (:attr:`AttackStep.sums`)."""
+        if self._sums is None or self._sums[0]() is not adv:
+            # a weak reference: the iterate is not kept alive for this (144 MB at BraTS size)
+            self._sums = (weakref.ref(adv), difference_sums(self.x, adv))
+        return self._sums[1]
+
+    def sums_of(self, adv: torch.Tensor | None) -> tuple | None:
+        """The sums :meth:`difference_sums` computed for ``adv`` (this very tensor), if it did."""
+        if adv is None or self._sums is None or self._sums[0]() is not adv:
+            return None
+        return self._sums[1]
 
     # -- projection -----------------------------------------------------------------------
     def project(self, adv: torch.Tensor) -> torch.Tensor:
@@ -422,6 +450,8 @@ class Attack:
             try:
                 step = next(steps)
                 while True:
+                    if step.sums is None:
+                        step.sums = ctx.sums_of(step.evaluated)
                     adv = step.adversarial
                     record = {"step": step.step, "loss": step.loss, **step.metrics}
                     if step.restart:
@@ -497,10 +527,15 @@ class Attack:
         a step at BraTS size (the Attack dock tracks by default; its run should cost the core's)."""
         if not self.track_metrics:
             return {}
-        m = {"psnr": float(np.mean(psnr_channels_fast(ctx.x, adv, ctx.channel_ranges())))}
+        m = {"psnr": float(np.mean(psnr_channels_fast(ctx.x, adv, ctx.channel_ranges(),
+                                                      sums=ctx.difference_sums(adv))))}
         ref = ctx.reference(output)
         if output.ndim > 2 and not ref.is_floating_point():
-            m["dice"] = float(np.mean(foreground_dice_fast(argmax_nonzero(output), ref)))
+            # the reference's foreground is counted once per run; the output's arg-max and its
+            # overlap with it in one pass (metrics.foreground_overlap)
+            ref_fg, ref_n = ctx.reference_foreground(ref)
+            pred_n, inter = foreground_overlap(output, ref_fg)
+            m["dice"] = float(np.mean([dice_from_counts(p, r, i) for p, r, i in zip(pred_n, ref_n, inter)]))
         return m
 
     def _resolve_reference(self, output: torch.Tensor, labels, target) -> torch.Tensor:
