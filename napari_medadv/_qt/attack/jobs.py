@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 from napari.utils import notifications
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton
 
 from napari_medadv.core.anytime import AnytimeRun, FramePacer, StartCache
 from napari_medadv.core.pipeline import transfer_outcome, write_outcome
 
 from ..export import save_screenshot
+from ..progress import ProgressBar
 from ..results import prepare_display, source_ranges
 from ..workers import Job, report_error
 
@@ -122,7 +123,7 @@ class JobBar:
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setTextVisible(True)
         self.progress.setValue(0)
         self.status = QLabel("load a model (Model dock), pick an image, press Run")

@@ -16,7 +16,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -28,6 +27,7 @@ from napari_medadv.core.matching import knob_for
 from napari_medadv.core.reader import MODES
 
 from ..matched import short_label
+from ..progress import ProgressBar
 from .cases import CaseChoice
 
 DEFAULT_SOURCES = ("fgsm", "motion")
@@ -90,7 +90,7 @@ class SetupPanel(QWidget):
         self.start_btn = QPushButton("Start study")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.status = QLabel("tick cases and sources, load a model (Model dock), press Start")
         self.status.setWordWrap(True)
         form = QFormLayout()
