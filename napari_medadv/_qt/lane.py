@@ -148,7 +148,7 @@ class TorchLane:
                 task = heapq.heappop(self._heap)[2]
             self._run_step(task)
             if task.priority == JOB and task.future.done():
-                give_back()  # a job's temporaries are freed: with the heap set up (core.allocator), their pages too
+                give_back()  # a job's temporaries are freed: with MEDADV_ALLOCATOR=heap, their pages too
             # not kept while waiting for the next one: a finished task's future holds its result
             # (a BraTS-size outcome is 600 MB), which would outlive even the viewer it was for
             task = None
