@@ -30,7 +30,10 @@ up for a viewer too (``medadv demo``, ``napari-medadv``: one BraTS-size dock run
 of 20-21 s). There the torch lane calls :func:`give_back` after each job (``malloc_trim``: the free pages
 inside the heap go back to the system, 0.1-0.25 s): over four BraTS-size dock runs in two viewers
 the resident memory stayed at 2.7-3.6 GB instead of growing to 9.4 GB, at the price of faulting
-those pages in again in the next run. Settings the user made with glibc's own variables (``MALLOC_*``,
+those pages in again in the next run — and of a stall: the trim holds the one arena's lock, and the
+Qt thread's own allocations wait for it (a 4 kB ``malloc`` on another thread waited 122 ms behind a
+129 ms trim; a dock re-run's longest event-loop stall was 134 ms, at the result's delivery), which is
+why viewers keep the defaults. Settings the user made with glibc's own variables (``MALLOC_*``,
 ``GLIBC_TUNABLES``) are left alone. A study's local Dask worker processes start with the same set-up
 (:func:`child_environ`). Nothing happens elsewhere (macOS, Windows, musl).
 """
