@@ -34,6 +34,8 @@ from napari_medadv.core.allocator import give_back
 
 #: priorities, most urgent first
 FRAME, READOUTS, SSIM, JOB = 0, 1, 2, 3
+#: seconds the lane waits, idle, after a job before it gives the freed memory back (see _loop)
+IDLE_TRIM_S = 1.0
 
 
 class Task:
@@ -140,15 +142,32 @@ class TorchLane:
             with self._cv:
                 self._push(task)  # behind the tasks of its priority already waiting: they take turns
 
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._heap:
+    def _next(self, trim_due: bool) -> Task | None:
+        """The most urgent task, waited for; None once the lane has been idle for
+        :data:`IDLE_TRIM_S` while a trim is due."""
+        with self._cv:
+            while not self._heap:
+                if not trim_due:
                     self._cv.wait()
-                task = heapq.heappop(self._heap)[2]
+                elif not self._cv.wait(IDLE_TRIM_S) and not self._heap:
+                    return None
+            return heapq.heappop(self._heap)[2]
+
+    def _loop(self) -> None:
+        trim_due = False
+        while True:
+            task = self._next(trim_due)
+            if task is None:
+                # a job's temporaries were freed: with the heap set up (MEDADV_ALLOCATOR=heap) their
+                # pages go back now. Not right after the job: malloc_trim holds the allocator's one
+                # arena for 0.1-0.25 s at BraTS size, and the Qt thread, putting the result on the
+                # layers then, would wait for every allocation (a 134 ms stall, measured)
+                give_back()
+                trim_due = False
+                continue
             self._run_step(task)
             if task.priority == JOB and task.future.done():
-                give_back()  # a job's temporaries are freed: with MEDADV_ALLOCATOR=heap, their pages too
+                trim_due = True
             # not kept while waiting for the next one: a finished task's future holds its result
             # (a BraTS-size outcome is 600 MB), which would outlive even the viewer it was for
             task = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -148,7 +149,6 @@ def test_the_lane_lets_go_of_its_last_result(lane):
     """Waiting for the next task, the lane holds no finished task: its future's result (a
     BraTS-size outcome is 600 MB) goes once the caller has it."""
     import gc
-    import time
     import weakref
 
     class Result:
@@ -169,14 +169,24 @@ def test_the_lane_lets_go_of_its_last_result(lane):
     assert refs[0]() is None
 
 
-def test_the_lane_gives_memory_back_after_a_job_only(monkeypatch):
+def test_the_lane_gives_memory_back_once_idle_after_a_job(monkeypatch):
+    """Once per job, and only once the lane has been idle a while after it: the trim holds the
+    allocator's arena, and right after a job the Qt thread is putting its result on the layers."""
     from napari_medadv._qt import lane as lane_mod
 
     calls = []
-    monkeypatch.setattr(lane_mod, "give_back", lambda: calls.append(1) or False)
-    lane = lane_mod.TorchLane("test lane")
+
+    def give_back():  # other tests' lanes may still be waiting to give theirs back
+        if threading.current_thread().name == "idle test lane":
+            calls.append(time.monotonic())
+        return False
+
+    monkeypatch.setattr(lane_mod, "give_back", give_back)
+    monkeypatch.setattr(lane_mod, "IDLE_TRIM_S", 0.3)
+    lane = lane_mod.TorchLane("idle test lane")
     lane.submit(lambda: 1, priority=lane_mod.FRAME).future.result(timeout=10)
-    assert calls == []
+    time.sleep(0.5)
+    assert calls == []  # no job, nothing to give back
 
     def job():
         yield 1
@@ -184,5 +194,15 @@ def test_the_lane_gives_memory_back_after_a_job_only(monkeypatch):
         return 3
 
     assert lane.submit(job).future.result(timeout=10) == 3
-    lane.call(lambda: None, priority=lane_mod.READOUTS)  # the lane has moved on
-    assert calls == [1]  # once, when the job was over (not after each of its steps)
+    done = time.monotonic()
+    for _ in range(3):  # the result's readouts and frames keep the lane busy: not yet
+        time.sleep(0.1)
+        lane.call(lambda: None, priority=lane_mod.READOUTS)
+    assert calls == []
+    last = time.monotonic()
+    deadline = last + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(calls) == 1 and calls[0] - last >= 0.25 and calls[0] - done >= 0.5
+    time.sleep(0.5)
+    assert len(calls) == 1  # once per job (not after each of its steps, nor again while idle)
