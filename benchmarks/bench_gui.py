@@ -397,14 +397,14 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--only", choices=["live", "stall", "memory", "iterative"])
     p.add_argument("--case", choices=["phantoms", "brats-size", "cxr-full"], default="phantoms")
-    p.add_argument("--allocator", choices=["heap", "system"], default="system",
-                   help="system: glibc's defaults, what a viewer gets (medadv demo, napari); heap: "
-                        "MEDADV_ALLOCATOR=heap (napari_medadv.core.allocator)")
+    p.add_argument("--allocator", choices=["heap", "system"], default="heap",
+                   help="heap: what medadv demo and napari-medadv set up (napari_medadv.core.allocator); "
+                        "system: glibc's defaults (MEDADV_ALLOCATOR=system, or napari started on its own)")
     args = p.parse_args(argv)
     from napari_medadv.core.allocator import ENV, reuse_freed_memory
 
     os.environ[ENV] = args.allocator
-    allocator = reuse_freed_memory(viewer=True)  # before napari and Qt start their threads
+    allocator = reuse_freed_memory()  # before napari and Qt start their threads
 
     from qtpy.QtWidgets import QApplication
 

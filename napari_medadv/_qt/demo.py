@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The ``napari-medadv`` console script: :func:`main`, with the memory allocator set up for
-    large tensors first when ``MEDADV_ALLOCATOR=heap`` asks for it (a viewer keeps glibc's
-    defaults otherwise: see :mod:`napari_medadv.core.allocator`)."""
+    large tensors first, while this is the only thread (see :mod:`napari_medadv.core.allocator`;
+    ``MEDADV_ALLOCATOR=system`` keeps glibc's defaults)."""
     from napari_medadv.core.allocator import reuse_freed_memory
 
-    reuse_freed_memory(viewer=True)
+    reuse_freed_memory()
     return main()

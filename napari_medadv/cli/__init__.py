@@ -44,13 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def entry() -> int:
     """The ``medadv`` console script: the memory allocator set up to reuse PyTorch's large
     tensors first, while this is the only thread (:mod:`napari_medadv.core.allocator`: a
-    BraTS-size attack 1.6× faster on CPU; the napari demo keeps glibc's defaults unless
-    ``MEDADV_ALLOCATOR=heap``), then :func:`main`."""
+    BraTS-size attack 1.6× faster on CPU, a dock run in the demo 1.5×; ``MEDADV_ALLOCATOR=system``
+    keeps glibc's defaults), then :func:`main`."""
     from napari_medadv.core.allocator import reuse_freed_memory
 
-    argv = sys.argv[1:]
-    viewer = bool(argv) and argv[0] == "demo" and "--headless" not in argv and _no_display_reason() is None
-    reuse_freed_memory(viewer=viewer)
+    reuse_freed_memory()
     return main()
 
 

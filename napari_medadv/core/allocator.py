@@ -19,23 +19,24 @@ has no caching allocator of its own to switch on, so this is done through glibc'
 
 The price is memory: after a BraTS-size attack the process keeps about 1.7 GB more than with the
 system defaults (freed blocks wait in the heap for reuse), and its peak is 1.4× higher (4.5 instead
-of 3.2 GB: blocks that cannot be split or merged as the sizes change). A one-shot command pays it
-once; a viewer does not get it by default: its results stay on the layers between runs, in the one
-heap among the temporaries, and the holes they leave could not be given back — over four BraTS-size
-dock runs in two viewers the resident memory grew to 9.4 GB (3 GB with glibc's defaults), and the
-second run spent 5-8 s in the kernel again.
+of 3.2 GB: blocks that cannot be split or merged as the sizes change).
 
-``MEDADV_ALLOCATOR=system`` keeps glibc's defaults everywhere, ``MEDADV_ALLOCATOR=heap`` sets the heap
-up for a viewer too (``medadv demo``, ``napari-medadv``: one BraTS-size dock run 15.1-15.6 s instead
-of 20-21 s). There the torch lane calls :func:`give_back` after each job (``malloc_trim``: the free pages
-inside the heap go back to the system, 0.1-0.25 s): over four BraTS-size dock runs in two viewers
-the resident memory stayed at 2.7-3.6 GB instead of growing to 9.4 GB, at the price of faulting
-those pages in again in the next run — and of a stall: the trim holds the one arena's lock, and the
-Qt thread's own allocations wait for it (a 4 kB ``malloc`` on another thread waited 122 ms behind a
-129 ms trim; a dock re-run's longest event-loop stall was 134 ms, at the result's delivery), which is
-why viewers keep the defaults. Settings the user made with glibc's own variables (``MALLOC_*``,
-``GLIBC_TUNABLES``) are left alone. A study's local Dask worker processes start with the same set-up
-(:func:`child_environ`). Nothing happens elsewhere (macOS, Windows, musl).
+A viewer (``medadv demo``, ``napari-medadv``) gets it too, since the sixth session: one BraTS-size
+dock run took 13.4-15.3 s instead of 19-21 s. Its results stay on the layers between runs, in the
+one heap among the temporaries, and the holes they leave would not go back to the system (over four
+BraTS-size dock runs in two viewers the resident memory grew to 9.4 GB, against 3 GB with glibc's
+defaults), so the torch lane calls :func:`give_back` once it has been idle for a second after a job
+(``malloc_trim``: the free pages inside the heap go back too, 0.1-0.25 s at BraTS size): over those
+four runs the resident memory stayed at 2.7-3.6 GB, and over 1000 live-ε updates it grew 2.1 % (0.2 %
+with the defaults; the goal is 5 %). Not right after the job: the trim holds the one arena's lock and
+the Qt thread's own allocations wait for it (a 4 kB ``malloc`` on another thread waited 122 ms behind
+a 129 ms trim), and right after a job the Qt thread is putting its result on the layers (a 134 ms
+stall then; 58 ms once deferred). napari started on its own (``napari``, then the plugin's docks)
+keeps glibc's defaults: by then its threads have their arenas.
+
+``MEDADV_ALLOCATOR=system`` keeps glibc's defaults everywhere. Settings the user made with glibc's own
+variables (``MALLOC_*``, ``GLIBC_TUNABLES``) are left alone. A study's local Dask worker processes start
+with the same set-up (:func:`child_environ`). Nothing happens elsewhere (macOS, Windows, musl).
 """
 
 from __future__ import annotations
@@ -61,18 +62,16 @@ def user_settings() -> list[str]:
     return sorted(names)
 
 
-def reuse_freed_memory(trim_bytes: int = TRIM_BYTES, *, viewer: bool = False) -> str:
+def reuse_freed_memory(trim_bytes: int = TRIM_BYTES) -> str:
     """Set glibc up to reuse freed large blocks (see the module docstring); returns what was done,
-    or why nothing was. ``viewer``: the process is going to be a napari viewer (then only with
-    ``MEDADV_ALLOCATOR=heap``). Safe to call more than once (only the first call acts)."""
+    or why nothing was. Call it before the process starts a thread. Safe to call more than once
+    (only the first call acts)."""
     global _done, _trim
     if _done is not None:
         return _done
     choice = os.environ.get(ENV, "").lower()
     if choice == "system":
         _done = f"system allocator ({ENV}=system)"
-    elif viewer and choice != "heap":
-        _done = f"system allocator (a viewer: {ENV}=heap sets the heap up for it too)"
     elif not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         _done = "system allocator (not glibc)"
     elif user_settings():
