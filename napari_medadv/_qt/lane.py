@@ -158,7 +158,7 @@ class TorchLane:
         while True:
             task = self._next(trim_due)
             if task is None:
-                # a job's temporaries were freed: with the heap set up (MEDADV_ALLOCATOR=heap) their
+                # a job's temporaries were freed: with the heap set up (core.allocator) their
                 # pages go back now. Not right after the job: malloc_trim holds the allocator's one
                 # arena for 0.1-0.25 s at BraTS size, and the Qt thread, putting the result on the
                 # layers then, would wait for every allocation (a 134 ms stall, measured)
