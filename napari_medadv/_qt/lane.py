@@ -30,12 +30,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from types import GeneratorType
 
-from napari_medadv.core.allocator import give_back
+from napari_medadv.core.allocator import give_back, worth_giving_back
 
 #: priorities, most urgent first
 FRAME, READOUTS, SSIM, JOB = 0, 1, 2, 3
 #: seconds the lane waits, idle, after a job before it gives the freed memory back (see _loop)
 IDLE_TRIM_S = 1.0
+#: ... and how long it keeps that memory for the next job while the system has plenty available
+#: (``core.allocator.worth_giving_back``)
+IDLE_KEEP_S = 30.0
 
 
 class Task:
@@ -142,32 +145,37 @@ class TorchLane:
             with self._cv:
                 self._push(task)  # behind the tasks of its priority already waiting: they take turns
 
-    def _next(self, trim_due: bool) -> Task | None:
-        """The most urgent task, waited for; None once the lane has been idle for
-        :data:`IDLE_TRIM_S` while a trim is due."""
+    def _next(self, idle_s: float | None) -> Task | None:
+        """The most urgent task, waited for; None once the lane has been idle for ``idle_s``
+        seconds (None: wait as long as it takes)."""
         with self._cv:
             while not self._heap:
-                if not trim_due:
+                if idle_s is None:
                     self._cv.wait()
-                elif not self._cv.wait(IDLE_TRIM_S) and not self._heap:
+                elif not self._cv.wait(idle_s) and not self._heap:
                     return None
             return heapq.heappop(self._heap)[2]
 
     def _loop(self) -> None:
-        trim_due = False
+        idle_s = None  # once a job is over: how long to stay idle before the heap is looked at
         while True:
-            task = self._next(trim_due)
+            task = self._next(idle_s)
             if task is None:
                 # a job's temporaries were freed: with the heap set up (core.allocator) their
                 # pages go back now. Not right after the job: malloc_trim holds the allocator's one
                 # arena for 0.1-0.25 s at BraTS size, and the Qt thread, putting the result on the
-                # layers then, would wait for every allocation (a 134 ms stall, measured)
+                # layers then, would wait for every allocation (a 134 ms stall, measured). And only
+                # once memory is scarce or the lane has been idle a while: a re-run would fault the
+                # pages in again (seconds at BraTS size)
+                if idle_s == IDLE_TRIM_S and not worth_giving_back():
+                    idle_s = IDLE_KEEP_S - IDLE_TRIM_S
+                    continue
                 give_back()
-                trim_due = False
+                idle_s = None
                 continue
             self._run_step(task)
             if task.priority == JOB and task.future.done():
-                trim_due = True
+                idle_s = IDLE_TRIM_S
             # not kept while waiting for the next one: a finished task's future holds its result
             # (a BraTS-size outcome is 600 MB), which would outlive even the viewer it was for
             task = None

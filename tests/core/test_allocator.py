@@ -44,6 +44,8 @@ def work():
     out["mapped_mb"] = mallinfo2().hblkhd / 2**20  # in blocks of their own (mmap), given back when freed
     del a
     out["kept_free_mb"] = mallinfo2().fordblks / 2**20  # free in the heap, for the next tensor
+    from napari_medadv.core.allocator import heap_free_bytes
+    out["reported_free_mb"] = (heap_free_bytes() or 0) / 2**20
 t = threading.Thread(target=work); t.start(); t.join()  # a thread, as the viewer's torch lane
 print("RESULT " + json.dumps(out))
 """
@@ -61,11 +63,13 @@ def test_freed_large_blocks_are_reused_not_mapped_afresh():
     r = _child()
     assert r["done"].startswith("glibc heap reuse") and r["again"] == r["done"]
     assert r["mapped_mb"] < 100 and r["kept_free_mb"] >= 200, r  # from the heap, and kept there once freed
+    assert abs(r["reported_free_mb"] - r["kept_free_mb"]) < 1, r  # what worth_giving_back weighs
 
 
 def test_system_setting_keeps_glibc_defaults():
     r = _child(MEDADV_ALLOCATOR="system")
     assert r["done"] == "system allocator (MEDADV_ALLOCATOR=system)"
+    assert r["reported_free_mb"] == 0, r  # no heap of ours to weigh
     assert r["mapped_mb"] >= 200 and r["kept_free_mb"] < 200, r  # mapped afresh, returned when freed
 
 
@@ -123,3 +127,44 @@ def test_the_commands_set_it_up_first():
 
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"medadv": "napari_medadv.cli:entry", "napari-medadv": "napari_medadv._qt.demo:entry"}
+
+
+def test_the_heaps_free_memory_goes_back_at_once_only_when_memory_is_scarce(tmp_path, monkeypatch):
+    from napari_medadv.core import allocator
+    from napari_medadv.core.allocator import GIVE_BACK_SHARE, memory_available_bytes, worth_giving_back
+
+    gb = 2**30
+    assert not worth_giving_back(free=3 * gb, available=20 * gb)  # plenty left: kept for the next run
+    assert worth_giving_back(free=5 * gb, available=8 * gb)  # more than half of what is left
+    assert worth_giving_back(free=int(GIVE_BACK_SHARE * 8 * gb) + 1, available=8 * gb)
+    assert not worth_giving_back(free=int(GIVE_BACK_SHARE * 8 * gb), available=8 * gb)
+    meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
+    cgroup.mkdir()
+    meminfo.write_text("MemTotal:       24576000 kB\nMemFree:         1000 kB\nMemAvailable:   20971520 kB\n")
+    assert memory_available_bytes(str(meminfo), str(cgroup)) == 20 * gb
+    (cgroup / "memory.max").write_text("max\n")  # a control group without a limit
+    assert memory_available_bytes(str(meminfo), str(cgroup)) == 20 * gb
+    (cgroup / "memory.max").write_text(f"{16 * gb}\n")  # a container limited to 16 GB, 10 GB in use
+    (cgroup / "memory.current").write_text(f"{10 * gb}\n")
+    assert memory_available_bytes(str(meminfo), str(cgroup)) == 6 * gb
+    meminfo.write_text("MemTotal:       24576000 kB\n")  # an old kernel: the limit alone
+    assert memory_available_bytes(str(meminfo), str(cgroup)) == 6 * gb
+    proc = tmp_path / "cgroup_of_self"  # a hybrid hierarchy: cgroup v1's memory controller, and v2
+    proc.write_text("4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert allocator._cgroup_limits("/cg", str(proc)) == [
+        ("/cg/memory/docker/abc/memory.limit_in_bytes", "/cg/memory/docker/abc/memory.usage_in_bytes"),
+        ("/cg/memory.max", "/cg/memory.current")]
+    missing = str(tmp_path / "missing")
+    assert memory_available_bytes(str(meminfo), missing) is None  # unknown: memory goes back
+    assert memory_available_bytes(missing, missing) is None
+    monkeypatch.setattr(allocator, "memory_available_bytes", lambda: None)
+    assert worth_giving_back(free=gb)  # what is available unknown: given back
+    monkeypatch.setattr(allocator, "heap_free_bytes", lambda: None)
+    assert worth_giving_back(available=20 * gb)  # no heap figure (glibc < 2.33): given back, as before
+
+
+def test_a_trim_threshold_beyond_glibcs_int_is_refused():
+    from napari_medadv.core.allocator import reuse_freed_memory
+
+    with pytest.raises(ValueError, match="2 GiB"):
+        reuse_freed_memory(64 * 2**30)  # ctypes would wrap it to 0: trimming at every free

@@ -182,6 +182,7 @@ def test_the_lane_gives_memory_back_once_idle_after_a_job(monkeypatch):
         return False
 
     monkeypatch.setattr(lane_mod, "give_back", give_back)
+    monkeypatch.setattr(lane_mod, "worth_giving_back", lambda: True)  # memory is scarce: at once
     monkeypatch.setattr(lane_mod, "IDLE_TRIM_S", 0.3)
     lane = lane_mod.TorchLane("idle test lane")
     lane.submit(lambda: 1, priority=lane_mod.FRAME).future.result(timeout=10)
@@ -206,3 +207,38 @@ def test_the_lane_gives_memory_back_once_idle_after_a_job(monkeypatch):
     assert len(calls) == 1 and calls[0] - last >= 0.25 and calls[0] - done >= 0.5
     time.sleep(0.5)
     assert len(calls) == 1  # once per job (not after each of its steps, nor again while idle)
+
+
+def test_the_lane_keeps_the_memory_a_while_when_the_system_has_plenty(monkeypatch):
+    """A re-run soon after a job would fault the given-back pages in again (seconds at BraTS size):
+    while memory is plentiful the lane gives it back only after a longer idle time."""
+    from napari_medadv._qt import lane as lane_mod
+
+    calls, asked = [], []
+
+    def give_back():
+        if threading.current_thread().name == "keep test lane":
+            calls.append(time.monotonic())
+        return False
+
+    def worth_giving_back():
+        if threading.current_thread().name == "keep test lane":
+            asked.append(time.monotonic())
+        return False
+
+    monkeypatch.setattr(lane_mod, "give_back", give_back)
+    monkeypatch.setattr(lane_mod, "worth_giving_back", worth_giving_back)
+    monkeypatch.setattr(lane_mod, "IDLE_TRIM_S", 0.2)
+    monkeypatch.setattr(lane_mod, "IDLE_KEEP_S", 1.2)
+    lane = lane_mod.TorchLane("keep test lane")
+    lane.call(lambda: 1)  # a job
+    done = time.monotonic()
+    deadline = done + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(asked) == 1 and asked[0] - done >= 0.15  # looked at once, after the short idle time
+    assert len(calls) == 1 and calls[0] - done >= 1.1  # given back only after the long one
+    lane.call(lambda: 2)  # a re-run within the long idle time: the clock starts again
+    again = time.monotonic()
+    time.sleep(0.6)
+    assert len(calls) == 1 and len(asked) == 2 and asked[1] - again >= 0.15
