@@ -8,7 +8,9 @@
 cases (generated offline, as ``benchmarks/bench_real_size.py`` does) print the live-at-real-size
 table instead: live ε images on screen ÷ one forward, readouts (all but SSIM) shown ÷ one forward,
 SSIM shown ÷ one forward, i-FGSM 3 steps from the Attack dock ÷ the same attack in the core, and
-the longest event-loop stall in a first run and a re-run.
+the longest event-loop stall in a first run and a re-run; ``--only session`` times five dock runs
+5 s apart in one viewer, with the page faults each took (``--give-back always``: the torch lane's
+memory policy before the seventh session, for comparison).
 
 1. live ε: latency from a slider move to the adversarial image + segmentation on the layers,
    divided by the time of one forward pass of the same model on the same input (goal ≤ 1.15),
@@ -201,14 +203,16 @@ def bench_live_readouts(app, label: str, image, model, repeats: int) -> None:
     viewer.close()
 
 
-def bench_dock_vs_core(app, image, model, steps: int, repeats: int = 2) -> float:
+def bench_dock_vs_core(app, image, model, steps: int, repeats: int = 2, pause: float = 5.0) -> float:
     """i-FGSM from the Attack dock (Run until the layers are on screen) ÷ the same attack in the
-    core: a first run in a new viewer (it creates the result layers) and a re-run in the same
-    viewer (it updates them in place); ``repeats`` interleaved triples (core, dock first run, dock
-    re-run, core, …), the ratios of the medians: one pair varies by ±15 % on 2 cores."""
+    core: a first run in a new viewer (it creates the result layers), a re-run in the same viewer
+    (it updates them in place) and a re-run after ``pause`` seconds of the viewer idle, as a user
+    looking at the result (the torch lane may give the heap's free memory back then:
+    ``_qt/lane.py``); ``repeats`` interleaved rounds (core, dock first run, re-run, re-run after the
+    pause, core, …), the ratios of the medians: one pair varies by ±15 % on 2 cores."""
     from napari_medadv.core.pipeline import run_attack
 
-    first, again, core = [], [], []
+    first, again, paused, core = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         _lane(run_attack, image, model, "ifgsm", params={"eps": 0.03, "steps": steps}, labels=image.labels,
@@ -216,18 +220,53 @@ def bench_dock_vs_core(app, image, model, steps: int, repeats: int = 2) -> float
         core.append(time.perf_counter() - t0)
         viewer, aw = _viewer_with_docks(image, model)
         aw.set_attack("ifgsm", eps=0.03, steps=steps)
-        for out in (first, again):
+        for out in (first, again, paused):
+            if out is paused:
+                t_end = time.perf_counter() + pause
+                _wait(app, lambda: time.perf_counter() > t_end)
             t0 = time.perf_counter()
             aw.run()
             _wait(app, lambda: not aw.running)
             out.append(time.perf_counter() - t0)
         viewer.close()
     m = statistics.median
-    print(f"i-FGSM {steps} steps: Attack dock first run {m(first):.1f} s, re-run {m(again):.1f} s, core (run_attack) "
-          f"{m(core):.1f} s -> ratio {m(first) / m(core):.2f} first run, {m(again) / m(core):.2f} re-run (goal <= 1.10; "
-          f"medians of {repeats} interleaved triples: "
-          + ", ".join(f"{f:.1f}/{a:.1f}/{c:.1f}" for f, a, c in zip(first, again, core)) + ")")
+    print(f"i-FGSM {steps} steps: Attack dock first run {m(first):.1f} s, re-run {m(again):.1f} s, re-run after "
+          f"{pause:.0f} s idle {m(paused):.1f} s, core (run_attack) {m(core):.1f} s -> ratio {m(first) / m(core):.2f} "
+          f"first run, {m(again) / m(core):.2f} re-run, {m(paused) / m(core):.2f} after the pause (goal <= 1.10; "
+          f"medians of {repeats} interleaved rounds: "
+          + ", ".join(f"{f:.1f}/{a:.1f}/{p:.1f}/{c:.1f}" for f, a, p, c in zip(first, again, paused, core)) + ")")
     return m(first) / m(core)
+
+
+def bench_session(app, image, model, steps: int, runs: int = 5, pause: float = 5.0) -> None:
+    """A user tuning an attack: ``runs`` dock runs in one viewer, ``pause`` seconds apart (the viewer
+    idle, the result looked at), each run's time and the page faults it took (``getrusage``: pages
+    the kernel zeroed for it), against one core run before."""
+    import resource
+
+    from napari_medadv.core.pipeline import run_attack
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    f0, t0 = faults(), time.perf_counter()
+    _lane(run_attack, image, model, "ifgsm", params={"eps": 0.03, "steps": steps}, labels=image.labels, seed=0)
+    core = time.perf_counter() - t0, faults() - f0
+    viewer, aw = _viewer_with_docks(image, model)
+    aw.set_attack("ifgsm", eps=0.03, steps=steps)
+    done = []
+    for i in range(runs):
+        if i:
+            t_end = time.perf_counter() + pause
+            _wait(app, lambda: time.perf_counter() > t_end)
+        f0, t0 = faults(), time.perf_counter()
+        aw.run()
+        _wait(app, lambda: not aw.running)
+        done.append((time.perf_counter() - t0, faults() - f0))
+    viewer.close()
+    print(f"i-FGSM {steps} steps, {runs} dock runs {pause:.0f} s apart in one viewer: "
+          + ", ".join(f"{t:.1f} s ({n / 1e6:.2f} M faults)" for t, n in done)
+          + f"; core run before {core[0]:.1f} s ({core[1] / 1e6:.2f} M faults)")
 
 
 def _forward_backward_time(model, image, repeats: int) -> float:
@@ -355,6 +394,8 @@ def bench_real_size(app, case: str, device: str, repeats: int, steps: int, only:
         if only in (None, "stall"):
             bench_dock_vs_core(app, image, model, steps)
             bench_stall(app, image, model, steps)
+        if only in (None, "session"):
+            bench_session(app, image, model, steps)
         if only in (None, "iterative"):
             bench_iterative_live(app, label, image, model, 3)
 
@@ -395,8 +436,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--steps", type=int, default=5, help="i-FGSM steps for the stall benchmark")
     p.add_argument("--updates", type=int, default=1000)
-    p.add_argument("--only", choices=["live", "stall", "memory", "iterative"])
+    p.add_argument("--only", choices=["live", "stall", "memory", "iterative", "session"],
+                   help="session: BraTS size only (--case brats-size), five dock runs 5 s apart in one viewer")
     p.add_argument("--case", choices=["phantoms", "brats-size", "cxr-full"], default="phantoms")
+    p.add_argument("--give-back", choices=["when-scarce", "always"], default="when-scarce",
+                   help="when-scarce: the torch lane keeps the heap's free memory for the next job while the "
+                        "system has plenty (what viewers do); always: gives it back once idle for a second "
+                        "after every job (before the seventh session)")
     p.add_argument("--allocator", choices=["heap", "system"], default="heap",
                    help="heap: what medadv demo and napari-medadv set up (napari_medadv.core.allocator); "
                         "system: glibc's defaults (MEDADV_ALLOCATOR=system, or napari started on its own)")
@@ -406,6 +452,10 @@ def main(argv=None) -> int:
     os.environ[ENV] = args.allocator
     allocator = reuse_freed_memory()  # before napari and Qt start their threads
 
+    if args.give_back == "always":
+        from napari_medadv._qt import lane
+
+        lane.worth_giving_back = lambda: True
     from qtpy.QtWidgets import QApplication
 
     import napari  # noqa: F401  (creates the Qt application on first viewer)
@@ -421,7 +471,8 @@ def main(argv=None) -> int:
     import torch
 
     print(f"napari-medadv GUI benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {args.device}, Qt {os.environ.get('QT_API', 'default')}, {allocator}", file=sys.stderr)
+          f"device {args.device}, Qt {os.environ.get('QT_API', 'default')}, {allocator}, memory given back "
+          f"{args.give_back}", file=sys.stderr)
     if args.case != "phantoms":
         bench_real_size(app, args.case, args.device, min(args.repeats, 5), 3 if args.steps == 5 else args.steps,
                         args.only)
