@@ -455,7 +455,7 @@ def main(argv=None) -> int:
     if args.give_back == "always":
         from napari_medadv._qt import lane
 
-        lane.worth_giving_back = lambda: True
+        lane.worth_giving_back = lambda **kw: True
     from qtpy.QtWidgets import QApplication
 
     import napari  # noqa: F401  (creates the Qt application on first viewer)

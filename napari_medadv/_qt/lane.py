@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from types import GeneratorType
 
-from napari_medadv.core.allocator import give_back, worth_giving_back
+from napari_medadv.core.allocator import give_back, heap_free_bytes, worth_giving_back
 
 #: priorities, most urgent first
 FRAME, READOUTS, SSIM, JOB = 0, 1, 2, 3
@@ -132,6 +132,13 @@ class TorchLane:
                 task = heapq.heappop(self._heap)[2]
             self._run_step(task)
 
+    @staticmethod
+    def _worth_giving_back(free: int | None) -> bool:
+        try:
+            return worth_giving_back(free=free)
+        except Exception:  # noqa: BLE001 - the lane must outlive an unreadable /proc: give it back
+            return True
+
     def _push(self, task: Task) -> None:
         heapq.heappush(self._heap, (task.priority, next(self._seq), task))
 
@@ -158,6 +165,7 @@ class TorchLane:
 
     def _loop(self) -> None:
         idle_s = None  # once a job is over: how long to stay idle before the heap is looked at
+        kept, free = 0.0, None  # seconds idle since then; the heap's free bytes then
         while True:
             task = self._next(idle_s)
             if task is None:
@@ -166,19 +174,34 @@ class TorchLane:
                 # arena for 0.1-0.25 s at BraTS size, and the Qt thread, putting the result on the
                 # layers then, would wait for every allocation (a 134 ms stall, measured). And only
                 # once memory is scarce or the lane has been idle a while: a re-run would fault the
-                # pages in again (seconds at BraTS size)
-                if idle_s == IDLE_TRIM_S and not worth_giving_back():
-                    idle_s = IDLE_KEEP_S - IDLE_TRIM_S
+                # pages in again (seconds at BraTS size). What the system has available is read
+                # again every IDLE_TRIM_S (another program may take it meanwhile); the heap's free
+                # bytes once per job (mallinfo2 walks the free lists holding that lock: 38 ms for
+                # 100 000 free blocks; the small tasks between hardly change them)
+                kept += idle_s
+                if kept < IDLE_KEEP_S and not self._worth_giving_back(free := heap_free_or(free)):
                     continue
                 give_back()
-                idle_s = None
+                idle_s, free = None, None
                 continue
             self._run_step(task)
+            kept = 0.0
             if task.priority == JOB and task.future.done():
-                idle_s = IDLE_TRIM_S
+                idle_s, free = IDLE_TRIM_S, None
             # not kept while waiting for the next one: a finished task's future holds its result
             # (a BraTS-size outcome is 600 MB), which would outlive even the viewer it was for
             task = None
+
+
+def heap_free_or(known: int | None) -> int | None:
+    """The heap's free bytes: ``known`` when already read this idle spell, else read now (None when
+    they cannot be read: then the memory goes back)."""
+    if known is not None:
+        return known
+    try:
+        return heap_free_bytes()
+    except Exception:  # noqa: BLE001 - as above
+        return None
 
 
 #: the viewer's one lane (a process has one OpenMP runtime, so one lane serves every viewer)

@@ -33,7 +33,8 @@ the Qt thread's own allocations wait for it (a 4 kB ``malloc`` on another thread
 a 129 ms trim), and right after a job the Qt thread is putting its result on the layers (a 134 ms
 stall then; 58 ms once deferred). Since the seventh session it does so only when the heap's free
 memory is more than half of what the system still has available (:func:`worth_giving_back`); while
-memory is plentiful it waits until the lane has been idle for half a minute. A trim gives back pages
+memory is plentiful it waits until the lane has been idle for half a minute, looking again every
+second (memory may become scarce meanwhile). A trim gives back pages
 that the next run faults in again (0.6-1 M faults per BraTS-size dock run, 3-6 s of kernel time on
 this project's machine), and a user tuning an attack runs it again within seconds: five BraTS-size
 dock runs 5 s apart in one viewer took 13.9, 15.9, 16.2, 16.9, 17.2 s with the trim after every run,

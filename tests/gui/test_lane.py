@@ -182,7 +182,7 @@ def test_the_lane_gives_memory_back_once_idle_after_a_job(monkeypatch):
         return False
 
     monkeypatch.setattr(lane_mod, "give_back", give_back)
-    monkeypatch.setattr(lane_mod, "worth_giving_back", lambda: True)  # memory is scarce: at once
+    monkeypatch.setattr(lane_mod, "worth_giving_back", lambda **kw: True)  # memory is scarce: at once
     monkeypatch.setattr(lane_mod, "IDLE_TRIM_S", 0.3)
     lane = lane_mod.TorchLane("idle test lane")
     lane.submit(lambda: 1, priority=lane_mod.FRAME).future.result(timeout=10)
@@ -211,34 +211,50 @@ def test_the_lane_gives_memory_back_once_idle_after_a_job(monkeypatch):
 
 def test_the_lane_keeps_the_memory_a_while_when_the_system_has_plenty(monkeypatch):
     """A re-run soon after a job would fault the given-back pages in again (seconds at BraTS size):
-    while memory is plentiful the lane gives it back only after a longer idle time."""
+    while memory is plentiful the lane gives it back only after a longer idle time, and at once
+    when memory becomes scarce meanwhile."""
     from napari_medadv._qt import lane as lane_mod
 
-    calls, asked = [], []
+    calls, asked, scarce = [], [], []
 
     def give_back():
         if threading.current_thread().name == "keep test lane":
             calls.append(time.monotonic())
         return False
 
-    def worth_giving_back():
+    def worth_giving_back(free):
         if threading.current_thread().name == "keep test lane":
             asked.append(time.monotonic())
-        return False
+            assert free == 123  # the heap's free bytes, read once per idle spell
+        return bool(scarce)
+
+    heap_reads = []
+
+    def heap_free_bytes():
+        if threading.current_thread().name == "keep test lane":
+            heap_reads.append(time.monotonic())
+        return 123
 
     monkeypatch.setattr(lane_mod, "give_back", give_back)
     monkeypatch.setattr(lane_mod, "worth_giving_back", worth_giving_back)
+    monkeypatch.setattr(lane_mod, "heap_free_bytes", heap_free_bytes)
     monkeypatch.setattr(lane_mod, "IDLE_TRIM_S", 0.2)
-    monkeypatch.setattr(lane_mod, "IDLE_KEEP_S", 1.2)
+    monkeypatch.setattr(lane_mod, "IDLE_KEEP_S", 2.0)
     lane = lane_mod.TorchLane("keep test lane")
     lane.call(lambda: 1)  # a job
     done = time.monotonic()
     deadline = done + 10
     while not calls and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert len(asked) == 1 and asked[0] - done >= 0.15  # looked at once, after the short idle time
-    assert len(calls) == 1 and calls[0] - done >= 1.1  # given back only after the long one
-    lane.call(lambda: 2)  # a re-run within the long idle time: the clock starts again
+    assert asked and asked[0] - done >= 0.15  # first looked at after the short idle time
+    assert len(calls) == 1 and calls[0] - done >= 1.9  # given back only after the long one
+    assert len(asked) >= 3 and len(heap_reads) == 1  # what is available looked at each time, the heap once
+    lane.call(lambda: 2)  # a re-run: the clock starts again
     again = time.monotonic()
-    time.sleep(0.6)
-    assert len(calls) == 1 and len(asked) == 2 and asked[1] - again >= 0.15
+    time.sleep(0.5)
+    assert len(calls) == 1 and asked[-1] > again
+    scarce.append(True)  # another program takes the memory: given back at the next look
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(calls) == 2 and calls[1] - again < 1.7  # not waiting for the long idle time
