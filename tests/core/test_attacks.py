@@ -395,6 +395,37 @@ def test_dgde_segmentation(seg_model, seg_data):
     assert hist[-1] < hist[0]
 
 
+@pytest.mark.parametrize("region", [None, [2, 3]])
+def test_dgde_segmentation_criterion_equals_its_definition(region):
+    """The hard Dice of the criterion comes from slab-wise counts (metrics.foreground_overlap /
+    channel_argmax), not torch's arg-max over the channels: the same fitness, success and Dice as
+    the definition written with torch's arg-max, ties included (first maximum wins)."""
+    from napari_medadv.core.attacks.dgde import _make_criterion
+
+    g = torch.Generator().manual_seed(0)
+    out0 = torch.randn(1, 4, 9, 10, 11, generator=g)
+    outs = torch.randn(3, 4, 9, 10, 11, generator=g).round()  # rounded: many ties between channels
+    outs[1] = out0[0]
+    atk = DGDE(nn.Identity(), threshold=0.5, region=region)
+    crit, cls = _make_criterion(atk, out0, None)
+    assert cls is None
+    fitness, success, dice = crit(outs)
+
+    ref = out0.argmax(1)
+    fg = (ref != 0) if region is None else torch.isin(ref, torch.tensor(region))
+    fg = fg.float()
+    pred = outs.argmax(1)
+    hard = ((pred != 0) if region is None else torch.isin(pred, torch.tensor(region))).float()
+    want = 2 * (hard * fg).sum((1, 2, 3)) / (hard.sum((1, 2, 3)) + fg.sum((1, 2, 3)))
+    probs = torch.softmax(outs, 1)
+    soft_fg = 1 - probs[:, 0] if region is None else probs[:, region].sum(1)
+    soft = 2 * (soft_fg * fg).sum((1, 2, 3)) / (soft_fg.sum((1, 2, 3)) + fg.sum((1, 2, 3)) + 1e-6)
+    torch.testing.assert_close(dice, want, rtol=0, atol=0)
+    torch.testing.assert_close(fitness, (0.5 - want) + 1e-3 * (1 - soft), rtol=0, atol=0)
+    assert success.tolist() == (want < 0.5).tolist()
+    assert float(dice[1]) == 1.0  # the clean output itself
+
+
 def test_registry_lists_every_attack_with_params():
     assert {"fgsm", "ifgsm", "tifgsm", "pgd", "pgd-risk", "dgde", "noise"} <= set(ATTACKS)
     for spec in ATTACKS.values():

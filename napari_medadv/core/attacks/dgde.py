@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..metrics import channel_argmax, foreground_overlap
 from .base import (Attack, AttackStep, Param, _check_finite_number, _Context, check_positive_int, eval_mode,
                    model_device)
 
@@ -320,6 +321,20 @@ def auto_batch_size(attack: DGDE, x: torch.Tensor) -> int:
     return max(1, min(attack.population, CPU_VOXELS_PER_FORWARD // max(1, x[0].numel())))
 
 
+def random_subsets(n: int, size: int, keep: int, rng: torch.Generator | None, device=None) -> torch.Tensor:
+    """``n × keep`` indices into ``range(size)``: per row a uniformly random subset of ``keep``, in
+    increasing order. A permutation's first ``keep`` entries marked in a mask, whose non-zero
+    positions come sorted: O(size) per row, against sorting ``size`` random keys and then the
+    kept indices: 2 s against 6 s for 16 rows of 3.7 M pixels (a BraTS-size decrease step)."""
+    rows = torch.empty((n, keep), dtype=torch.long, device=device)
+    mask = torch.empty(size, dtype=torch.bool, device=device)
+    for i in range(n):
+        mask.zero_()
+        mask[torch.randperm(size, generator=rng, device=device)[:keep]] = True
+        rows[i] = mask.nonzero().flatten()
+    return rows
+
+
 def draw_partners(n: int, rng: torch.Generator | None, device=None) -> torch.Tensor:
     """``n × 3`` indices r1, r2, r3 per individual i: distinct, all ≠ i, uniform (a random
     permutation of the n − 1 others, shifted past i — no rejection loop)."""
@@ -483,8 +498,7 @@ class _Search:
             order = torch.stack([torch.cat([torch.arange(j), torch.arange(j + 1, size)]) for j in range(size)])
             order = order.to(self.best_s.device)
         else:
-            order = torch.rand(n, size, generator=self.rng, device=self.best_s.device).argsort(1)[:, :keep]
-            order = order.sort(1).values
+            order = random_subsets(n, size, keep, self.rng, self.best_s.device)
         sets = self.best_s[order]
         values = self.best_v[order]
         f, s, sc = self.evaluate(sets, values)
@@ -562,22 +576,32 @@ def _make_criterion(attack: DGDE, out0: torch.Tensor, ref):
 
         return crit, c
     # segmentation
-    ref_idx = out0.argmax(1) if ref is None else (ref[:, 0] if ref.ndim == out0.ndim else ref).long()
+    ref_idx = channel_argmax(out0).long() if ref is None else (ref[:, 0] if ref.ndim == out0.ndim else ref).long()
     region = attack.region
     fg = (ref_idx != 0) if region is None else torch.isin(ref_idx, torch.tensor(region, device=ref_idx.device))
     if not bool(fg.any()):
         raise ValueError("DGDE on segmentation needs a non-empty reference region to attack "
                          "(the clean prediction/labels have none of the chosen labels)")
-    fg = fg.float()
+    fg_n = fg.flatten(1).sum(1).to(out0.dtype)  # exact: a float32 count is exact below 2^24 voxels
+    fg_b, fg = fg, fg.to(out0.dtype)
     region_t = None if region is None else torch.tensor(region, device=out0.device)
     dims = tuple(range(1, fg.ndim))
 
     def crit(out):
-        pred = out.argmax(1)
-        hard = (pred != 0) if region_t is None else torch.isin(pred, region_t)
-        hard = hard.float()
-        inter = (hard * fg).sum(dims)
-        dice = 2 * inter / (hard.sum(dims) + fg.sum(dims))
+        # the hard Dice from counts: the arg-max over channels in cache-sized slabs
+        # (metrics.foreground_overlap / channel_argmax), not torch's arg-max over the channel
+        # axis, which took 1.1 s of every 1.9 s candidate evaluation at 4×240×240×155 on 2 cores
+        ref_fg = fg_b.expand((out.shape[0],) + tuple(fg_b.shape[1:]))  # one reference, B candidates
+        if region_t is None:
+            pred_n, inter = foreground_overlap(out, ref_fg)
+        else:
+            pred = channel_argmax(out)
+            hard = torch.isin(pred, region_t.to(pred.dtype)).flatten(1)
+            pred_n = hard.sum(1).tolist()
+            inter = (hard & ref_fg.flatten(1)).sum(1).tolist()
+        pred_n = torch.tensor(pred_n, dtype=out.dtype, device=out.device)
+        inter = torch.tensor(inter, dtype=out.dtype, device=out.device)
+        dice = 2 * inter / (pred_n + fg_n)
         probs = torch.softmax(out, 1)
         soft_fg = 1 - probs[:, 0] if region_t is None else probs[:, region_t].sum(1)
         soft = 2 * (soft_fg * fg).sum(dims) / (soft_fg.sum(dims) + fg.sum(dims) + 1e-6)
