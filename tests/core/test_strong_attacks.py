@@ -60,6 +60,30 @@ def test_cospgd_weights_by_hand():
                         ((1 - cos0) * ce0 + (1 - cos1) * ce1) / 2, rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["softmax", "none"])
+def test_pixel_weights_with_index_references_equal_the_dense_definitions(activation):
+    """For class-index references CosPGD's cosine is p_y / ||p|| (one gather and one norm) and the
+    "correct" mask a slab-wise arg-max: equal to the cosine with the one-hot target and to torch's
+    arg-max (ties between channels included: the first maximum wins)."""
+    import torch.nn.functional as F
+
+    from napari_medadv.core.attacks._pixelwise import pixel_cosine, pixel_loss
+    from napari_medadv.core.losses import as_dense_target
+
+    g = torch.Generator().manual_seed(1)
+    out = torch.randn(2, 5, 6, 7, 8, generator=g).round()  # rounded: ties between channels
+    if activation == "none":
+        out = torch.softmax(out, 1)
+    ref = torch.randint(0, 5, (2, 6, 7, 8), generator=g)
+    probs = out if activation == "none" else torch.softmax(out, 1)
+    want = F.cosine_similarity(probs, as_dense_target(ref, out), dim=1)
+    torch.testing.assert_close(pixel_cosine(out, ref, activation), want, rtol=1e-6, atol=0)
+    _, correct = pixel_loss(out, ref, activation)
+    assert torch.equal(correct, out.argmax(1) == ref)
+    _, correct_dense = pixel_loss(out, as_dense_target(ref, out), activation)
+    assert torch.equal(correct_dense, out.argmax(1) == ref)
+
+
 def test_sigmoid_outputs_use_per_channel_bce_and_two_class_cosine():
     z = torch.tensor([[1.0, -2.0]]).reshape(1, 2, 1, 1)  # two independent regions, one voxel
     y = torch.tensor([[1.0, 1.0]]).reshape(1, 2, 1, 1)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import as_dense_target, class_indices
+from ..metrics import channel_argmax
 from .base import _Context
 from .pgd import PGD
 
@@ -69,13 +70,15 @@ def pixel_loss(output: torch.Tensor, ref: torch.Tensor, activation: str = "auto"
     if ref.is_floating_point() and ref.shape == output.shape:  # soft / one-hot float reference
         dense = ref.to(output.dtype)
         loss = -(dense * _log_probs(output, act)).sum(1)
-        return loss, output.detach().argmax(1) == dense.argmax(1)
+        return loss, channel_argmax(output.detach()) == channel_argmax(dense)
     idx = class_indices(ref, output)
     if act == "none":
         loss = F.nll_loss(_log_probs(output, act), idx, reduction="none")
     else:  # F.cross_entropy, as torchattacks and the papers' code (bit-identical gradients)
         loss = F.cross_entropy(output, idx, reduction="none")
-    return loss, output.detach().argmax(1) == idx
+    # the slab-wise arg-max (equal to torch's, ties and NaN included): torch's over the channel
+    # axis took 1.3 s of each SegPGD/CosPGD step at 4×240×240×155 on 2 cores
+    return loss, channel_argmax(output.detach()) == idx
 
 
 def pixel_cosine(output: torch.Tensor, ref: torch.Tensor, activation: str = "auto") -> torch.Tensor:
@@ -84,6 +87,8 @@ def pixel_cosine(output: torch.Tensor, ref: torch.Tensor, activation: str = "aut
     outputs, where each channel compares ``[p, 1 − p]`` with ``[y, 1 − y]``."""
     act = resolve_activation(activation, output, ref)
     out = output.detach()
+    if act != "sigmoid" and not (ref.is_floating_point() and ref.shape == out.shape):  # class indices
+        return _index_cosine(out if act == "none" else torch.softmax(out, dim=1), class_indices(ref, out))
     dense = as_dense_target(ref, out)
     if act == "sigmoid":
         p = torch.sigmoid(out)
@@ -92,6 +97,17 @@ def pixel_cosine(output: torch.Tensor, ref: torch.Tensor, activation: str = "aut
         return num / den.clamp_min(1e-8)
     probs = out if act == "none" else torch.softmax(out, dim=1)
     return F.cosine_similarity(probs, dense, dim=1)
+
+
+def _index_cosine(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``cos(p, one-hot(y)) = p_y / ||p||`` (the one-hot has norm 1; ``1e-8`` floor as
+    ``F.cosine_similarity``'s, equal to it to a float32 rounding): one gather and one norm,
+    where the cosine with the full one-hot builds a ``K``-channel float target and reduces over
+    the channel axis (torch's norms and arg-max over a non-last axis are slow on CPU). For a
+    4×240×240×155 softmax output on 2 cores: 0.3 s against 1.4 s (``vector_norm`` alone 0.7 s,
+    the sum of squares 0.09 s)."""
+    p_y = probs.gather(1, idx.unsqueeze(1)).squeeze(1)
+    return p_y / (probs * probs).sum(1).sqrt().clamp_min(1e-8)
 
 
 def per_sample_mean(values: torch.Tensor) -> torch.Tensor:

@@ -562,7 +562,7 @@ class LoadedModel:
             # independent channels 1..K without region names: channel k is label k+1 where its
             # probability passes 0.5 (the most probable one where several do), else background
             probs = self.probabilities(output)
-            best = probs.argmax(1)
+            best = channel_argmax(probs)  # indices, first maximum as torch's (slab-wise: fast on CPU)
             fg = probs.amax(1) > 0.5
             values = np.asarray(self.info.label_values or list(range(1, n_out + 1)))
             if len(values) == n_out + 1:  # declared with the background value first
