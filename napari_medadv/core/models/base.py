@@ -22,6 +22,7 @@ from ..brats import BRATS_LABEL_NAMES, BRATS_REGION_NAMES, BRATS_REGIONS
 from ..errors import ModelError
 from ..metrics import channel_argmax
 from .channels import ChannelMapping, ChannelMismatch, match_channels
+from .normalize import Normalize
 
 TASKS = ("segmentation", "classification")
 OUTPUTS = ("softmax", "sigmoid", "probabilities")
@@ -238,42 +239,6 @@ def small_labels(values: np.ndarray) -> np.ndarray:
         if values.size == 0 or (info.min <= values.min() and values.max() <= info.max):
             return values.astype(dtype)
     return values.astype(np.int64)
-
-
-class Normalize(nn.Module):
-    """Differentiable intensity normalisation ``native -> network input`` (per sample, per channel)."""
-
-    def __init__(self, info: ModelInfo):
-        super().__init__()
-        self.mode = info.normalization
-        if self.mode == "fixed":
-            shape = (1, info.in_channels) + (1,) * info.spatial_dims
-            self.register_buffer("mean", torch.tensor(info.norm_mean, dtype=torch.float32).reshape(shape))
-            self.register_buffer("std", torch.tensor(info.norm_std, dtype=torch.float32).reshape(shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "none":
-            return x
-        if self.mode == "fixed":
-            return (x - self.mean) / self.std
-        dims = tuple(range(2, x.ndim))
-        if self.mode == "minmax":
-            lo = x.amin(dims, keepdim=True).detach()
-            hi = x.amax(dims, keepdim=True).detach()
-            return (x - lo) / (hi - lo).clamp_min(1e-8)
-        if self.mode == "zscore":
-            mean = x.mean(dims, keepdim=True)
-            std = x.std(dims, keepdim=True).clamp_min(1e-8)
-            return (x - mean) / std
-        # zscore over non-zero voxels (background stays 0), as MONAI NormalizeIntensity(nonzero=True)
-        mask = (x != 0).to(x.dtype)
-        n = mask.sum(dims, keepdim=True).clamp_min(1.0)
-        mean = (x * mask).sum(dims, keepdim=True) / n
-        var = (((x - mean) * mask) ** 2).sum(dims, keepdim=True) / n
-        return (x - mean) / var.sqrt().clamp_min(1e-8) * mask
-
-    # Statistics are recomputed on the (perturbed) input, as the deployed pipeline would do;
-    # that keeps the attack honest about the whole pre-processing chain.
 
 
 def select_output(out, info: ModelInfo, like: torch.Tensor | None = None) -> torch.Tensor:
