@@ -7,9 +7,12 @@ with ``demo:cxr``. Prints ratios measured in one run (medians of interleaved rep
 * SSIM, filled afterwards in the background (``LiveEps.add_ssim``) ÷ one forward;
 * preparing the live path (``LiveEps(...)``: forward + backward + the clean side of the readouts)
   ÷ one forward;
-* the channel-matching gather inside the wrapped model ÷ one forward (issue 10's addition).
+* the channel-matching gather inside the wrapped model ÷ one forward (issue 10's addition);
+* with ``--attacks`` (BraTS size): each gradient attack's iterations (``run_attack``, 3 steps, seed 0,
+  what the ``seconds`` of its record measure) ÷ 3 × (one forward + input-gradient backward), and
+  DGDE's ÷ its queries × one forward: what an attack costs beyond the model's own compute.
 
-    python benchmarks/bench_real_size.py [--repeats 3] [--device cuda] [--case brats-size|cxr-full]
+    python benchmarks/bench_real_size.py [--repeats 3] [--device cuda] [--case brats-size|cxr-full] [--attacks]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from napari_medadv.core.io import read_image
 from napari_medadv.core.models import load_model
 from napari_medadv.core.data.paths import sample_data_dir
 from napari_medadv.core.live import LiveEps
-from napari_medadv.core.pipeline import prepare_input
+from napari_medadv.core.pipeline import prepare_input, run_attack
 
 
 def brats_size_case() -> tuple[ImageData, np.ndarray]:
@@ -87,6 +90,26 @@ def measure(name: str, image: ImageData, model, labels, repeats: int) -> None:
           f"prepare ÷ forward {prep / f:.2f}; channel gather ÷ forward {statistics.median(gather) / f:.4f}")
 
 
+def measure_attacks(image: ImageData, model, labels, steps: int = 3, queries: int = 64) -> None:
+    """Each attack's iterations ÷ the model compute they need (see the module docstring)."""
+    x, _ = prepare_input(image, model)
+
+    def forward_backward():
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(model.module(xg).sum(), xg)
+
+    fwd = statistics.median(_t(lambda: model.forward(x)) for _ in range(3))
+    fb = statistics.median(_t(forward_backward) for _ in range(3))
+    print(f"attacks at BraTS size: one forward {fwd:.2f} s, forward + input-gradient backward {fb:.2f} s")
+    for name in ("ifgsm", "pgd", "segpgd", "cospgd", "apgd"):
+        o = run_attack(image, model, name, params={"eps": 0.03, "steps": steps}, labels=labels, seed=0)
+        print(f"  {name}, {steps} steps: {o.seconds:.1f} s ÷ {steps} × (forward + backward) = "
+              f"{o.seconds / (steps * fb):.2f}")
+    o = run_attack(image, model, "dgde", params={"max_queries": queries}, labels=labels, seed=0)
+    print(f"  dgde, {queries} queries: {o.seconds:.1f} s ÷ {queries} × forward = {o.seconds / (queries * fwd):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -94,14 +117,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--case", choices=["brats-size", "cxr-full"], action="append",
                     help="one case only (repeatable; default both)")
+    ap.add_argument("--allocator", choices=["system", "heap"], default="system",
+                    help="heap: the `medadv` commands' heap reuse (core/allocator.py); system: glibc's defaults")
+    ap.add_argument("--attacks", action="store_true",
+                    help="also time each attack at BraTS size against the model compute it needs (3 min)")
     args = ap.parse_args()
+    if args.allocator == "heap":
+        from napari_medadv.core.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     torch.set_num_threads(args.threads)
     cases = args.case or ["brats-size", "cxr-full"]
-    print(f"# torch {torch.__version__}, {args.threads} threads, device {args.device}")
+    print(f"# torch {torch.__version__}, {args.threads} threads, device {args.device}, allocator {args.allocator}")
     if "brats-size" in cases:
         image, labels = brats_size_case()
-        measure("BraTS-size 4×240×240×155, demo:unet3d", image, load_model("demo:unet3d", device=args.device),
-                labels, args.repeats)
+        unet = load_model("demo:unet3d", device=args.device)
+        measure("BraTS-size 4×240×240×155, demo:unet3d", image, unet, labels, args.repeats)
+        if args.attacks:
+            measure_attacks(image, unet, labels)
     if "cxr-full" in cases:
         measure("radiograph 1955×1841, demo:cxr", radiograph(), load_model("demo:cxr", device=args.device), None,
                 args.repeats)
