@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..intensity import DataRangeSpec, IntensityRange, compute_range
+from . import _slabs
 from ..losses import LOSSES, LossFn, SoftDiceLoss, as_dense_target, class_indices, make_loss
 from ..metrics import channel_argmax, dice_from_counts, difference_sums, foreground_overlap, psnr_channels_fast
 
@@ -261,10 +262,8 @@ class _Context:
     # -- projection -----------------------------------------------------------------------
     def project(self, adv: torch.Tensor) -> torch.Tensor:
         """Onto the ε-ball around the clean image (inside the ROI) and the valid range."""
-        delta = torch.clamp(adv - self.x, min=-self.eps, max=self.eps)
-        if self.roi is not None:
-            delta = delta * self.roi
-        return self.range.clamp(self.x + delta)
+        # fused over cache-sized slabs on CPU, bit for bit the expression (see _slabs.project)
+        return _slabs.project(adv, self.x, self.eps, self.roi, self.range.lo, self.range.hi)
 
     # -- reference labels / targets ---------------------------------------------------------
     def reference(self, output: torch.Tensor) -> torch.Tensor:

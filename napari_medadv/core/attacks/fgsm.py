@@ -4,27 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ._slabs import add_clamped as _add_clamped
 from .base import Attack, AttackStep, Param, _Context, eval_mode, loss_param, model_device
-
-
-def _add_clamped(x: torch.Tensor, step: torch.Tensor, eps: torch.Tensor, bounds, chunk: int = 1 << 18):
-    """``clamp(x + eps · step)`` per channel bounds, over slabs of ``chunk`` voxels: the clamp reads
-    the slab the multiply-add just wrote from cache, not the whole volume from memory again
-    (60 instead of 90 ms for 4×240×240×155 on 2 cores; torch has no fused op for it)."""
-    b, c = int(x.shape[0]), int(x.shape[1])
-    xf, sf = x.reshape(b, c, -1), step.reshape(b, c, -1)
-    adv = torch.empty_like(x)
-    af = adv.view(b, c, -1)
-    lo = bounds.lo.reshape(bounds.lo.shape[0], -1)[:, :c].expand(b, c).tolist()
-    hi = bounds.hi.reshape(bounds.hi.shape[0], -1)[:, :c].expand(b, c).tolist()
-    n = int(xf.shape[2])
-    for i in range(b):
-        for j in range(c):
-            for s in range(0, n, chunk):
-                out = af[i, j, s:s + chunk]
-                torch.addcmul(xf[i, j, s:s + chunk], sf[i, j, s:s + chunk], eps, out=out)
-                out.clamp_(min=lo[i][j], max=hi[i][j])
-    return adv
 
 
 class FGSM(Attack):
